@@ -1,0 +1,335 @@
+"""End-to-end speed of the serving path: gateway -> SQLite queue -> worker processes -> result.
+
+Starts `swell up` (a real process, real workers) with a `callable` engine that does no work
+(`builtins:dict` copies the input), then measures:
+
+1. throughput: N jobs submitted by concurrent clients; jobs/s from the first submit until every job
+   has succeeded (read from the jobs' own timestamps);
+2. acknowledgement latency: an open-loop load of R submits/s for D seconds (each request sent at its
+   scheduled time whatever the others do); p50/p99/max of the time to the 202.
+
+The same two measurements run against a peer a user would otherwise pick for an embedded,
+Python-only job queue behind an HTTP API: FastAPI + huey's SqliteHuey with a huey consumer
+(`--peer huey`; skipped with a note when huey is not installed).
+
+    python bench/gateway.py [--jobs 5000] [--rate 200] [--duration 20] [--workers 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    system: str
+    jobs: int
+    jobs_per_s: float
+    ack_rate: float
+    ack_p50_ms: float
+    ack_p99_ms: float
+    ack_max_ms: float
+    ack_errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+# -- Swell --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def swell_server(workdir: Path, workers: int, batch: int) -> Iterator[tuple[str, dict[str, str]]]:
+    config = workdir / "swell.yaml"
+    config.write_text(
+        textwrap.dedent(f"""\
+        services:
+          - name: noop
+            engine: callable
+            options: {{function: "builtins:dict"}}
+            replicas: {{min: {workers}, max: {workers}}}
+            max_batch_size: {batch}
+            queue_limit: 1000000
+        brain: {{mode: "off"}}
+        """)
+    )
+    port = free_port()
+    env = {**os.environ, "SWELL_API_KEY": "bench-key", "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "swell",
+        "up",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(workdir / "data"),
+        "--port",
+        str(port),
+    ]
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": "Bearer bench-key"}
+    with process(cmd, env, workdir / "swell.log"):
+
+        def ready() -> bool:
+            services = httpx.get(f"{base}/v1/services", headers=headers, timeout=2).json()["services"]
+            replicas = [r for s in services for r in s["replicas"]]
+            return len(replicas) >= workers and all(r["state"] in ("ready", "busy") for r in replicas)
+
+        wait_until(ready, 120, "swell workers")
+        yield base, headers
+
+
+def swell_done(base: str, headers: dict[str, str], expected: int) -> bool:
+    services = httpx.get(f"{base}/v1/services", headers=headers, timeout=10).json()["services"]
+    depth = next(s for s in services if s["name"] == "noop")["queue"]
+    return int(depth.get("succeeded", 0)) >= expected
+
+
+# -- peer: FastAPI + huey (SqliteHuey) ----------------------------------------------------------------
+
+HUEY_APP = """
+import os
+from fastapi import FastAPI
+from huey import SqliteHuey
+
+huey = SqliteHuey(filename=os.environ["BENCH_HUEY_DB"])
+
+@huey.task()
+def noop(payload):
+    return dict(payload)
+
+app = FastAPI()
+
+@app.post("/v1/jobs")
+def submit(body: dict):
+    result = noop(body["input"])
+    return {"id": result.id, "state": "queued"}
+
+@app.get("/done")
+def done():
+    return {"pending": huey.pending_count(), "results": huey.result_count()}
+"""
+
+
+@contextmanager
+def huey_server(workdir: Path, workers: int) -> Iterator[tuple[str, dict[str, str]]]:
+    (workdir / "huey_app.py").write_text(HUEY_APP)
+    port = free_port()
+    env = {**os.environ, "BENCH_HUEY_DB": str(workdir / "huey.db"), "PYTHONPATH": str(workdir)}
+    api = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "huey_app:app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    consumer = [
+        sys.executable,
+        "-m",
+        "huey.bin.huey_consumer",
+        "huey_app.huey",
+        "-k",
+        "process",
+        "-w",
+        str(workers),
+        "-d",
+        "0.001",
+        "-m",
+        "0.01",
+        "-q",
+    ]
+    base = f"http://127.0.0.1:{port}"
+    with process(api, env, workdir / "huey_api.log"), process(consumer, env, workdir / "huey_consumer.log"):
+        wait_until(lambda: httpx.get(f"{base}/done", timeout=2).status_code == 200, 60, "huey api")
+        yield base, {}
+
+
+def huey_done(base: str, headers: dict[str, str], expected: int) -> bool:
+    body = httpx.get(f"{base}/done", timeout=10).json()
+    return int(body["results"]) >= expected
+
+
+# -- the two measurements, shared -----------------------------------------------------------------------
+
+
+Done = Callable[[str, dict[str, str], int], bool]
+
+
+async def throughput(
+    base: str, headers: dict[str, str], jobs: int, expected: int, done: Done, concurrency: int = 64
+) -> float:
+    """Jobs/s from the first submit of `jobs` until `expected` jobs in all have finished."""
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with sem:
+                r = await client.post("/v1/jobs", json={"service": "noop", "input": {"i": i}})
+                r.raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(jobs)))
+    while not await asyncio.to_thread(done, base, headers, expected):
+        await asyncio.sleep(0.02)
+    return jobs / (time.perf_counter() - start)
+
+
+async def ack_latency(
+    base: str, headers: dict[str, str], rate: float, duration: float
+) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/v1/jobs", json={"service": "noop", "input": {"i": i}})
+                ok = r.status_code < 300
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - t0) if ok else None
+            errors += 0 if ok else 1
+
+        tasks = []
+        start = time.perf_counter()
+        for i in range(int(rate * duration)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i)))
+        await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def measure(system: str, server: Callable[[Path], Any], done: Done, args: argparse.Namespace) -> Result:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as tmp, server(Path(tmp)) as (base, headers):
+        # warm up connections and the workers' first leases
+        asyncio.run(throughput(base, headers, 200, 200, done))
+        rate = asyncio.run(throughput(base, headers, args.jobs, 200 + args.jobs, done))
+        latencies, errors = asyncio.run(ack_latency(base, headers, args.rate, args.duration))
+    ms = [x * 1000 for x in latencies]
+    return Result(
+        system,
+        args.jobs,
+        round(rate, 1),
+        args.rate,
+        round(statistics.median(ms), 2),
+        round(percentile(ms, 0.99), 2),
+        round(max(ms), 2),
+        errors,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--peer", choices=["huey", "none"], default="huey")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    results = [measure("swell", lambda d: swell_server(d, args.workers, args.batch), swell_done, args)]
+    if args.peer == "huey":
+        try:
+            import huey  # noqa: F401
+        except ImportError:
+            print("peer huey skipped: pip install huey", file=sys.stderr)
+        else:
+            results.append(
+                measure("fastapi+huey(sqlite)", lambda d: huey_server(d, args.workers), huey_done, args)
+            )
+    report(results, args.json)
+
+
+def report(results: list[Result], as_json: bool) -> None:
+    if as_json:
+        for r in results:
+            print(json.dumps(asdict(r)))
+        return
+    swell = results[0]
+    print(
+        f"{'system':24} {'jobs/s':>9} {'ack p50 ms':>11} {'ack p99 ms':>11} {'ack max ms':>11} {'errors':>7}"
+    )
+    for r in results:
+        print(
+            f"{r.system:24} {r.jobs_per_s:9.1f} {r.ack_p50_ms:11.2f} {r.ack_p99_ms:11.2f}"
+            f" {r.ack_max_ms:11.2f} {r.ack_errors:7d}"
+        )
+    for r in results[1:]:
+        print(
+            f"swell / {r.system}: throughput x{swell.jobs_per_s / r.jobs_per_s:.2f}, "
+            f"ack p99 x{r.ack_p99_ms / swell.ack_p99_ms:.2f} lower"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The brain: metrics, forecasters, autoscaling policies, planner and guardrails."""

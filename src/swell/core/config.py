@@ -1,0 +1,184 @@
+"""Typed configuration: `swell.yaml` plus `SWELL_*` environment variables, validated when loaded.
+
+    services:
+      - name: embeddings
+        engine: embeddings            # a registry name or "package.module:attr"
+        options: {model: all-MiniLM-L6-v2}
+        replicas: {min: 1, max: 2}
+        max_batch_size: 32
+        job_timeout: 60
+        max_attempts: 3
+    datasets: {...}                   # swell.data.config.DatasetConfig
+    brain: {...}                      # swell.brain.config.BrainConfig
+
+An error names the bad key (as a dotted path) and the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from swell.brain.config import BrainConfig
+from swell.core.errors import ConfigError
+from swell.data.config import DatasetConfig
+
+ENV_PREFIX = "SWELL_"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Replicas(Strict):
+    min: int = Field(1, ge=0)
+    max: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Replicas:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class ServiceConfig(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    engine: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    replicas: Replicas = Field(default_factory=Replicas)
+    max_batch_size: int = Field(1, ge=1, le=4096)
+    job_timeout: float = Field(300.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=100)
+    queue_limit: int = Field(10_000, ge=1)  # queued + leased jobs before submit answers 429
+    lease_seconds: float = Field(30.0, gt=0)  # renewed by the worker while a job runs
+
+
+class GatewayConfig(Strict):
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_wait_seconds: float = Field(300.0, gt=0)
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_timeout: float = Field(10.0, gt=0)
+
+
+class SwellConfig(Strict):
+    services: list[ServiceConfig] = Field(default_factory=list)
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    brain: BrainConfig = Field(default_factory=BrainConfig)
+
+    @model_validator(mode="after")
+    def _unique_services(self) -> SwellConfig:
+        names = [s.name for s in self.services]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"service names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def service(self, name: str) -> ServiceConfig:
+        from swell.core.errors import ServiceNotFound
+
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise ServiceNotFound(f"no service named {name!r}", field="service")
+
+
+def demo_config() -> SwellConfig:
+    """What `swell up` serves with no file: the real all-MiniLM-L6-v2, offline."""
+    return SwellConfig(
+        services=[
+            ServiceConfig(
+                name="embeddings",
+                engine="embeddings",
+                options={"model": "all-MiniLM-L6-v2"},
+                replicas=Replicas(min=1, max=2),
+                max_batch_size=32,
+                job_timeout=60,
+            )
+        ]
+    )
+
+
+def load_config(path: str | Path | None) -> SwellConfig:
+    """Load and validate `path` (YAML), or the demo when `path` is None."""
+    if path is None:
+        return demo_config()
+    file = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError("configuration file not found", file=file) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=file) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("the top level must be a mapping", file=file)
+    return parse_config(raw, file=file)
+
+
+def parse_config(raw: dict[str, Any], *, file: str | None = None) -> SwellConfig:
+    try:
+        return SwellConfig.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        key = _dotted(error["loc"], raw)
+        raise ConfigError(error["msg"], key=key or "(top level)", file=file) from None
+
+
+def _dotted(loc: tuple[Any, ...], raw: Any) -> str:
+    """`('services', 0, 'replicas', 'min')` -> `services[embeddings].replicas.min`."""
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int):
+            name = node[item].get("name") if isinstance(node, list) and isinstance(node[item], dict) else None
+            parts[-1] += f"[{name or item}]"
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+class Settings(BaseModel):
+    """Process settings from `SWELL_*` variables and command-line flags (flags win)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data_dir: Path = Path(".swell")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = None
+    auth: bool = True
+    webhook_secret: str | None = None
+    callback_allow_hosts: frozenset[str] = frozenset()
+    queue_url: str | None = None  # default: sqlite in data_dir
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in ("data_dir", "host", "port", "api_key", "webhook_secret", "queue_url"):
+            if (value := env.get(ENV_PREFIX + name.upper())) not in (None, ""):
+                values[name] = value
+        if hosts := env.get(ENV_PREFIX + "CALLBACK_ALLOW_HOSTS"):
+            values["callback_allow_hosts"] = frozenset(
+                h.strip().lower() for h in re.split(r"[,\s]+", hosts) if h
+            )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except pydantic.ValidationError as exc:
+            error = exc.errors()[0]
+            key = ENV_PREFIX + str(error["loc"][0]).upper()
+            raise ConfigError(error["msg"], key=key) from None
+
+    @property
+    def database_url(self) -> str:
+        return self.queue_url or f"sqlite:///{self.data_dir / 'swell.db'}"

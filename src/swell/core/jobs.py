@@ -1,0 +1,319 @@
+"""Jobs and their lifecycle, held as data.
+
+The lifecycle is one transition table (as h11 keeps HTTP's states) and one `apply`:
+
+    queued ──lease──▶ leased ──succeed──▶ succeeded
+      │                 │ ├───fail──────▶ failed      (a permanent error: bad input)
+      │                 │ ├───bury──────▶ dead        (out of attempts; kept with its last error)
+      │                 │ └─retry/release/expire─▶ queued
+      └──cancel──▶ cancelled
+
+Backends only persist what `apply` decides; an event the table does not hold raises
+`IllegalTransition` instead of overwriting anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from swell.core.errors import IllegalTransition, LeaseLost
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
+
+
+class Event(StrEnum):
+    LEASE = "lease"  # a worker takes the job
+    SUCCEED = "succeed"  # the engine returned a result
+    FAIL = "fail"  # a permanent error: retrying cannot help
+    RETRY = "retry"  # a transient error, attempts left: back to the queue after a back-off
+    BURY = "bury"  # an error with no attempts left: dead letter
+    RELEASE = "release"  # a draining worker hands the job back untouched
+    EXPIRE = "expire"  # the lease ran out (the worker died or hung)
+    CANCEL = "cancel"  # the client gave up on a job no worker holds
+
+
+TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
+    (JobState.QUEUED, Event.LEASE): JobState.LEASED,
+    (JobState.QUEUED, Event.CANCEL): JobState.CANCELLED,
+    (JobState.LEASED, Event.SUCCEED): JobState.SUCCEEDED,
+    (JobState.LEASED, Event.FAIL): JobState.FAILED,
+    (JobState.LEASED, Event.RETRY): JobState.QUEUED,
+    (JobState.LEASED, Event.BURY): JobState.DEAD,
+    (JobState.LEASED, Event.RELEASE): JobState.QUEUED,
+    (JobState.LEASED, Event.EXPIRE): JobState.QUEUED,
+}
+
+
+def next_state(state: JobState, event: Event) -> JobState:
+    """The state `event` leads to from `state`, or `IllegalTransition`."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise IllegalTransition(f"cannot {event.value} a job that is {state.value}") from None
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential back-off between deliveries, and the aging that keeps low priority from starving.
+
+    A job's `rank` is the time it became available shifted by its priority: `high` jumps
+    `aging_seconds` ahead, `low` waits `aging_seconds` behind. Workers take the lowest rank first,
+    so a low job that has waited `2 * aging_seconds` beats a high job that just arrived.
+    """
+
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    aging_seconds: float = 60.0
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait before delivery number `attempts + 1`."""
+        return min(self.backoff_cap, self.backoff_base * 2 ** max(0, attempts - 1))
+
+    def rank(self, available_at: float, priority: Priority) -> float:
+        offset = {Priority.HIGH: -self.aging_seconds, Priority.NORMAL: 0.0, Priority.LOW: self.aging_seconds}
+        return available_at + offset[priority]
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What a client asks for; validated by the gateway before it reaches a queue."""
+
+    service: str
+    input: dict[str, Any]
+    priority: Priority = Priority.NORMAL
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    tenant: str | None = None
+    model: str | None = None  # the checkpoint the job needs, for model-affine leasing
+    max_attempts: int = 3
+    timeout: float = 300.0  # seconds a single delivery may run
+
+
+class WebhookState(StrEnum):
+    NONE = "none"  # no callback_url
+    WAITING = "waiting"  # the job is not final yet
+    PENDING = "pending"  # final; a delivery is due at `webhook_next_at`
+    DELIVERED = "delivered"
+    FAILED = "failed"  # gave up after every retry
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as a backend stores it. Immutable: every change is a new value from `apply`."""
+
+    id: str
+    service: str
+    input: dict[str, Any]
+    priority: Priority
+    state: JobState
+    created_at: float
+    available_at: float  # not delivered before this time (back-off)
+    max_attempts: int
+    timeout: float
+    attempts: int = 0  # deliveries so far
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    tenant: str | None = None
+    model: str | None = None
+    started_at: float | None = None  # start of the latest delivery
+    finished_at: float | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    webhook_state: WebhookState = WebhookState.NONE
+    webhook_attempts: int = 0
+    webhook_next_at: float | None = None
+    webhook_error: str | None = None
+
+    @classmethod
+    def create(cls, spec: JobSpec, now: float, job_id: str | None = None) -> Job:
+        return cls(
+            id=job_id or new_job_id(),
+            service=spec.service,
+            input=spec.input,
+            priority=Priority(spec.priority),
+            state=JobState.QUEUED,
+            created_at=now,
+            available_at=now,
+            max_attempts=spec.max_attempts,
+            timeout=spec.timeout,
+            idempotency_key=spec.idempotency_key,
+            callback_url=spec.callback_url,
+            tenant=spec.tenant,
+            model=spec.model,
+            webhook_state=WebhookState.WAITING if spec.callback_url else WebhookState.NONE,
+        )
+
+    def rank(self, policy: RetryPolicy) -> float:
+        return policy.rank(self.available_at, self.priority)
+
+    # -- transitions: pure, each returns the job after the event ----------------------------------
+
+    def lease(self, owner: str, now: float, lease_seconds: float) -> Job:
+        self._check(Event.LEASE)
+        return dataclasses.replace(
+            self,
+            state=JobState.LEASED,
+            attempts=self.attempts + 1,
+            started_at=now,
+            lease_owner=owner,
+            lease_expires_at=now + lease_seconds,
+        )
+
+    def succeed(self, result: dict[str, Any], now: float) -> Job:
+        self._check(Event.SUCCEED)
+        return self._finish(JobState.SUCCEEDED, now, result=result, error=None)
+
+    def fail(self, error: str, now: float, *, retryable: bool, policy: RetryPolicy) -> Job:
+        """A delivery failed: back to the queue after a back-off, dead when out of attempts,
+        failed at once when the error is permanent."""
+        if not retryable:
+            self._check(Event.FAIL)
+            return self._finish(JobState.FAILED, now, error=error)
+        return self._retry_or_bury(error, now, policy, Event.RETRY)
+
+    def expire(self, now: float, policy: RetryPolicy) -> Job:
+        """The lease ran out: the worker died or hung."""
+        error = f"lease of {self.lease_owner} expired during attempt {self.attempts}"
+        return self._retry_or_bury(error, now, policy, Event.EXPIRE)
+
+    def release(self, now: float) -> Job:
+        """A draining worker hands the job back; the delivery does not count against it."""
+        self._check(Event.RELEASE)
+        return dataclasses.replace(
+            self,
+            state=JobState.QUEUED,
+            attempts=max(0, self.attempts - 1),
+            available_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+
+    def cancel(self, now: float) -> Job:
+        self._check(Event.CANCEL)
+        return self._finish(JobState.CANCELLED, now, error="cancelled by the client")
+
+    def renew(self, owner: str, now: float, lease_seconds: float) -> Job:
+        if self.state is not JobState.LEASED or self.lease_owner != owner:
+            raise LeaseLost(f"job {self.id} is no longer leased to {owner}")
+        return dataclasses.replace(self, lease_expires_at=now + lease_seconds)
+
+    # -- webhook delivery bookkeeping -------------------------------------------------------------
+
+    def webhook_delivered(self) -> Job:
+        return dataclasses.replace(
+            self,
+            webhook_state=WebhookState.DELIVERED,
+            webhook_attempts=self.webhook_attempts + 1,
+            webhook_next_at=None,
+            webhook_error=None,
+        )
+
+    def webhook_failed(self, error: str, now: float, *, max_attempts: int, policy: RetryPolicy) -> Job:
+        attempts = self.webhook_attempts + 1
+        if attempts >= max_attempts:
+            return dataclasses.replace(
+                self,
+                webhook_state=WebhookState.FAILED,
+                webhook_attempts=attempts,
+                webhook_next_at=None,
+                webhook_error=error,
+            )
+        return dataclasses.replace(
+            self,
+            webhook_attempts=attempts,
+            webhook_next_at=now + policy.backoff(attempts),
+            webhook_error=error,
+        )
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _check(self, event: Event) -> None:
+        next_state(self.state, event)
+
+    def _retry_or_bury(self, error: str, now: float, policy: RetryPolicy, event: Event) -> Job:
+        if self.attempts >= self.max_attempts:
+            self._check(Event.BURY)
+            return self._finish(JobState.DEAD, now, error=error)
+        self._check(event)
+        return dataclasses.replace(
+            self,
+            state=JobState.QUEUED,
+            available_at=now + policy.backoff(self.attempts),
+            lease_owner=None,
+            lease_expires_at=None,
+            error=error,
+        )
+
+    def _finish(self, state: JobState, now: float, **changes: Any) -> Job:
+        webhook = self.webhook_state
+        next_at = self.webhook_next_at
+        if webhook is WebhookState.WAITING:
+            webhook, next_at = WebhookState.PENDING, now
+        return dataclasses.replace(
+            self,
+            state=state,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            webhook_state=webhook,
+            webhook_next_at=next_at,
+            **changes,
+        )
+
+    def to_public(self) -> dict[str, Any]:
+        """The job as the API shows it."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "service": self.service,
+            "state": self.state.value,
+            "priority": self.priority.value,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+        for key in ("tenant", "model", "idempotency_key", "callback_url"):
+            if getattr(self, key) is not None:
+                body[key] = getattr(self, key)
+        if self.result is not None:
+            body["result"] = self.result
+        if self.error is not None:
+            body["error"] = self.error
+        if self.webhook_state is not WebhookState.NONE:
+            body["webhook"] = {
+                "state": self.webhook_state.value,
+                "attempts": self.webhook_attempts,
+                "error": self.webhook_error,
+            }
+        return body

@@ -1,0 +1,1 @@
+"""The data plane: datasets of model files, sources, the node cache and the loader."""

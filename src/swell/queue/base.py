@@ -1,0 +1,131 @@
+"""The queue protocol every backend implements, and the registry that opens one by URL.
+
+Backends persist what the pure transitions in `swell.core.jobs` decide; they own atomicity
+(a job is leased by one worker at a time, an idempotency key maps to one job) and nothing else.
+Every method is synchronous and safe to call from several threads and processes at once
+(for the memory backend: threads of one process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from swell.core.jobs import Job, JobSpec, JobState
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counters since the backend was opened, plus depth by service and state now."""
+
+    submitted: int = 0
+    deduplicated: int = 0  # submits answered with an existing job (idempotency)
+    rejected: int = 0  # submits refused by admission (queue full)
+    leased: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    dead: int = 0
+    expired: int = 0
+    depth: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class QueueBackend(Protocol):
+    def submit(self, spec: JobSpec, *, limit: int | None = None) -> tuple[Job, bool]:
+        """Enqueue a job; returns (job, created). An idempotency key already used for the same
+        service returns the existing job with created=False. Raises `QueueFull` (with retry_after)
+        when the service already has `limit` jobs queued or leased."""
+        ...
+
+    def get(self, job_id: str) -> Job:
+        """The job, or `JobNotFound`."""
+        ...
+
+    def lease(
+        self,
+        service: str,
+        owner: str,
+        *,
+        max_jobs: int = 1,
+        lease_seconds: float = 30.0,
+        model: str | None = None,
+    ) -> list[Job]:
+        """Take up to `max_jobs` available jobs of `service` (lowest rank first; with `model`, jobs
+        for that model before others). Expired leases are reaped first."""
+        ...
+
+    def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:
+        """Extend the leases `owner` holds; `LeaseLost` if any of them is no longer its own."""
+        ...
+
+    def complete(self, job_id: str, owner: str, result: dict[str, Any]) -> Job:
+        """Record a result. `LeaseLost` if `owner` no longer holds the job (it ran elsewhere)."""
+        ...
+
+    def fail(self, job_id: str, owner: str, error: str, *, retryable: bool = True) -> Job:
+        """Record a failed delivery: retry after back-off, dead when out of attempts, failed when
+        not retryable."""
+        ...
+
+    def release(self, job_id: str, owner: str) -> Job:
+        """Hand a leased job back untouched (a draining worker)."""
+        ...
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job; `IllegalTransition` (409) once leased or final."""
+        ...
+
+    def reap(self) -> int:
+        """Return jobs whose lease expired to the queue (or bury them); returns how many."""
+        ...
+
+    def jobs(
+        self, *, service: str | None = None, state: JobState | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Newest first."""
+        ...
+
+    def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
+        """Jobs that reached a final state at or after `since`, oldest first (metrics, the brain)."""
+        ...
+
+    def depth(self) -> dict[str, dict[str, int]]:
+        """{service: {state: count}} for every service that has jobs."""
+        ...
+
+    def due_webhooks(self, limit: int = 100) -> list[Job]:
+        """Final jobs whose webhook delivery is due now."""
+        ...
+
+    def save_webhook(self, job: Job) -> None:
+        """Persist a job's webhook fields (state, attempts, next_at, error) after a delivery try."""
+        ...
+
+    def statistics(self) -> QueueStats: ...
+
+    def close(self) -> None: ...
+
+
+def open_queue(url: str, **options: Any) -> QueueBackend:
+    """Open a backend by URL: `memory://`, `sqlite:///path/to/swell.db`, `redis://host:port/db`."""
+    scheme = url.split("://", 1)[0]
+    if scheme == "memory":
+        from swell.queue.memory import MemoryQueue
+
+        return MemoryQueue(**options)
+    if scheme == "sqlite":
+        from swell.queue.sqlite import SQLiteQueue
+
+        return SQLiteQueue(url.removeprefix("sqlite:///"), **options)
+    if scheme == "redis":
+        try:
+            from swell.queue.redis import RedisQueue
+        except ImportError as exc:  # pragma: no cover - depends on the extra
+            from swell.core.errors import MissingExtra
+
+            raise MissingExtra("the redis queue", "redis") from exc
+        return RedisQueue(url, **options)
+    from swell.core.errors import ConfigError
+
+    raise ConfigError(f"unknown queue backend {scheme!r}; use memory://, sqlite:/// or redis://", key="queue")

@@ -1,0 +1,146 @@
+"""`swell up`: the gateway, the worker supervisor, the webhook dispatcher and the brain in one process.
+
+Assembly only: every part is built and tested on its own; this module wires them together, runs the
+gateway under uvicorn with the background loops beside it on one event loop, and drains the workers
+on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from swell.core.clock import SystemClock
+from swell.core.config import Settings, SwellConfig
+from swell.core.replicas import ReplicaState
+from swell.queue import open_queue
+
+log = logging.getLogger("swell")
+
+
+class Server:
+    def __init__(self, config: SwellConfig, settings: Settings, *, console: Console | None = None) -> None:
+        from swell.gateway.secrets import resolve_secret
+
+        self.console = console or Console(stderr=True)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings.model_copy(
+            update={
+                "api_key": resolve_secret(settings.api_key, settings.data_dir, "api_key"),
+                "webhook_secret": resolve_secret(settings.webhook_secret, settings.data_dir, "webhook_secret"),
+            }
+        )
+        self.config = config
+        self.clock = SystemClock()
+        self.registry = CollectorRegistry()
+
+    def run(self) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._announce()
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from swell.cluster.local import LocalSupervisor
+        from swell.gateway.app import create_app
+        from swell.gateway.webhooks import WebhookDispatcher
+
+        settings, config = self.settings, self.config
+        queue = open_queue(settings.database_url)
+        supervisor = LocalSupervisor(config, settings.database_url, settings.data_dir, clock=self.clock)
+        brain = self._brain(queue, supervisor)
+        app = create_app(
+            config, settings, queue, replicas=supervisor, clock=self.clock, registry=self.registry,
+            extra_services=brain.plan_view if brain else None,
+        )
+        dispatcher = WebhookDispatcher(
+            queue, settings.webhook_secret or "", clock=self.clock,
+            max_attempts=config.gateway.webhook_max_attempts, timeout=config.gateway.webhook_timeout,
+            allow_hosts=settings.callback_allow_hosts,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                           lifespan="on")
+        )
+        stop = asyncio.Event()
+        supervisor.start()
+        loops = [asyncio.create_task(dispatcher.run(stop), name="webhooks")]
+        if brain:
+            loops.append(asyncio.create_task(_every(config.brain.tick_seconds, brain.tick, stop), name="brain"))
+        progress = threading.Thread(target=self._show_loading, args=(supervisor, stop), daemon=True)
+        progress.start()
+        try:
+            await server.serve()
+        finally:
+            stop.set()
+            await asyncio.gather(*loops, return_exceptions=True)
+            self.console.print("[bold]draining workers…[/]")
+            await asyncio.to_thread(supervisor.stop)
+            queue.close()
+            self.console.print("[bold]stopped[/]: every job is kept in", str(settings.data_dir))
+
+    def _brain(self, queue: Any, supervisor: Any) -> Any:
+        if self.config.brain.mode == "off":
+            return None
+        from swell.brain.live import LiveLoop
+
+        return LiveLoop(self.config, queue, supervisor, clock=self.clock, registry=self.registry)
+
+    def _announce(self) -> None:
+        s = self.settings
+        self.console.print(f"[bold green]swell[/] serving on http://{s.host}:{s.port}  (data in {s.data_dir})")
+        if s.auth:
+            self.console.print(f"API key: [bold]{s.api_key}[/]  (send 'Authorization: Bearer <key>')")
+        else:
+            self.console.print(
+                "[bold red on yellow] AUTHENTICATION IS OFF [/] --no-auth: anyone who can reach this port "
+                "can submit jobs and read results. Use it only for local experiments."
+            )
+
+    def _show_loading(self, supervisor: Any, stop: asyncio.Event) -> None:
+        """A progress bar while the replicas load their models, then one line per service."""
+        wanted = sum(max(1, s.replicas.min) for s in self.config.services)
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                   "{task.total} replicas ready"), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task("loading models", total=wanted)
+            while not stop.is_set():
+                replicas = supervisor.replicas()
+                ready = sum(r.state in (ReplicaState.READY, ReplicaState.BUSY) for r in replicas)
+                bar.update(task, completed=min(ready, wanted))
+                if ready >= wanted:
+                    break
+                stop_wait(0.2)
+        if not stop.is_set():
+            for r in supervisor.replicas():
+                phases = ", ".join(f"{k} {v:.1f}s" for k, v in r.phases.items())
+                self.console.print(f"  {r.service}: replica {r.id} pid {r.pid} ready  {phases}")
+
+
+def stop_wait(seconds: float) -> None:
+    threading.Event().wait(seconds)
+
+
+async def _every(seconds: float, step: Callable[[], Awaitable[Any] | Any], stop: asyncio.Event) -> None:
+    """Run `step` every `seconds` until `stop`; a failing step is logged, never fatal."""
+    while not stop.is_set():
+        try:
+            result = step()
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception:
+            log.exception("periodic step %s failed", getattr(step, "__name__", step))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+__all__ = ["Server", "replace"]

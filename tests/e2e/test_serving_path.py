@@ -1,0 +1,154 @@
+"""The serving path end to end: a real `swell up`, real workers, a real webhook receiver on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import wait_for
+
+HERE = Path(__file__).parent
+
+CONFIG = """
+services:
+  - name: double
+    engine: callable
+    options: {function: "e2e_jobs:double"}
+    replicas: {min: 3, max: 3}
+    max_batch_size: 4
+    lease_seconds: 2
+    max_attempts: 5
+brain: {mode: "off"}
+"""
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on loopback that records every delivery."""
+
+    url: str
+    deliveries: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    box = Receiver(url=f"http://127.0.0.1:{server.server_address[1]}/hook")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with box.lock:
+                box.deliveries.append((dict(self.headers.items()), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server.RequestHandlerClass = Handler
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield box
+    server.shutdown()
+
+
+def _signed(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, headers.get("X-Swell-Signature", ""))
+
+
+@pytest.mark.slow
+def test_200_jobs_with_webhooks_survive_a_worker_sigkill(start_swell, receiver: Receiver) -> None:
+    swell = start_swell(
+        CONFIG,
+        env={"SWELL_WEBHOOK_SECRET": "hook-secret", "SWELL_CALLBACK_ALLOW_HOSTS": "127.0.0.1"},
+        pythonpath=[HERE],
+    )
+    swell.wait_ready(3)
+    ids: list[str] = []
+    with swell.client() as client:
+        for n in range(200):
+            body = {"service": "double", "input": {"n": n, "sleep": 0.05}, "callback_url": receiver.url}
+            response = client.post("/v1/jobs", json=body)
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["id"])
+
+        victim = _busy_worker(swell)
+        os.kill(victim, signal.SIGKILL)
+
+        wait_for(lambda: _succeeded(client, ids) == len(ids), 120, "every job to succeed", interval=0.5)
+        jobs = [client.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
+
+    assert [job["result"] for job in jobs] == [{"n": 2 * n} for n in range(200)]
+    assert any(job["attempts"] >= 2 for job in jobs), "the killed worker's jobs must have run again"
+
+    wait_for(lambda: len(receiver.deliveries) >= len(ids), 60, "every webhook", interval=0.2)
+    bodies = [json.loads(body) for _, body in receiver.deliveries]
+    assert all(_signed("hook-secret", headers, body) for headers, body in receiver.deliveries)
+    assert sorted(b["id"] for b in bodies) == sorted(ids), "each job id exactly once among the deliveries"
+    assert {b["state"] for b in bodies} == {"succeeded"}
+    by_id = {b["id"]: b for b in bodies}
+    assert by_id[ids[7]]["result"] == {"n": 14}
+    with swell.client() as client:
+        assert client.get(f"/v1/jobs/{ids[0]}").json()["webhook"]["state"] == "delivered"
+
+
+def _busy_worker(swell) -> int:
+    pids: list[int] = []
+
+    def busy() -> bool:
+        pids[:] = [
+            r["pid"] for s in swell.services() for r in s["replicas"] if r["state"] == "busy" and r["pid"]
+        ]
+        return bool(pids)
+
+    wait_for(busy, 30, "a busy worker")
+    return pids[0]
+
+
+def _succeeded(client: httpx.Client, ids: list[str]) -> int:
+    services = client.get("/v1/services").json()["services"]
+    return int(next(s for s in services if s["name"] == "double")["queue"].get("succeeded", 0))
+
+
+@pytest.mark.slow
+def test_restart_loses_no_job(start_swell, tmp_path: Path) -> None:
+    """Queued, running and finished jobs all survive stopping and restarting `swell up`."""
+    data = tmp_path / "data"
+    config = CONFIG.replace("min: 3, max: 3", "min: 1, max: 1").replace(
+        "max_batch_size: 4", "max_batch_size: 1"
+    )
+    first = start_swell(config, data_dir=data, pythonpath=[HERE])
+    first.wait_ready(1)
+    with first.client() as client:
+        ids = [
+            client.post("/v1/jobs", json={"service": "double", "input": {"n": n, "sleep": 0.2}}).json()["id"]
+            for n in range(20)
+        ]
+        wait_for(
+            lambda: client.get(f"/v1/jobs/{ids[0]}").json()["state"] == "succeeded", 30, "a first result"
+        )
+    assert first.stop(signal.SIGTERM) == 0
+
+    second = start_swell(config, data_dir=data, pythonpath=[HERE])
+    with second.client() as client:
+        wait_for(
+            lambda: all(client.get(f"/v1/jobs/{i}").json()["state"] == "succeeded" for i in ids),
+            60,
+            "every job to finish after the restart",
+            interval=0.3,
+        )
+        assert [client.get(f"/v1/jobs/{i}").json()["result"]["n"] for i in ids] == [2 * n for n in range(20)]

@@ -168,7 +168,7 @@ def status(
 
 
 def _mount_subapps() -> None:
-    """Sub-commands of optional parts: they import their own dependencies lazily."""
+    """`swell data ...` and `swell sim ...`: their modules import heavy dependencies lazily."""
     from swell.data.cli import app as data_app
     from swell.sim.cli import mount as mount_sim
 
@@ -227,5 +227,7 @@ def _took(job: dict[str, Any]) -> str:
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    _mount_subapps()
     app()
+
+
+_mount_subapps()

@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -34,10 +33,11 @@ class Server:
 
         self.console = console or Console(stderr=True)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = settings.data_dir
         self.settings = settings.model_copy(
             update={
-                "api_key": resolve_secret(settings.api_key, settings.data_dir, "api_key"),
-                "webhook_secret": resolve_secret(settings.webhook_secret, settings.data_dir, "webhook_secret"),
+                "api_key": resolve_secret(settings.api_key, data_dir, "api_key"),
+                "webhook_secret": resolve_secret(settings.webhook_secret, data_dir, "webhook_secret"),
             }
         )
         self.config = config
@@ -47,7 +47,8 @@ class Server:
     def run(self) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._announce()
-        asyncio.run(self._serve())
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(self._serve())
 
     async def _serve(self) -> None:
         from swell.cluster.local import LocalSupervisor
@@ -59,23 +60,33 @@ class Server:
         supervisor = LocalSupervisor(config, settings.database_url, settings.data_dir, clock=self.clock)
         brain = self._brain(queue, supervisor)
         app = create_app(
-            config, settings, queue, replicas=supervisor, clock=self.clock, registry=self.registry,
+            config,
+            settings,
+            queue,
+            replicas=supervisor,
+            clock=self.clock,
+            registry=self.registry,
             extra_services=brain.plan_view if brain else None,
         )
         dispatcher = WebhookDispatcher(
-            queue, settings.webhook_secret or "", clock=self.clock,
-            max_attempts=config.gateway.webhook_max_attempts, timeout=config.gateway.webhook_timeout,
+            queue,
+            settings.webhook_secret or "",
+            clock=self.clock,
+            max_attempts=config.gateway.webhook_max_attempts,
+            timeout=config.gateway.webhook_timeout,
             allow_hosts=settings.callback_allow_hosts,
         )
         server = uvicorn.Server(
-            uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                           lifespan="on")
+            uvicorn.Config(
+                app, host=settings.host, port=settings.port, log_level="warning", access_log=False
+            )
         )
         stop = asyncio.Event()
         supervisor.start()
         loops = [asyncio.create_task(dispatcher.run(stop), name="webhooks")]
         if brain:
-            loops.append(asyncio.create_task(_every(config.brain.tick_seconds, brain.tick, stop), name="brain"))
+            tick = _every(config.brain.tick_seconds, brain.tick, stop)
+            loops.append(asyncio.create_task(tick, name="brain"))
         progress = threading.Thread(target=self._show_loading, args=(supervisor, stop), daemon=True)
         progress.start()
         try:
@@ -86,7 +97,7 @@ class Server:
             self.console.print("[bold]draining workers…[/]")
             await asyncio.to_thread(supervisor.stop)
             queue.close()
-            self.console.print("[bold]stopped[/]: every job is kept in", str(settings.data_dir))
+            self.console.print(f"[bold]stopped[/]: every job is kept in {settings.data_dir}")
 
     def _brain(self, queue: Any, supervisor: Any) -> Any:
         if self.config.brain.mode == "off":
@@ -97,7 +108,7 @@ class Server:
 
     def _announce(self) -> None:
         s = self.settings
-        self.console.print(f"[bold green]swell[/] serving on http://{s.host}:{s.port}  (data in {s.data_dir})")
+        self.console.print(f"[bold green]swell[/] serving on http://{s.host}:{s.port} (data in {s.data_dir})")
         if s.auth:
             self.console.print(f"API key: [bold]{s.api_key}[/]  (send 'Authorization: Bearer <key>')")
         else:
@@ -107,10 +118,15 @@ class Server:
             )
 
     def _show_loading(self, supervisor: Any, stop: asyncio.Event) -> None:
-        """A progress bar while the replicas load their models, then one line per service."""
-        wanted = sum(max(1, s.replicas.min) for s in self.config.services)
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                   "{task.total} replicas ready"), TimeElapsedColumn())
+        """A progress bar while the replicas load their models, then one line per replica."""
+        wanted = sum(s.replicas.min for s in self.config.services)
+        columns = (
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} replicas ready"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=self.console, transient=True) as bar:
             task = bar.add_task("loading models", total=wanted)
             while not stop.is_set():
@@ -119,28 +135,22 @@ class Server:
                 bar.update(task, completed=min(ready, wanted))
                 if ready >= wanted:
                     break
-                stop_wait(0.2)
+                threading.Event().wait(0.2)
         if not stop.is_set():
             for r in supervisor.replicas():
                 phases = ", ".join(f"{k} {v:.1f}s" for k, v in r.phases.items())
-                self.console.print(f"  {r.service}: replica {r.id} pid {r.pid} ready  {phases}")
+                self.console.print(f"  {r.service}: replica {r.id} pid {r.pid} ready ({phases})")
 
 
-def stop_wait(seconds: float) -> None:
-    threading.Event().wait(seconds)
-
-
-async def _every(seconds: float, step: Callable[[], Awaitable[Any] | Any], stop: asyncio.Event) -> None:
-    """Run `step` every `seconds` until `stop`; a failing step is logged, never fatal."""
+async def _every(seconds: float, step: Callable[[], Any], stop: asyncio.Event) -> None:
+    """Run the blocking `step` in a thread every `seconds` until `stop`; a failure is logged, not fatal."""
     while not stop.is_set():
         try:
-            result = step()
-            if asyncio.iscoroutine(result):
-                await result
+            await asyncio.to_thread(step)
         except Exception:
             log.exception("periodic step %s failed", getattr(step, "__name__", step))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
-__all__ = ["Server", "replace"]
+__all__ = ["Server"]

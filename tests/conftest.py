@@ -31,6 +31,7 @@ def start_swell(tmp_path: Path) -> Iterator[Callable[..., SwellProcess]]:
         env: dict[str, str] | None = None,
         pythonpath: list[Path] | None = None,
         port: int | None = None,
+        no_auth: bool = False,
     ) -> SwellProcess:
         config_file = tmp_path / f"swell-{len(started)}.yaml"
         config_file.write_text(textwrap.dedent(config))
@@ -56,6 +57,7 @@ def start_swell(tmp_path: Path) -> Iterator[Callable[..., SwellProcess]]:
             str(data),
             "--port",
             str(port),
+            *(["--no-auth"] if no_auth else []),
         ]
         with log.open("wb") as out:
             proc = subprocess.Popen(

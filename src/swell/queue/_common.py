@@ -1,0 +1,72 @@
+"""Small rules every queue backend shares: lease ownership, admission back-off and counters.
+
+They sit here so that the memory, SQLite and Redis backends decide the same way; the job
+lifecycle itself lives in `swell.core.jobs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from swell.core.errors import LeaseLost
+from swell.core.jobs import Job, JobState
+from swell.queue.base import QueueStats
+
+ADMISSION_WINDOW = 60.0  # seconds of completions that estimate a service's drain rate
+MAX_RETRY_AFTER = 30.0  # what a full queue with no recent completions asks clients to wait
+ACTIVE_STATES = (JobState.QUEUED, JobState.LEASED)  # the states admission counts
+
+
+def require_owner(job: Job, owner: str) -> None:
+    """`LeaseLost` unless `owner` holds the lease on `job` now."""
+    if job.state is not JobState.LEASED or job.lease_owner != owner:
+        raise LeaseLost(f"job {job.id} is not leased to {owner} (it is {job.state.value})")
+
+
+def lease_expired(job: Job, now: float) -> bool:
+    return job.state is JobState.LEASED and job.lease_expires_at is not None and job.lease_expires_at <= now
+
+
+def retry_after(excess: int, finished_in_window: int, window: float = ADMISSION_WINDOW) -> float:
+    """Seconds until `excess` places free up at the service's recent completion rate, 1 s to 30 s.
+
+    `finished_in_window` is how many of the service's jobs reached a final state in the last
+    `window` seconds; with none, nothing suggests the queue drains soon and the answer is the cap.
+    """
+    if finished_in_window <= 0:
+        return MAX_RETRY_AFTER
+    rate = finished_in_window / window
+    return min(MAX_RETRY_AFTER, max(1.0, excess / rate))
+
+
+def full_message(service: str, active: int, limit: int) -> str:
+    return f"service {service!r} has {active} jobs queued or running (limit {limit})"
+
+
+@dataclass(slots=True)
+class Counters:
+    """The cumulative counters of `QueueStats`, kept by backends that count in-process."""
+
+    submitted: int = 0
+    deduplicated: int = 0
+    rejected: int = 0
+    leased: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    dead: int = 0
+    expired: int = 0
+
+    def count_final(self, job: Job) -> None:
+        """Count a job that has just reached `succeeded`, `failed` or `dead`."""
+        if job.state is JobState.SUCCEEDED:
+            self.succeeded += 1
+        elif job.state is JobState.FAILED:
+            self.failed += 1
+        elif job.state is JobState.DEAD:
+            self.dead += 1
+
+    def snapshot(self, depth: dict[str, dict[str, int]]) -> QueueStats:
+        return QueueStats(**{f.name: getattr(self, f.name) for f in fields(self)}, depth=depth)
+
+
+COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Counters))

@@ -1,0 +1,306 @@
+"""The in-memory queue: every job in one dict behind one lock. For tests and the simulator.
+
+Queued jobs also sit in heaps ordered by rank, one per service and one per (service, model), so a
+lease costs O(log n) however long the queue. Heap entries are never removed in place: each carries
+the token of the job's latest enqueue, and an entry whose token is stale is dropped when met.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import heapq
+import itertools
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from swell.core.clock import Clock, SystemClock
+from swell.core.errors import JobNotFound, LeaseLost, QueueFull
+from swell.core.jobs import Job, JobSpec, JobState, RetryPolicy, WebhookState
+from swell.queue._common import (
+    ACTIVE_STATES,
+    ADMISSION_WINDOW,
+    Counters,
+    full_message,
+    lease_expired,
+    require_owner,
+    retry_after,
+)
+from swell.queue.base import QueueStats
+
+_Entry = tuple[float, int, str, float]  # (rank, token, job id, available_at)
+
+
+class _ReadyIndex:
+    """Queued jobs by rank, per service and per (service, model), with lazy deletion."""
+
+    def __init__(self) -> None:
+        self._by_service: dict[str, list[_Entry]] = defaultdict(list)
+        self._by_model: dict[tuple[str, str], list[_Entry]] = defaultdict(list)
+        self._tokens: dict[str, int] = {}
+        self._next_token = itertools.count()
+
+    def add(self, job: Job, rank: float) -> None:
+        token = next(self._next_token)
+        self._tokens[job.id] = token
+        entry = (rank, token, job.id, job.available_at)
+        self._push(self._by_service[job.service], entry)
+        if job.model is not None:
+            self._push(self._by_model[(job.service, job.model)], entry)
+
+    def discard(self, job_id: str) -> None:
+        self._tokens.pop(job_id, None)
+
+    def take(self, service: str, model: str | None, now: float, n: int) -> list[str]:
+        """Up to `n` job ids available at `now`, jobs for `model` first, each by rank."""
+        taken: list[str] = []
+        if model is not None and (service, model) in self._by_model:
+            taken = self._take(self._by_model[(service, model)], now, n)
+        if len(taken) < n and service in self._by_service:
+            taken += self._take(self._by_service[service], now, n - len(taken))
+        return taken
+
+    def _take(self, heap: list[_Entry], now: float, n: int) -> list[str]:
+        taken: list[str] = []
+        later: list[_Entry] = []
+        while heap and len(taken) < n:
+            entry = heapq.heappop(heap)
+            _, token, job_id, available_at = entry
+            if self._tokens.get(job_id) != token:
+                continue
+            if available_at > now:
+                later.append(entry)
+                continue
+            del self._tokens[job_id]
+            taken.append(job_id)
+        for entry in later:
+            heapq.heappush(heap, entry)
+        return taken
+
+    def _push(self, heap: list[_Entry], entry: _Entry) -> None:
+        heapq.heappush(heap, entry)
+        if len(heap) > 64 and len(heap) > 2 * len(self._tokens):
+            heap[:] = [e for e in heap if self._tokens.get(e[2]) == e[1]]
+            heapq.heapify(heap)
+
+
+class MemoryQueue:
+    """A `QueueBackend` held in this process; safe across its threads, lost when it exits."""
+
+    def __init__(self, *, clock: Clock = SystemClock(), policy: RetryPolicy = RetryPolicy()) -> None:
+        self._clock = clock
+        self._policy = policy
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._keys: dict[tuple[str, str], str] = {}
+        self._ready = _ReadyIndex()
+        self._leased: dict[str, set[str]] = defaultdict(set)
+        self._depth: Counter[tuple[str, JobState]] = Counter()
+        self._finished: list[tuple[float, str]] = []  # (finished_at, id), sorted
+        self._webhooks: set[str] = set()  # ids whose webhook_state is pending
+        self._counts = Counters()
+
+    # -- the protocol -----------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec, *, limit: int | None = None) -> tuple[Job, bool]:
+        with self._lock:
+            now = self._clock.now()
+            if spec.idempotency_key is not None:
+                existing = self._keys.get((spec.service, spec.idempotency_key))
+                if existing is not None:
+                    self._counts.deduplicated += 1
+                    return self._jobs[existing], False
+            if limit is not None:
+                self._admit(spec.service, limit, now)
+            job = self._store(Job.create(spec, now))
+            if spec.idempotency_key is not None:
+                self._keys[(spec.service, spec.idempotency_key)] = job.id
+            self._counts.submitted += 1
+            return job, True
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            return self._get(job_id)
+
+    def lease(
+        self,
+        service: str,
+        owner: str,
+        *,
+        max_jobs: int = 1,
+        lease_seconds: float = 30.0,
+        model: str | None = None,
+    ) -> list[Job]:
+        with self._lock:
+            now = self._clock.now()
+            self._reap([service], now)
+            ids = self._ready.take(service, model, now, max_jobs)
+            leased = [self._store(self._jobs[i].lease(owner, now, lease_seconds)) for i in ids]
+            self._counts.leased += len(leased)
+            return leased
+
+    def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:
+        """Renews every lease `owner` still holds; then `LeaseLost` naming any it does not."""
+        with self._lock:
+            now = self._clock.now()
+            lost = []
+            for job_id in job_ids:
+                job = self._jobs.get(job_id)
+                if job is None or job.state is not JobState.LEASED or job.lease_owner != owner:
+                    lost.append(job_id)
+                else:
+                    self._store(job.renew(owner, now, lease_seconds))
+            if lost:
+                raise LeaseLost(f"{owner} no longer holds the lease on {', '.join(lost)}")
+
+    def complete(self, job_id: str, owner: str, result: dict[str, Any]) -> Job:
+        with self._lock:
+            job = self._owned(job_id, owner)
+            return self._finish(job.succeed(result, self._clock.now()))
+
+    def fail(self, job_id: str, owner: str, error: str, *, retryable: bool = True) -> Job:
+        with self._lock:
+            job = self._owned(job_id, owner)
+            return self._finish(job.fail(error, self._clock.now(), retryable=retryable, policy=self._policy))
+
+    def release(self, job_id: str, owner: str) -> Job:
+        with self._lock:
+            job = self._owned(job_id, owner)
+            return self._store(job.release(self._clock.now()))
+
+    def cancel(self, job_id: str) -> Job:
+        with self._lock:
+            return self._store(self._get(job_id).cancel(self._clock.now()))
+
+    def reap(self) -> int:
+        with self._lock:
+            return self._reap(list(self._leased), self._clock.now())
+
+    def jobs(
+        self, *, service: str | None = None, state: JobState | None = None, limit: int = 100
+    ) -> list[Job]:
+        with self._lock:
+            found: list[Job] = []
+            for job in reversed(self._jobs.values()):
+                if len(found) >= limit:
+                    break
+                if (service is None or job.service == service) and (state is None or job.state is state):
+                    found.append(job)
+            return found
+
+    def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
+        with self._lock:
+            start = bisect.bisect_left(self._finished, (since, ""))
+            return [self._jobs[job_id] for _, job_id in self._finished[start : start + limit]]
+
+    def depth(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return self._depth_view()
+
+    def due_webhooks(self, limit: int = 100) -> list[Job]:
+        with self._lock:
+            now = self._clock.now()
+            due = [self._jobs[i] for i in self._webhooks]
+            due = [j for j in due if j.webhook_next_at is not None and j.webhook_next_at <= now]
+            due.sort(key=lambda j: (j.webhook_next_at, j.id))
+            return due[:limit]
+
+    def save_webhook(self, job: Job) -> None:
+        with self._lock:
+            self._store(_with_webhook(self._get(job.id), job))
+
+    def statistics(self) -> QueueStats:
+        with self._lock:
+            return self._counts.snapshot(self._depth_view())
+
+    def close(self) -> None:
+        """Nothing to release; the jobs stay readable until the queue is dropped."""
+
+    def __repr__(self) -> str:
+        return f"MemoryQueue(jobs={len(self._jobs)}, clock={self._clock!r})"
+
+    # -- helpers (the lock is held) ---------------------------------------------------------------
+
+    def _get(self, job_id: str) -> Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobNotFound(f"no job {job_id!r}", field="id") from None
+
+    def _owned(self, job_id: str, owner: str) -> Job:
+        job = self._get(job_id)
+        require_owner(job, owner)
+        return job
+
+    def _admit(self, service: str, limit: int, now: float) -> None:
+        active = sum(self._depth[(service, state)] for state in ACTIVE_STATES)
+        if active < limit:
+            return
+        self._counts.rejected += 1
+        start = bisect.bisect_left(self._finished, (now - ADMISSION_WINDOW, ""))
+        recent = sum(1 for _, i in self._finished[start:] if self._jobs[i].service == service)
+        raise QueueFull(
+            full_message(service, active, limit), retry_after=retry_after(active - limit + 1, recent)
+        )
+
+    def _reap(self, services: list[str], now: float) -> int:
+        expired = [
+            self._jobs[i]
+            for s in services
+            for i in self._leased.get(s, ())
+            if lease_expired(self._jobs[i], now)
+        ]
+        for job in expired:
+            self._finish(job.expire(now, self._policy))
+        self._counts.expired += len(expired)
+        return len(expired)
+
+    def _finish(self, job: Job) -> Job:
+        """Store the job after a delivery ended, counting it when it reached a final state."""
+        self._counts.count_final(job)
+        return self._store(job)
+
+    def _store(self, job: Job) -> Job:
+        """Put `job` in place of its previous value and keep every index in step."""
+        old = self._jobs.get(job.id)
+        self._jobs[job.id] = job
+        if old is None or old.state is not job.state:
+            if old is not None:
+                self._depth[(old.service, old.state)] -= 1
+            self._depth[(job.service, job.state)] += 1
+        if job.state is JobState.QUEUED:
+            if old is None or old.state is not JobState.QUEUED or old.available_at != job.available_at:
+                self._ready.add(job, job.rank(self._policy))
+        else:
+            self._ready.discard(job.id)
+        if job.state is JobState.LEASED:
+            self._leased[job.service].add(job.id)
+        else:
+            self._leased[job.service].discard(job.id)
+        if job.finished_at is not None and (old is None or old.finished_at is None):
+            bisect.insort(self._finished, (job.finished_at, job.id))
+        if job.webhook_state is WebhookState.PENDING:
+            self._webhooks.add(job.id)
+        else:
+            self._webhooks.discard(job.id)
+        return job
+
+    def _depth_view(self) -> dict[str, dict[str, int]]:
+        view: dict[str, dict[str, int]] = {}
+        for (service, state), count in self._depth.items():
+            if count:
+                view.setdefault(service, {})[state.value] = count
+        return view
+
+
+def _with_webhook(stored: Job, job: Job) -> Job:
+    """`stored` with the webhook fields of `job` and nothing else."""
+    return dataclasses.replace(
+        stored,
+        webhook_state=job.webhook_state,
+        webhook_attempts=job.webhook_attempts,
+        webhook_next_at=job.webhook_next_at,
+        webhook_error=job.webhook_error,
+    )

@@ -1,0 +1,536 @@
+"""The contract every queue backend passes: memory, SQLite on a real file, Redis on a real server.
+
+Time is a `ManualClock`, so leases, back-offs and aging are moved by hand, never slept through.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from swell.core.clock import ManualClock
+from swell.core.errors import IllegalTransition, JobNotFound, LeaseLost, QueueFull
+from swell.core.jobs import Job, JobSpec, JobState, Priority, WebhookState
+from swell.queue.base import QueueBackend, QueueStats
+from tests.queue.conftest import POLICY, OpenQueue
+
+
+def spec(service: str = "svc", **changes: object) -> JobSpec:
+    fields: dict[str, object] = {"input": {"n": 1}, **changes}
+    return JobSpec(service=service, **fields)  # type: ignore[arg-type]
+
+
+def submit(queue: QueueBackend, service: str = "svc", **changes: object) -> Job:
+    job, created = queue.submit(spec(service, **changes))
+    assert created
+    return job
+
+
+def lease_one(queue: QueueBackend, owner: str = "w1", service: str = "svc", **kwargs: object) -> Job:
+    jobs = queue.lease(service, owner, **kwargs)  # type: ignore[arg-type]
+    assert len(jobs) == 1, jobs
+    return jobs[0]
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+
+
+def test_backend_satisfies_the_protocol(queue: QueueBackend) -> None:
+    assert isinstance(queue, QueueBackend)
+    assert repr(queue).startswith(type(queue).__name__)
+
+
+def test_submit_stores_the_spec_and_get_returns_it(queue: QueueBackend, clock: ManualClock) -> None:
+    job = submit(
+        queue,
+        input={"texts": ["a", "ü"], "nested": {"k": [1, 2.5, None]}},
+        priority=Priority.HIGH,
+        tenant="acme",
+        model="m1",
+        callback_url="https://example.com/hook",
+        max_attempts=5,
+        timeout=12.5,
+    )
+    assert job.state is JobState.QUEUED
+    assert (job.attempts, job.created_at, job.available_at) == (0, clock.now(), clock.now())
+    assert job.webhook_state is WebhookState.WAITING
+    stored = queue.get(job.id)
+    assert stored == job
+    assert stored.input == {"texts": ["a", "ü"], "nested": {"k": [1, 2.5, None]}}
+    assert (stored.priority, stored.tenant, stored.model, stored.max_attempts) == (
+        Priority.HIGH,
+        "acme",
+        "m1",
+        5,
+    )
+
+
+def test_get_of_an_unknown_job_raises(queue: QueueBackend) -> None:
+    with pytest.raises(JobNotFound):
+        queue.get("no-such-job")
+
+
+def test_lease_then_complete(queue: QueueBackend, clock: ManualClock) -> None:
+    job = submit(queue)
+    clock.advance(2)
+    leased = lease_one(queue, "w1", lease_seconds=10)
+    assert leased.id == job.id
+    assert leased.state is JobState.LEASED
+    assert (leased.attempts, leased.lease_owner) == (1, "w1")
+    assert (leased.started_at, leased.lease_expires_at) == (clock.now(), clock.now() + 10)
+    assert queue.get(job.id) == leased
+    assert queue.lease("svc", "w2") == []
+
+    clock.advance(3)
+    done = queue.complete(job.id, "w1", {"out": [1.5, 2]})
+    assert done.state is JobState.SUCCEEDED
+    assert (done.result, done.finished_at, done.lease_owner) == ({"out": [1.5, 2]}, clock.now(), None)
+    assert queue.get(job.id) == done
+
+
+def test_a_finished_job_refuses_every_worker_event(queue: QueueBackend) -> None:
+    job = submit(queue)
+    lease_one(queue, "w1")
+    queue.complete(job.id, "w1", {})
+    with pytest.raises(LeaseLost):
+        queue.complete(job.id, "w1", {"again": True})
+    with pytest.raises(LeaseLost):
+        queue.fail(job.id, "w1", "boom")
+    with pytest.raises(LeaseLost):
+        queue.release(job.id, "w1")
+    with pytest.raises(LeaseLost):
+        queue.renew([job.id], "w1", 30)
+    with pytest.raises(IllegalTransition):
+        queue.cancel(job.id)
+    assert queue.get(job.id).result == {}
+
+
+def test_only_the_owner_may_finish_a_leased_job(queue: QueueBackend) -> None:
+    job = submit(queue)
+    leased = lease_one(queue, "w1")
+    for act in (
+        lambda: queue.complete(job.id, "w2", {}),
+        lambda: queue.fail(job.id, "w2", "x"),
+        lambda: queue.release(job.id, "w2"),
+        lambda: queue.renew([job.id], "w2", 30),
+    ):
+        with pytest.raises(LeaseLost):
+            act()
+    assert queue.get(job.id) == leased
+
+
+def test_worker_events_on_a_queued_job_are_refused(queue: QueueBackend) -> None:
+    job = submit(queue)
+    with pytest.raises(LeaseLost):
+        queue.complete(job.id, "w1", {})
+    with pytest.raises(LeaseLost):
+        queue.release(job.id, "w1")
+    assert queue.get(job.id) == job
+
+
+def test_worker_events_on_an_unknown_job_raise_not_found(queue: QueueBackend) -> None:
+    with pytest.raises(JobNotFound):
+        queue.complete("nope", "w1", {})
+    with pytest.raises(JobNotFound):
+        queue.cancel("nope")
+    with pytest.raises(LeaseLost):
+        queue.renew(["nope"], "w1", 30)
+
+
+def test_cancel_a_queued_job(queue: QueueBackend, clock: ManualClock) -> None:
+    job = submit(queue)
+    cancelled = queue.cancel(job.id)
+    assert cancelled.state is JobState.CANCELLED
+    assert cancelled.finished_at == clock.now()
+    assert queue.get(job.id) == cancelled
+    assert queue.lease("svc", "w1") == []
+    with pytest.raises(IllegalTransition):
+        queue.cancel(job.id)
+
+
+def test_cancel_a_leased_job_is_refused(queue: QueueBackend) -> None:
+    job = submit(queue)
+    leased = lease_one(queue)
+    with pytest.raises(IllegalTransition):
+        queue.cancel(job.id)
+    assert queue.get(job.id) == leased
+
+
+def test_permanent_failure_fails_at_once(queue: QueueBackend, clock: ManualClock) -> None:
+    job = submit(queue, max_attempts=5)
+    lease_one(queue)
+    failed = queue.fail(job.id, "w1", "bad input", retryable=False)
+    assert failed.state is JobState.FAILED
+    assert (failed.error, failed.finished_at, failed.attempts) == ("bad input", clock.now(), 1)
+    assert queue.get(job.id) == failed
+    clock.advance(1000)
+    assert queue.lease("svc", "w1") == []
+
+
+def test_retries_back_off_exponentially_then_the_job_is_dead(queue: QueueBackend, clock: ManualClock) -> None:
+    job = submit(queue, max_attempts=4)
+    for attempt, backoff in ((1, 1.0), (2, 2.0), (3, 4.0)):
+        leased = lease_one(queue)
+        assert leased.attempts == attempt
+        retried = queue.fail(job.id, "w1", f"error {attempt}")
+        assert retried.state is JobState.QUEUED
+        assert retried.available_at == clock.now() + backoff
+        assert retried.error == f"error {attempt}"
+        clock.advance(backoff - 0.5)
+        assert queue.lease("svc", "w1") == [], "leased before its back-off ran out"
+        clock.advance(0.5)
+    lease_one(queue)
+    dead = queue.fail(job.id, "w1", "error 4")
+    assert dead.state is JobState.DEAD
+    assert (dead.attempts, dead.error, dead.finished_at) == (4, "error 4", clock.now())
+    assert queue.get(job.id) == dead
+    assert queue.jobs(state=JobState.DEAD) == [dead]
+
+
+def test_release_hands_the_job_back_without_counting_an_attempt(queue: QueueBackend) -> None:
+    job = submit(queue)
+    lease_one(queue, "w1")
+    released = queue.release(job.id, "w1")
+    assert released.state is JobState.QUEUED
+    assert (released.attempts, released.lease_owner) == (0, None)
+    again = lease_one(queue, "w2")
+    assert (again.id, again.attempts, again.lease_owner) == (job.id, 1, "w2")
+
+
+# -- leases ----------------------------------------------------------------------------------------
+
+
+def test_an_expired_lease_returns_the_job_after_a_back_off(queue: QueueBackend, clock: ManualClock) -> None:
+    job = submit(queue)
+    lease_one(queue, "w1", lease_seconds=10)
+    clock.advance(9)
+    assert queue.lease("svc", "w2") == []
+    clock.advance(1)
+    assert queue.lease("svc", "w2") == [], "the expired job must wait out its back-off"
+    requeued = queue.get(job.id)
+    assert requeued.state is JobState.QUEUED
+    assert requeued.available_at == clock.now() + POLICY.backoff(1)
+    assert requeued.error is not None and "w1" in requeued.error
+    clock.advance(POLICY.backoff(1))
+    second = lease_one(queue, "w2")
+    assert (second.id, second.attempts, second.lease_owner) == (job.id, 2, "w2")
+    with pytest.raises(LeaseLost):
+        queue.complete(job.id, "w1", {"late": True})
+    assert queue.complete(job.id, "w2", {"ok": 1}).state is JobState.SUCCEEDED
+
+
+def test_an_expired_lease_with_no_attempts_left_buries_the_job(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    job = submit(queue, max_attempts=1)
+    lease_one(queue, "w1", lease_seconds=5)
+    clock.advance(5)
+    assert queue.reap() == 1
+    dead = queue.get(job.id)
+    assert dead.state is JobState.DEAD
+    assert dead.attempts == 1
+    assert dead.error is not None and "expired" in dead.error
+    assert queue.reap() == 0
+
+
+def test_reap_covers_every_service(queue: QueueBackend, clock: ManualClock) -> None:
+    a, b = submit(queue, "a"), submit(queue, "b")
+    lease_one(queue, "w1", "a", lease_seconds=5)
+    lease_one(queue, "w1", "b", lease_seconds=50)
+    clock.advance(6)
+    assert queue.reap() == 1
+    assert queue.get(a.id).state is JobState.QUEUED
+    assert queue.get(b.id).state is JobState.LEASED
+
+
+def test_renew_extends_the_lease(queue: QueueBackend, clock: ManualClock) -> None:
+    job = submit(queue)
+    lease_one(queue, "w1", lease_seconds=10)
+    clock.advance(8)
+    queue.renew([job.id], "w1", 10)
+    assert queue.get(job.id).lease_expires_at == clock.now() + 10
+    clock.advance(8)
+    assert queue.reap() == 0
+    assert queue.complete(job.id, "w1", {}).state is JobState.SUCCEEDED
+
+
+def test_renew_after_the_lease_was_reaped_raises_lease_lost(queue: QueueBackend, clock: ManualClock) -> None:
+    held, lost = submit(queue), submit(queue)
+    lease_one(queue, "w1", lease_seconds=100)
+    lease_one(queue, "w1", lease_seconds=10)
+    clock.advance(11)
+    assert queue.reap() == 1
+    with pytest.raises(LeaseLost) as raised:
+        queue.renew([held.id, lost.id], "w1", 100)
+    assert lost.id in str(raised.value)
+    assert queue.get(held.id).lease_expires_at == clock.now() + 100, "the lease still held is renewed"
+
+
+# -- ordering --------------------------------------------------------------------------------------
+
+
+def test_higher_priority_first_then_oldest_first(queue: QueueBackend, clock: ManualClock) -> None:
+    low = submit(queue, priority=Priority.LOW)
+    clock.advance(1)
+    normal1 = submit(queue)
+    clock.advance(1)
+    high = submit(queue, priority=Priority.HIGH)
+    clock.advance(1)
+    normal2 = submit(queue)
+    order = [lease_one(queue).id for _ in range(4)]
+    assert order == [high.id, normal1.id, normal2.id, low.id]
+
+
+def test_aging_lets_a_low_job_that_waited_beat_a_fresh_high_one(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    low = submit(queue, priority=Priority.LOW)
+    clock.advance(2 * POLICY.aging_seconds + 1)
+    high = submit(queue, priority=Priority.HIGH)
+    assert [j.id for j in queue.lease("svc", "w1", max_jobs=2)] == [low.id, high.id]
+
+
+def test_lease_takes_a_batch_in_rank_order(queue: QueueBackend, clock: ManualClock) -> None:
+    ids = []
+    for _ in range(5):
+        ids.append(submit(queue).id)
+        clock.advance(0.01)
+    batch = queue.lease("svc", "w1", max_jobs=3)
+    assert [j.id for j in batch] == ids[:3]
+    assert all(j.lease_owner == "w1" for j in batch)
+    assert [j.id for j in queue.lease("svc", "w2", max_jobs=10)] == ids[3:]
+
+
+def test_lease_takes_only_its_service(queue: QueueBackend) -> None:
+    submit(queue, "other")
+    assert queue.lease("svc", "w1") == []
+    assert lease_one(queue, "w1", "other").service == "other"
+
+
+def test_lease_prefers_jobs_for_the_model_it_holds(queue: QueueBackend, clock: ManualClock) -> None:
+    x1 = submit(queue, model="x")
+    clock.advance(1)
+    y = submit(queue, model="y")
+    clock.advance(1)
+    none = submit(queue)
+    clock.advance(1)
+    x2 = submit(queue, model="x", priority=Priority.LOW)
+    assert [j.id for j in queue.lease("svc", "w1", max_jobs=3, model="x")] == [x1.id, x2.id, y.id]
+    assert [j.id for j in queue.lease("svc", "w2", model="z")] == [none.id]
+
+
+# -- idempotency and admission ---------------------------------------------------------------------
+
+
+def test_the_same_idempotency_key_returns_the_existing_job(queue: QueueBackend) -> None:
+    first = submit(queue, idempotency_key="k1")
+    again, created = queue.submit(spec(idempotency_key="k1", input={"n": 2}))
+    assert (again, created) == (first, False)
+    other_service = submit(queue, "other", idempotency_key="k1")
+    assert other_service.id != first.id
+    lease_one(queue)
+    queue.complete(first.id, "w1", {})
+    after, created = queue.submit(spec(idempotency_key="k1"))
+    assert (after.id, after.state, created) == (first.id, JobState.SUCCEEDED, False)
+    assert queue.statistics().deduplicated == 2
+
+
+def test_concurrent_submits_with_one_key_make_one_job(open_queue: OpenQueue) -> None:
+    queues = [open_queue() for _ in range(2)]  # two handles: two connections where the backend has them
+    barrier = threading.Barrier(8)
+    results: list[tuple[Job, bool]] = []
+
+    def submit_once(i: int) -> None:
+        barrier.wait()
+        results.append(queues[i % 2].submit(spec(idempotency_key="race", input={"i": i})))
+
+    threads = [threading.Thread(target=submit_once, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 8
+    assert sum(created for _, created in results) == 1
+    assert len({job.id for job, _ in results}) == 1
+    assert len(queues[0].jobs()) == 1
+
+
+def test_admission_refuses_a_full_service_with_retry_after(queue: QueueBackend, clock: ManualClock) -> None:
+    first = submit(queue)
+    submit(queue)
+    submit(queue, "other")
+    with pytest.raises(QueueFull) as full:
+        queue.submit(spec(), limit=2)
+    assert full.value.retry_after == 30.0, "nothing finished lately: the longest wait"
+    lease_one(queue)
+    with pytest.raises(QueueFull):
+        queue.submit(spec(), limit=2)
+    queue.complete(first.id, "w1", {})
+    job, created = queue.submit(spec(), limit=2)
+    assert created and job.state is JobState.QUEUED
+    assert queue.statistics().rejected == 2
+
+
+def test_retry_after_follows_the_recent_completion_rate(queue: QueueBackend, clock: ManualClock) -> None:
+    for _ in range(6):
+        submit(queue)
+    for job in queue.lease("svc", "w1", max_jobs=6):
+        clock.advance(1)
+        queue.complete(job.id, "w1", {})
+    for _ in range(3):
+        submit(queue)
+    with pytest.raises(QueueFull) as full:
+        queue.submit(spec(), limit=3)
+    # six completions in the last minute: one every 10 s, so one free place in about 10 s
+    assert full.value.retry_after == pytest.approx(10.0)
+
+
+def test_an_idempotent_retry_is_answered_even_when_full(queue: QueueBackend) -> None:
+    job = submit(queue, idempotency_key="k")
+    again, created = queue.submit(spec(idempotency_key="k"), limit=1)
+    assert (again.id, created) == (job.id, False)
+
+
+# -- webhooks --------------------------------------------------------------------------------------
+
+
+def test_webhook_bookkeeping(queue: QueueBackend, clock: ManualClock) -> None:
+    job = submit(queue, callback_url="https://example.com/hook")
+    submit(queue)  # no callback: never due
+    assert queue.due_webhooks() == []
+    lease_one(queue)
+    assert queue.due_webhooks() == []
+    done = queue.complete(job.id, "w1", {"v": 1})
+    assert (done.webhook_state, done.webhook_next_at) == (WebhookState.PENDING, clock.now())
+    assert [j.id for j in queue.due_webhooks()] == [job.id]
+
+    retry = done.webhook_failed("503", clock.now(), max_attempts=3, policy=POLICY)
+    queue.save_webhook(retry)
+    assert queue.due_webhooks() == []
+    clock.advance(POLICY.backoff(1))
+    (due,) = queue.due_webhooks()
+    assert (due.webhook_attempts, due.webhook_error) == (1, "503")
+
+    queue.save_webhook(due.webhook_delivered())
+    assert queue.due_webhooks() == []
+    stored = queue.get(job.id)
+    assert (stored.webhook_state, stored.webhook_attempts, stored.webhook_error) == (
+        WebhookState.DELIVERED,
+        2,
+        None,
+    )
+
+
+def test_save_webhook_changes_only_the_webhook_fields(queue: QueueBackend) -> None:
+    job = submit(queue, callback_url="https://example.com/hook")
+    stale = lease_one(queue)
+    done = queue.complete(job.id, "w1", {"v": 1})
+    queue.save_webhook(stale.webhook_delivered())
+    stored = queue.get(job.id)
+    assert stored.state is JobState.SUCCEEDED
+    assert stored.result == {"v": 1}
+    assert stored.webhook_state is WebhookState.DELIVERED
+    assert stored.finished_at == done.finished_at
+
+
+def test_due_webhooks_oldest_first_and_limited(queue: QueueBackend, clock: ManualClock) -> None:
+    ids = []
+    for _ in range(3):
+        job = submit(queue, callback_url="https://example.com/hook")
+        ids.append(job.id)
+        queue.cancel(job.id)
+        clock.advance(1)
+    assert [j.id for j in queue.due_webhooks(limit=2)] == ids[:2]
+
+
+# -- listing and statistics ------------------------------------------------------------------------
+
+
+def test_jobs_newest_first_with_filters(queue: QueueBackend, clock: ManualClock) -> None:
+    made = []
+    for service in ("a", "b", "a", "a"):
+        made.append(submit(queue, service))
+        clock.advance(1)
+    queue.cancel(made[2].id)
+    assert [j.id for j in queue.jobs()] == [j.id for j in reversed(made)]
+    assert [j.id for j in queue.jobs(service="a", limit=2)] == [made[3].id, made[2].id]
+    assert [j.id for j in queue.jobs(state=JobState.CANCELLED)] == [made[2].id]
+    assert [j.id for j in queue.jobs(service="a", state=JobState.QUEUED)] == [made[3].id, made[0].id]
+    assert queue.jobs(service="c") == []
+
+
+def test_finished_since_uses_finish_time_oldest_first(queue: QueueBackend, clock: ManualClock) -> None:
+    early, late, open_ = submit(queue), submit(queue), submit(queue)
+    clock.advance(5)
+    queue.cancel(late.id)
+    clock.advance(5)
+    since = clock.now()
+    queue.cancel(early.id)
+    clock.advance(5)
+    lease_one(queue)
+    queue.complete(open_.id, "w1", {})
+    assert [j.id for j in queue.finished_since(0)] == [late.id, early.id, open_.id]
+    assert [j.id for j in queue.finished_since(since)] == [early.id, open_.id]
+    assert [j.id for j in queue.finished_since(since, limit=1)] == [early.id]
+
+
+def test_depth_and_statistics(queue: QueueBackend, clock: ManualClock) -> None:
+    assert queue.depth() == {}
+    assert queue.statistics() == QueueStats()
+    jobs = [submit(queue, "a", max_attempts=1) for _ in range(5)] + [submit(queue, "b")]
+    queue.submit(spec("b", idempotency_key="k"))
+    queue.submit(spec("b", idempotency_key="k"))
+    with pytest.raises(QueueFull):
+        queue.submit(spec("a"), limit=5)
+    leased = queue.lease("a", "w1", max_jobs=4, lease_seconds=5)
+    queue.complete(leased[0].id, "w1", {})
+    queue.fail(leased[1].id, "w1", "bad", retryable=False)
+    queue.fail(leased[2].id, "w1", "flaky")  # max_attempts=1: dead
+    queue.cancel(jobs[4].id)
+    clock.advance(5)
+    assert queue.reap() == 1  # leased[3], out of attempts: dead
+    assert queue.depth() == {
+        "a": {"succeeded": 1, "failed": 1, "dead": 2, "cancelled": 1},
+        "b": {"queued": 2},
+    }
+    stats = queue.statistics()
+    assert stats == QueueStats(
+        submitted=7,
+        deduplicated=1,
+        rejected=1,
+        leased=4,
+        succeeded=1,
+        failed=1,
+        dead=2,
+        expired=1,
+        depth=queue.depth(),
+    )
+
+
+# -- durability ------------------------------------------------------------------------------------
+
+
+def test_reopening_keeps_every_job(open_queue: OpenQueue, backend_name: str, clock: ManualClock) -> None:
+    if backend_name == "memory":
+        pytest.skip("the memory queue lives and dies with its process")
+    queue = open_queue()
+    queued = submit(queue, idempotency_key="q", priority=Priority.LOW)
+    running = submit(queue, idempotency_key="r", priority=Priority.HIGH)
+    done = submit(queue, callback_url="https://example.com/hook")
+    assert lease_one(queue, "w1", lease_seconds=30).id == running.id
+    assert lease_one(queue, "w1").id == done.id
+    finished = queue.complete(done.id, "w1", {"ok": True})
+    before = {j.id: j for j in queue.jobs()}
+    queue.close()
+
+    reopened = open_queue()
+    assert {j.id: j for j in reopened.jobs()} == before
+    assert reopened.get(finished.id).result == {"ok": True}
+    assert reopened.submit(spec(idempotency_key="q"))[0].id == queued.id
+    assert reopened.depth() == {"svc": {"queued": 1, "leased": 1, "succeeded": 1}}
+    assert [j.id for j in reopened.due_webhooks()] == [done.id]
+    clock.advance(30)
+    assert reopened.reap() == 1
+    clock.advance(POLICY.backoff(1))
+    assert [j.id for j in reopened.lease("svc", "w2", max_jobs=2)] == [running.id, queued.id]

@@ -48,7 +48,7 @@ def _opener(name: str, tmp_path: Path) -> Callable[[ManualClock, RetryPolicy], Q
     return lambda clock, policy: RedisQueue(url, clock=clock, policy=policy, prefix=prefix)
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def backend_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -1,0 +1,537 @@
+"""The embedded queue: one SQLite file in WAL mode, shared by the gateway and worker processes.
+
+Schema (version 1, kept in `PRAGMA user_version`; `MIGRATIONS[i]` moves a file from version i):
+
+    jobs      one row per job; lifecycle columns are rewritten from the `Job` value that
+              `swell.core.jobs` computed, `input`/`result` are JSON text, `rank` is
+              `RetryPolicy.rank(available_at, priority)` so leasing is one index range scan
+    depth     (service, state) -> count, kept by triggers on `jobs`, so depth and admission
+              read a handful of rows however many finished jobs the file holds
+    counters  one row of cumulative totals for `statistics()`, bumped in the transaction that
+              did the work, so every process sees the same numbers
+
+Every read-modify-write runs in one `BEGIN IMMEDIATE` transaction: SQLite's write lock then
+orders workers of different processes, so a job is leased by one of them and an idempotency key
+maps to one job. Each thread gets its own connection (`synchronous=NORMAL`: a commit survives a
+crash of the process, the last ones may be lost on power failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swell.core.clock import Clock, SystemClock
+from swell.core.errors import JobNotFound, LeaseLost, QueueFull
+from swell.core.jobs import Job, JobSpec, JobState, Priority, RetryPolicy, WebhookState
+from swell.queue._common import (
+    ADMISSION_WINDOW,
+    COUNTER_NAMES,
+    Counters,
+    full_message,
+    require_owner,
+    retry_after,
+)
+from swell.queue.base import QueueStats
+
+BUSY_TIMEOUT = 30.0  # seconds a connection waits for another process's write lock
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id               TEXT PRIMARY KEY,
+        service          TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        priority         TEXT NOT NULL,
+        rank             REAL NOT NULL,
+        input            TEXT NOT NULL,
+        created_at       REAL NOT NULL,
+        available_at     REAL NOT NULL,
+        max_attempts     INTEGER NOT NULL,
+        timeout          REAL NOT NULL,
+        attempts         INTEGER NOT NULL,
+        idempotency_key  TEXT,
+        callback_url     TEXT,
+        tenant           TEXT,
+        model            TEXT,
+        started_at       REAL,
+        finished_at      REAL,
+        lease_owner      TEXT,
+        lease_expires_at REAL,
+        result           TEXT,
+        error            TEXT,
+        webhook_state    TEXT NOT NULL,
+        webhook_attempts INTEGER NOT NULL,
+        webhook_next_at  REAL,
+        webhook_error    TEXT
+    );
+    CREATE INDEX jobs_ready ON jobs (service, rank, available_at) WHERE state = 'queued';
+    CREATE INDEX jobs_ready_model ON jobs (service, model, rank, available_at)
+        WHERE state = 'queued' AND model IS NOT NULL;
+    CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'leased';
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (service, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_created ON jobs (created_at);
+    CREATE INDEX jobs_service_created ON jobs (service, created_at);
+    CREATE INDEX jobs_state_created ON jobs (state, created_at);
+    CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX jobs_webhooks ON jobs (webhook_next_at) WHERE webhook_state = 'pending';
+
+    CREATE TABLE depth (
+        service TEXT NOT NULL,
+        state   TEXT NOT NULL,
+        count   INTEGER NOT NULL,
+        PRIMARY KEY (service, state)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER jobs_depth_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO depth VALUES (new.service, new.state, 1)
+            ON CONFLICT (service, state) DO UPDATE SET count = count + 1;
+    END;
+    CREATE TRIGGER jobs_depth_update AFTER UPDATE OF state ON jobs WHEN old.state != new.state BEGIN
+        UPDATE depth SET count = count - 1 WHERE service = old.service AND state = old.state;
+        INSERT INTO depth VALUES (new.service, new.state, 1)
+            ON CONFLICT (service, state) DO UPDATE SET count = count + 1;
+    END;
+    CREATE TRIGGER jobs_depth_delete AFTER DELETE ON jobs BEGIN
+        UPDATE depth SET count = count - 1 WHERE service = old.service AND state = old.state;
+    END;
+
+    CREATE TABLE counters (
+        one          INTEGER PRIMARY KEY CHECK (one = 1),
+        submitted    INTEGER NOT NULL DEFAULT 0,
+        deduplicated INTEGER NOT NULL DEFAULT 0,
+        rejected     INTEGER NOT NULL DEFAULT 0,
+        leased       INTEGER NOT NULL DEFAULT 0,
+        succeeded    INTEGER NOT NULL DEFAULT 0,
+        failed       INTEGER NOT NULL DEFAULT 0,
+        dead         INTEGER NOT NULL DEFAULT 0,
+        expired      INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO counters (one) VALUES (1);
+    """,
+)
+
+COLUMNS = (
+    "id, service, state, priority, input, created_at, available_at, max_attempts, timeout, attempts, "
+    "idempotency_key, callback_url, tenant, model, started_at, finished_at, lease_owner, lease_expires_at, "
+    "result, error, webhook_state, webhook_attempts, webhook_next_at, webhook_error"
+)
+SELECT = f"SELECT {COLUMNS} FROM jobs"
+INSERT = f"INSERT INTO jobs (rank, {COLUMNS}) VALUES ({', '.join('?' * 25)})"
+UPDATE = (
+    "UPDATE jobs SET state = ?, rank = ?, available_at = ?, attempts = ?, started_at = ?, finished_at = ?, "
+    "lease_owner = ?, lease_expires_at = ?, result = ?, error = ?, webhook_state = ?, webhook_attempts = ?, "
+    "webhook_next_at = ?, webhook_error = ? WHERE id = ?"
+)
+UPDATE_WEBHOOK = (
+    "UPDATE jobs SET webhook_state = ?, webhook_attempts = ?, webhook_next_at = ?, webhook_error = ? "
+    "WHERE id = ?"
+)
+BUMP = "UPDATE counters SET " + ", ".join(f"{name} = {name} + ?" for name in COUNTER_NAMES)
+READY = f"{SELECT} WHERE service = ? AND state = 'queued' AND available_at <= ? ORDER BY rank LIMIT ?"
+READY_MODEL = (
+    f"{SELECT} WHERE service = ? AND model = ? AND state = 'queued' AND available_at <= ? "
+    "ORDER BY rank LIMIT ?"
+)
+DUE_WEBHOOKS = (
+    f"{SELECT} WHERE webhook_state = 'pending' AND webhook_next_at <= ? ORDER BY webhook_next_at LIMIT ?"
+)
+EXPIRED = f"{SELECT} INDEXED BY jobs_leases WHERE state = 'leased' AND lease_expires_at <= ?"
+ACTIVE = "SELECT coalesce(sum(count), 0) FROM depth WHERE service = ? AND state IN ('queued', 'leased')"
+RECENT = "SELECT count(*) FROM jobs INDEXED BY jobs_finished WHERE finished_at >= ? AND service = ?"
+
+
+def _dump(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _row(job: Job, policy: RetryPolicy) -> tuple[Any, ...]:
+    """The INSERT parameters for `job`: its rank, then every column in `COLUMNS` order."""
+    return (
+        job.rank(policy),
+        job.id,
+        job.service,
+        job.state.value,
+        job.priority.value,
+        _dump(job.input),
+        job.created_at,
+        job.available_at,
+        job.max_attempts,
+        job.timeout,
+        job.attempts,
+        job.idempotency_key,
+        job.callback_url,
+        job.tenant,
+        job.model,
+        job.started_at,
+        job.finished_at,
+        job.lease_owner,
+        job.lease_expires_at,
+        _dump(job.result),
+        job.error,
+        job.webhook_state.value,
+        job.webhook_attempts,
+        job.webhook_next_at,
+        job.webhook_error,
+    )
+
+
+def _changes(job: Job, policy: RetryPolicy) -> tuple[Any, ...]:
+    """The UPDATE parameters that persist every field a transition may change."""
+    return (
+        job.state.value,
+        job.rank(policy),
+        job.available_at,
+        job.attempts,
+        job.started_at,
+        job.finished_at,
+        job.lease_owner,
+        job.lease_expires_at,
+        _dump(job.result),
+        job.error,
+        job.webhook_state.value,
+        job.webhook_attempts,
+        job.webhook_next_at,
+        job.webhook_error,
+        job.id,
+    )
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    (id_, service, state, priority, input_, created_at, available_at, max_attempts, timeout, attempts) = row[
+        :10
+    ]
+    (key, callback_url, tenant, model, started_at, finished_at, owner, expires_at, result, error) = row[10:20]
+    (webhook_state, webhook_attempts, webhook_next_at, webhook_error) = row[20:]
+    return Job(
+        id=id_,
+        service=service,
+        input=json.loads(input_),
+        priority=Priority(priority),
+        state=JobState(state),
+        created_at=created_at,
+        available_at=available_at,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        attempts=attempts,
+        idempotency_key=key,
+        callback_url=callback_url,
+        tenant=tenant,
+        model=model,
+        started_at=started_at,
+        finished_at=finished_at,
+        lease_owner=owner,
+        lease_expires_at=expires_at,
+        result=None if result is None else json.loads(result),
+        error=error,
+        webhook_state=WebhookState(webhook_state),
+        webhook_attempts=webhook_attempts,
+        webhook_next_at=webhook_next_at,
+        webhook_error=webhook_error,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    """Admission said no; raised as `QueueFull` once the transaction that counted it committed."""
+
+    message: str
+    retry_after: float
+
+
+class SQLiteQueue:
+    """A `QueueBackend` in one SQLite file; safe across threads and processes."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock = SystemClock(),
+        policy: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._policy = policy
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+        self._baseline = self._counters()
+
+    # -- the protocol -----------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec, *, limit: int | None = None) -> tuple[Job, bool]:
+        with self._write() as db:
+            outcome = self._submit(db, spec, limit, self._clock.now())
+        if isinstance(outcome, _Rejected):
+            raise QueueFull(outcome.message, retry_after=outcome.retry_after)
+        return outcome
+
+    def get(self, job_id: str) -> Job:
+        return self._get(self._db(), job_id)
+
+    def lease(
+        self,
+        service: str,
+        owner: str,
+        *,
+        max_jobs: int = 1,
+        lease_seconds: float = 30.0,
+        model: str | None = None,
+    ) -> list[Job]:
+        with self._write() as db:
+            now = self._clock.now()
+            self._reap(db, now, service)
+            leased = [
+                job.lease(owner, now, lease_seconds) for job in self._ready(db, service, model, now, max_jobs)
+            ]
+            db.executemany(UPDATE, [_changes(job, self._policy) for job in leased])
+            self._bump(db, leased=len(leased))
+            return leased
+
+    def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:
+        """Renews every lease `owner` still holds; then `LeaseLost` naming any it does not."""
+        with self._write() as db:
+            now = self._clock.now()
+            held = {job.id: job for job in self._many(db, job_ids)}
+            renewed = [
+                job.renew(owner, now, lease_seconds)
+                for job in held.values()
+                if job.state is JobState.LEASED and job.lease_owner == owner
+            ]
+            db.executemany(UPDATE, [_changes(job, self._policy) for job in renewed])
+        lost = sorted(set(job_ids) - {job.id for job in renewed})
+        if lost:
+            raise LeaseLost(f"{owner} no longer holds the lease on {', '.join(lost)}")
+
+    def complete(self, job_id: str, owner: str, result: dict[str, Any]) -> Job:
+        with self._write() as db:
+            job = self._owned(db, job_id, owner).succeed(result, self._clock.now())
+            return self._save_final(db, job)
+
+    def fail(self, job_id: str, owner: str, error: str, *, retryable: bool = True) -> Job:
+        with self._write() as db:
+            job = self._owned(db, job_id, owner)
+            return self._save_final(
+                db, job.fail(error, self._clock.now(), retryable=retryable, policy=self._policy)
+            )
+
+    def release(self, job_id: str, owner: str) -> Job:
+        with self._write() as db:
+            job = self._owned(db, job_id, owner).release(self._clock.now())
+            db.execute(UPDATE, _changes(job, self._policy))
+            return job
+
+    def cancel(self, job_id: str) -> Job:
+        with self._write() as db:
+            job = self._get(db, job_id).cancel(self._clock.now())
+            db.execute(UPDATE, _changes(job, self._policy))
+            return job
+
+    def reap(self) -> int:
+        with self._write() as db:
+            return self._reap(db, self._clock.now(), None)
+
+    def jobs(
+        self, *, service: str | None = None, state: JobState | None = None, limit: int = 100
+    ) -> list[Job]:
+        where = [("service = ?", service), ("state = ?", None if state is None else state.value)]
+        terms = [(sql, value) for sql, value in where if value is not None]
+        clause = f"WHERE {' AND '.join(sql for sql, _ in terms)}" if terms else ""
+        query = f"{SELECT} {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        return [_job(row) for row in self._db().execute(query, [*(v for _, v in terms), limit])]
+
+    def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
+        query = f"{SELECT} WHERE finished_at >= ? ORDER BY finished_at LIMIT ?"
+        return [_job(row) for row in self._db().execute(query, (since, limit))]
+
+    def depth(self) -> dict[str, dict[str, int]]:
+        return self._depth(self._db())
+
+    def due_webhooks(self, limit: int = 100) -> list[Job]:
+        return [_job(row) for row in self._db().execute(DUE_WEBHOOKS, (self._clock.now(), limit))]
+
+    def save_webhook(self, job: Job) -> None:
+        changes = (
+            job.webhook_state.value,
+            job.webhook_attempts,
+            job.webhook_next_at,
+            job.webhook_error,
+            job.id,
+        )
+        with self._write() as db:
+            if db.execute(UPDATE_WEBHOOK, changes).rowcount == 0:
+                raise JobNotFound(f"no job {job.id!r}", field="id")
+
+    def statistics(self) -> QueueStats:
+        """Counters since this handle was opened (every process's work counts), and depth now."""
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            now, depth = self._counters(db), self._depth(db)
+        finally:
+            db.execute("COMMIT")
+        since = Counters(*(a - b for a, b in zip(now, self._baseline, strict=True)))
+        return since.snapshot(depth)
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"SQLiteQueue(path={str(self.path)!r}, clock={self._clock!r})"
+
+    # -- connections and transactions -------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (a new one after a fork: SQLite handles must not cross it)."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.connection = self._connect()
+            local.pid = os.getpid()
+        connection: sqlite3.Connection = local.connection
+        return connection
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=64,
+        )
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        with self._connections_lock:
+            self._connections.append(connection)
+        return connection
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction that holds SQLite's write lock from its first statement."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        db = self._db()
+        db.execute("PRAGMA journal_mode = WAL")
+        with self._write():
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in _statements(script):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+
+    # -- helpers (inside a transaction) -----------------------------------------------------------
+
+    def _submit(
+        self, db: sqlite3.Connection, spec: JobSpec, limit: int | None, now: float
+    ) -> _Rejected | tuple[Job, bool]:
+        if spec.idempotency_key is not None:
+            row = db.execute(
+                f"{SELECT} WHERE service = ? AND idempotency_key = ?", (spec.service, spec.idempotency_key)
+            ).fetchone()
+            if row is not None:
+                self._bump(db, deduplicated=1)
+                return _job(row), False
+        if limit is not None:
+            active = db.execute(ACTIVE, (spec.service,)).fetchone()[0]
+            if active >= limit:
+                self._bump(db, rejected=1)
+                recent = db.execute(RECENT, (now - ADMISSION_WINDOW, spec.service)).fetchone()[0]
+                return _Rejected(
+                    full_message(spec.service, active, limit), retry_after(active - limit + 1, recent)
+                )
+        job = Job.create(spec, now)
+        db.execute(INSERT, _row(job, self._policy))
+        self._bump(db, submitted=1)
+        return job, True
+
+    def _get(self, db: sqlite3.Connection, job_id: str) -> Job:
+        row = db.execute(f"{SELECT} WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}", field="id")
+        return _job(row)
+
+    def _many(self, db: sqlite3.Connection, job_ids: Sequence[str]) -> list[Job]:
+        marks = ", ".join("?" * len(job_ids))
+        return [_job(row) for row in db.execute(f"{SELECT} WHERE id IN ({marks})", list(job_ids))]
+
+    def _owned(self, db: sqlite3.Connection, job_id: str, owner: str) -> Job:
+        job = self._get(db, job_id)
+        require_owner(job, owner)
+        return job
+
+    def _ready(
+        self, db: sqlite3.Connection, service: str, model: str | None, now: float, n: int
+    ) -> list[Job]:
+        """Up to `n` jobs available at `now`, jobs for `model` first, each by rank."""
+        taken: list[Job] = []
+        if model is not None:
+            taken = [_job(row) for row in db.execute(READY_MODEL, (service, model, now, n))]
+        if len(taken) < n:
+            seen = {job.id for job in taken}
+            rows = db.execute(READY, (service, now, n + len(taken)))
+            taken += [job for job in map(_job, rows) if job.id not in seen][: n - len(taken)]
+        return taken
+
+    def _reap(self, db: sqlite3.Connection, now: float, service: str | None) -> int:
+        query, params = (
+            (EXPIRED, (now,)) if service is None else (EXPIRED + " AND service = ?", (now, service))
+        )
+        expired = [_job(row).expire(now, self._policy) for row in db.execute(query, params)]
+        db.executemany(UPDATE, [_changes(job, self._policy) for job in expired])
+        dead = sum(job.state is JobState.DEAD for job in expired)
+        self._bump(db, expired=len(expired), dead=dead)
+        return len(expired)
+
+    def _save_final(self, db: sqlite3.Connection, job: Job) -> Job:
+        """Persist the job after its delivery ended, counting it when it reached a final state."""
+        db.execute(UPDATE, _changes(job, self._policy))
+        counts = Counters()
+        counts.count_final(job)
+        self._bump(db, succeeded=counts.succeeded, failed=counts.failed, dead=counts.dead)
+        return job
+
+    def _bump(self, db: sqlite3.Connection, **deltas: int) -> None:
+        if any(deltas.values()):
+            db.execute(BUMP, [deltas.get(name, 0) for name in COUNTER_NAMES])
+
+    def _counters(self, db: sqlite3.Connection | None = None) -> tuple[int, ...]:
+        row = (db or self._db()).execute(f"SELECT {', '.join(COUNTER_NAMES)} FROM counters").fetchone()
+        return tuple(row)
+
+    def _depth(self, db: sqlite3.Connection) -> dict[str, dict[str, int]]:
+        depth: dict[str, dict[str, int]] = {}
+        for service, state, count in db.execute("SELECT service, state, count FROM depth WHERE count > 0"):
+            depth.setdefault(service, {})[state] = count
+        return depth
+
+
+def _statements(script: str) -> Iterable[str]:
+    """Split a migration into statements, keeping each trigger body whole."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"incomplete statement in a migration: {buffer.strip()[:60]}")

@@ -3,6 +3,8 @@
 Queued jobs also sit in heaps ordered by rank, one per service and one per (service, model), so a
 lease costs O(log n) however long the queue. Heap entries are never removed in place: each carries
 the token of the job's latest enqueue, and an entry whose token is stale is dropped when met.
+Ties in rank go to the job available first, then to the one submitted first: the order of the
+SQLite backend's index, so that every backend leases in the same order.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from swell.queue._common import (
 )
 from swell.queue.base import QueueStats
 
-_Entry = tuple[float, int, str, float]  # (rank, token, job id, available_at)
+_Entry = tuple[float, float, int, int, str]  # (rank, available_at, submission number, token, job id)
 
 
 class _ReadyIndex:
@@ -42,10 +44,10 @@ class _ReadyIndex:
         self._tokens: dict[str, int] = {}
         self._next_token = itertools.count()
 
-    def add(self, job: Job, rank: float) -> None:
+    def add(self, job: Job, rank: float, number: int) -> None:
         token = next(self._next_token)
         self._tokens[job.id] = token
-        entry = (rank, token, job.id, job.available_at)
+        entry = (rank, job.available_at, number, token, job.id)
         self._push(self._by_service[job.service], entry)
         if job.model is not None:
             self._push(self._by_model[(job.service, job.model)], entry)
@@ -67,7 +69,7 @@ class _ReadyIndex:
         later: list[_Entry] = []
         while heap and len(taken) < n:
             entry = heapq.heappop(heap)
-            _, token, job_id, available_at = entry
+            _, available_at, _, token, job_id = entry
             if self._tokens.get(job_id) != token:
                 continue
             if available_at > now:
@@ -82,7 +84,7 @@ class _ReadyIndex:
     def _push(self, heap: list[_Entry], entry: _Entry) -> None:
         heapq.heappush(heap, entry)
         if len(heap) > 64 and len(heap) > 2 * len(self._tokens):
-            heap[:] = [e for e in heap if self._tokens.get(e[2]) == e[1]]
+            heap[:] = [e for e in heap if self._tokens.get(e[4]) == e[3]]
             heapq.heapify(heap)
 
 
@@ -94,11 +96,13 @@ class MemoryQueue:
         self._policy = policy
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
+        self._numbers: dict[str, int] = {}  # job id -> submission number
+        self._ids: list[str] = []  # submission number -> job id
         self._keys: dict[tuple[str, str], str] = {}
         self._ready = _ReadyIndex()
         self._leased: dict[str, set[str]] = defaultdict(set)
         self._depth: Counter[tuple[str, JobState]] = Counter()
-        self._finished: list[tuple[float, str]] = []  # (finished_at, id), sorted
+        self._finished: list[tuple[float, int]] = []  # (finished_at, submission number), sorted
         self._webhooks: set[str] = set()  # ids whose webhook_state is pending
         self._counts = Counters()
 
@@ -192,8 +196,8 @@ class MemoryQueue:
 
     def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
         with self._lock:
-            start = bisect.bisect_left(self._finished, (since, ""))
-            return [self._jobs[job_id] for _, job_id in self._finished[start : start + limit]]
+            start = bisect.bisect_left(self._finished, (since, -1))
+            return [self._jobs[self._ids[n]] for _, n in self._finished[start : start + limit]]
 
     def depth(self) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -204,7 +208,7 @@ class MemoryQueue:
             now = self._clock.now()
             due = [self._jobs[i] for i in self._webhooks]
             due = [j for j in due if j.webhook_next_at is not None and j.webhook_next_at <= now]
-            due.sort(key=lambda j: (j.webhook_next_at, j.id))
+            due.sort(key=lambda j: (j.webhook_next_at, self._numbers[j.id]))
             return due[:limit]
 
     def save_webhook(self, job: Job) -> None:
@@ -239,8 +243,8 @@ class MemoryQueue:
         if active < limit:
             return
         self._counts.rejected += 1
-        start = bisect.bisect_left(self._finished, (now - ADMISSION_WINDOW, ""))
-        recent = sum(1 for _, i in self._finished[start:] if self._jobs[i].service == service)
+        start = bisect.bisect_left(self._finished, (now - ADMISSION_WINDOW, -1))
+        recent = sum(1 for _, n in self._finished[start:] if self._jobs[self._ids[n]].service == service)
         raise QueueFull(
             full_message(service, active, limit), retry_after=retry_after(active - limit + 1, recent)
         )
@@ -266,13 +270,17 @@ class MemoryQueue:
         """Put `job` in place of its previous value and keep every index in step."""
         old = self._jobs.get(job.id)
         self._jobs[job.id] = job
+        if old is None:
+            self._numbers[job.id] = len(self._ids)
+            self._ids.append(job.id)
+        number = self._numbers[job.id]
         if old is None or old.state is not job.state:
             if old is not None:
                 self._depth[(old.service, old.state)] -= 1
             self._depth[(job.service, job.state)] += 1
         if job.state is JobState.QUEUED:
             if old is None or old.state is not JobState.QUEUED or old.available_at != job.available_at:
-                self._ready.add(job, job.rank(self._policy))
+                self._ready.add(job, job.rank(self._policy), number)
         else:
             self._ready.discard(job.id)
         if job.state is JobState.LEASED:
@@ -280,7 +288,7 @@ class MemoryQueue:
         else:
             self._leased[job.service].discard(job.id)
         if job.finished_at is not None and (old is None or old.finished_at is None):
-            bisect.insort(self._finished, (job.finished_at, job.id))
+            bisect.insort(self._finished, (job.finished_at, number))
         if job.webhook_state is WebhookState.PENDING:
             self._webhooks.add(job.id)
         else:

@@ -135,13 +135,17 @@ UPDATE_WEBHOOK = (
     "WHERE id = ?"
 )
 BUMP = "UPDATE counters SET " + ", ".join(f"{name} = {name} + ?" for name in COUNTER_NAMES)
-READY = f"{SELECT} WHERE service = ? AND state = 'queued' AND available_at <= ? ORDER BY rank LIMIT ?"
+READY = (
+    f"{SELECT} WHERE service = ? AND state = 'queued' AND available_at <= ? "
+    "ORDER BY rank, available_at, rowid LIMIT ?"
+)
 READY_MODEL = (
     f"{SELECT} WHERE service = ? AND model = ? AND state = 'queued' AND available_at <= ? "
-    "ORDER BY rank LIMIT ?"
+    "ORDER BY rank, available_at, rowid LIMIT ?"
 )
 DUE_WEBHOOKS = (
-    f"{SELECT} WHERE webhook_state = 'pending' AND webhook_next_at <= ? ORDER BY webhook_next_at LIMIT ?"
+    f"{SELECT} WHERE webhook_state = 'pending' AND webhook_next_at <= ? "
+    "ORDER BY webhook_next_at, rowid LIMIT ?"
 )
 EXPIRED = f"{SELECT} INDEXED BY jobs_leases WHERE state = 'leased' AND lease_expires_at <= ?"
 ACTIVE = "SELECT coalesce(sum(count), 0) FROM depth WHERE service = ? AND state IN ('queued', 'leased')"
@@ -350,7 +354,7 @@ class SQLiteQueue:
         return [_job(row) for row in self._db().execute(query, [*(v for _, v in terms), limit])]
 
     def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
-        query = f"{SELECT} WHERE finished_at >= ? ORDER BY finished_at LIMIT ?"
+        query = f"{SELECT} WHERE finished_at >= ? ORDER BY finished_at, rowid LIMIT ?"
         return [_job(row) for row in self._db().execute(query, (since, limit))]
 
     def depth(self) -> dict[str, dict[str, int]]:

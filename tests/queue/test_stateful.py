@@ -1,0 +1,196 @@
+"""Every durable backend does what the memory backend does, step by random step.
+
+A hypothesis state machine drives the memory queue (the reference) and SQLite (and Redis, when
+`SWELL_TEST_REDIS_URL` is set) with the same operations on one manual clock, and after each step
+checks that every job, listing, depth and counter agrees. Job ids are random, so jobs are
+compared by their submission number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from swell.core.clock import ManualClock
+from swell.core.errors import QueueFull, SwellError
+from swell.core.jobs import Job, JobSpec, Priority
+from swell.queue.base import QueueBackend
+from swell.queue.memory import MemoryQueue
+from swell.queue.sqlite import SQLiteQueue
+from tests.queue.conftest import POLICY, START
+
+SERVICES = st.sampled_from(["a", "b"])
+OWNERS = st.sampled_from(["w1", "w2"])
+MODELS = st.sampled_from([None, "x", "y"])
+
+
+class BackendsAgree(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = ManualClock(START)
+        self.dir = tempfile.mkdtemp(prefix="swell-stateful-")
+        self.queues: list[QueueBackend] = [
+            MemoryQueue(clock=self.clock, policy=POLICY),
+            SQLiteQueue(Path(self.dir) / "queue.db", clock=self.clock, policy=POLICY),
+        ]
+        url = os.environ.get("SWELL_TEST_REDIS_URL")
+        if url:
+            from swell.queue.redis import RedisQueue
+
+            prefix = f"swell-test-{uuid.uuid4().hex[:12]}"
+            self.queues.append(RedisQueue(url, clock=self.clock, policy=POLICY, prefix=prefix))
+        self.numbers: list[dict[str, int]] = [{} for _ in self.queues]
+        self.ids: list[list[str]] = [[] for _ in self.queues]
+
+    def teardown(self) -> None:
+        for queue in self.queues:
+            queue.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- running one operation on every backend ---------------------------------------------------
+
+    def on_all(self, operation: Callable[[int, QueueBackend], Any]) -> Any:
+        """Run `operation` on each backend; their outcomes, jobs numbered, must be equal."""
+        outcomes = [self._outcome(i, operation) for i in range(len(self.queues))]
+        for queue, outcome in zip(self.queues[1:], outcomes[1:], strict=True):
+            assert outcome == outcomes[0], f"{queue!r} disagrees with the memory queue"
+        return outcomes[0]
+
+    def _outcome(self, backend: int, operation: Callable[[int, QueueBackend], Any]) -> Any:
+        try:
+            return self._number(backend, operation(backend, self.queues[backend]))
+        except QueueFull as full:
+            return ("QueueFull", full.retry_after)
+        except SwellError as error:
+            return type(error).__name__
+
+    def _number(self, backend: int, value: Any) -> Any:
+        if isinstance(value, Job):
+            numbers = self.numbers[backend]
+            if value.id not in numbers:
+                numbers[value.id] = len(self.ids[backend])
+                self.ids[backend].append(value.id)
+            return dataclasses.replace(value, id=str(numbers[value.id]))
+        if isinstance(value, list | tuple):
+            return type(value)(self._number(backend, item) for item in value)
+        return value
+
+    def job_id(self, backend: int, n: int) -> str:
+        ids = self.ids[backend]
+        return ids[n % len(ids)]
+
+    # -- rules ------------------------------------------------------------------------------------
+
+    @rule(
+        service=SERVICES,
+        priority=st.sampled_from(list(Priority)),
+        model=MODELS,
+        key=st.sampled_from([None, "k1", "k2"]),
+        limit=st.sampled_from([None, 2, 4]),
+        max_attempts=st.integers(1, 3),
+        callback=st.booleans(),
+    )
+    def submit(
+        self,
+        service: str,
+        priority: Priority,
+        model: str | None,
+        key: str | None,
+        limit: int | None,
+        max_attempts: int,
+        callback: bool,
+    ) -> None:
+        spec = JobSpec(
+            service=service,
+            input={"n": len(self.ids[0])},
+            priority=priority,
+            model=model,
+            idempotency_key=key,
+            max_attempts=max_attempts,
+            callback_url="https://example.com/hook" if callback else None,
+        )
+        self.on_all(lambda _, q: q.submit(spec, limit=limit))
+
+    @rule(
+        service=SERVICES,
+        owner=OWNERS,
+        max_jobs=st.integers(1, 3),
+        seconds=st.sampled_from([2.0, 10.0]),
+        model=MODELS,
+    )
+    def lease(self, service: str, owner: str, max_jobs: int, seconds: float, model: str | None) -> None:
+        self.on_all(
+            lambda _, q: q.lease(service, owner, max_jobs=max_jobs, lease_seconds=seconds, model=model)
+        )
+
+    @precondition(lambda self: bool(self.ids[0]))
+    @rule(
+        n=st.integers(0, 50),
+        owner=OWNERS,
+        action=st.sampled_from(["complete", "fail", "fail_permanent", "release", "cancel", "renew"]),
+    )
+    def act(self, n: int, owner: str, action: str) -> None:
+        operations: dict[str, Callable[[QueueBackend, str], Any]] = {
+            "complete": lambda q, job_id: q.complete(job_id, owner, {"by": owner}),
+            "fail": lambda q, job_id: q.fail(job_id, owner, "flaky"),
+            "fail_permanent": lambda q, job_id: q.fail(job_id, owner, "bad", retryable=False),
+            "release": lambda q, job_id: q.release(job_id, owner),
+            "cancel": lambda q, job_id: q.cancel(job_id),
+            "renew": lambda q, job_id: q.renew([job_id], owner, 10.0),
+        }
+        self.on_all(lambda b, q: operations[action](q, self.job_id(b, n)))
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 3.0, 11.0, 61.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def reap(self) -> None:
+        self.on_all(lambda _, q: q.reap())
+
+    @rule(delivered=st.booleans())
+    def webhook(self, delivered: bool) -> None:
+        def deliver(backend: int, queue: QueueBackend) -> Job | None:
+            due = queue.due_webhooks(limit=1)
+            if not due:
+                return None
+            job = due[0]
+            if delivered:
+                job = job.webhook_delivered()
+            else:
+                job = job.webhook_failed("503", self.clock.now(), max_attempts=2, policy=POLICY)
+            queue.save_webhook(job)
+            return queue.get(job.id)
+
+        self.on_all(deliver)
+
+    # -- what must hold after every step ----------------------------------------------------------
+
+    @invariant()
+    def everything_agrees(self) -> None:
+        self.on_all(lambda _, q: q.jobs(limit=1000))
+        self.on_all(lambda _, q: q.finished_since(START))
+        self.on_all(lambda _, q: q.due_webhooks())
+        self.on_all(lambda _, q: (q.depth(), q.statistics()))
+
+
+def test_backends_agree_with_the_memory_queue() -> None:
+    run_state_machine_as_test(
+        BackendsAgree, settings=settings(max_examples=60, stateful_step_count=40, deadline=None)
+    )

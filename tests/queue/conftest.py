@@ -22,7 +22,30 @@ START = 1_700_000_000.0
 OpenQueue = Callable[..., QueueBackend]
 
 
-def _opener(name: str, tmp_path: Path) -> Callable[[ManualClock, RetryPolicy], QueueBackend]:
+def drop_redis_keys(url: str, prefix: str) -> None:
+    """Delete what a test wrote under `prefix`, so a shared server does not fill up."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for batch in _batches(client.scan_iter(match=f"{prefix}:*", count=1000), 500):
+        client.delete(*batch)
+    client.close()
+
+
+def _batches(items: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _opener(
+    name: str, tmp_path: Path, cleanups: list[Callable[[], None]]
+) -> Callable[[ManualClock, RetryPolicy], QueueBackend]:
     if name == "memory":
         from swell.queue.memory import MemoryQueue
 
@@ -45,6 +68,7 @@ def _opener(name: str, tmp_path: Path) -> Callable[[ManualClock, RetryPolicy], Q
     from swell.queue.redis import RedisQueue
 
     prefix = f"swell-test-{uuid.uuid4().hex[:12]}"
+    cleanups.append(lambda: drop_redis_keys(url, prefix))
     return lambda clock, policy: RedisQueue(url, clock=clock, policy=policy, prefix=prefix)
 
 
@@ -61,7 +85,8 @@ def clock() -> ManualClock:
 @pytest.fixture
 def open_queue(backend_name: str, tmp_path: Path, clock: ManualClock) -> Iterator[OpenQueue]:
     """Opens the backend under test (again: the same file or keys) on the test's clock."""
-    opener = _opener(backend_name, tmp_path)
+    cleanups: list[Callable[[], None]] = []
+    opener = _opener(backend_name, tmp_path, cleanups)
     opened: list[QueueBackend] = []
 
     def open_(policy: RetryPolicy = POLICY) -> QueueBackend:
@@ -72,6 +97,8 @@ def open_queue(backend_name: str, tmp_path: Path, clock: ManualClock) -> Iterato
     yield open_
     for queue in opened:
         queue.close()
+    for cleanup in cleanups:
+        cleanup()
 
 
 @pytest.fixture

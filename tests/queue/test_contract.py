@@ -356,6 +356,29 @@ def test_concurrent_submits_with_one_key_make_one_job(open_queue: OpenQueue) -> 
     assert len(queues[0].jobs()) == 1
 
 
+def test_concurrent_leases_deliver_each_job_once(open_queue: OpenQueue) -> None:
+    queues = [open_queue() for _ in range(2)]
+    submitted = {submit(queues[0]).id for _ in range(60)}
+    delivered: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def work(i: int) -> None:
+        queue, owner = queues[i % 2], f"w{i}"
+        barrier.wait()
+        while jobs := queue.lease("svc", owner, max_jobs=1 + i % 3):
+            for job in jobs:
+                delivered.append(job.id)
+                queue.complete(job.id, owner, {"by": owner})
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(delivered) == sorted(submitted), "a job was delivered twice or never"
+    assert queues[0].depth() == {"svc": {"succeeded": 60}}
+
+
 def test_admission_refuses_a_full_service_with_retry_after(queue: QueueBackend, clock: ManualClock) -> None:
     first = submit(queue)
     submit(queue)

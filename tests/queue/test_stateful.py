@@ -33,7 +33,7 @@ from swell.core.jobs import Job, JobSpec, Priority
 from swell.queue.base import QueueBackend
 from swell.queue.memory import MemoryQueue
 from swell.queue.sqlite import SQLiteQueue
-from tests.queue.conftest import POLICY, START
+from tests.queue.conftest import POLICY, START, drop_redis_keys
 
 SERVICES = st.sampled_from(["a", "b"])
 OWNERS = st.sampled_from(["w1", "w2"])
@@ -49,12 +49,13 @@ class BackendsAgree(RuleBasedStateMachine):
             MemoryQueue(clock=self.clock, policy=POLICY),
             SQLiteQueue(Path(self.dir) / "queue.db", clock=self.clock, policy=POLICY),
         ]
-        url = os.environ.get("SWELL_TEST_REDIS_URL")
-        if url:
+        self.redis_url = os.environ.get("SWELL_TEST_REDIS_URL")
+        self.redis_prefix = f"swell-test-{uuid.uuid4().hex[:12]}"
+        if self.redis_url:
             from swell.queue.redis import RedisQueue
 
-            prefix = f"swell-test-{uuid.uuid4().hex[:12]}"
-            self.queues.append(RedisQueue(url, clock=self.clock, policy=POLICY, prefix=prefix))
+            prefix = self.redis_prefix
+            self.queues.append(RedisQueue(self.redis_url, clock=self.clock, policy=POLICY, prefix=prefix))
         self.numbers: list[dict[str, int]] = [{} for _ in self.queues]
         self.ids: list[list[str]] = [[] for _ in self.queues]
 
@@ -62,6 +63,8 @@ class BackendsAgree(RuleBasedStateMachine):
         for queue in self.queues:
             queue.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.redis_url:
+            drop_redis_keys(self.redis_url, self.redis_prefix)
 
     # -- running one operation on every backend ---------------------------------------------------
 

@@ -1,0 +1,558 @@
+"""The Redis queue: for several machines sharing one queue.
+
+Key schema (every key starts with the `prefix`, `swell` unless told otherwise):
+
+    {p}:job:{id}                 hash: the job's fields (absent = None), `version`, `seq`
+    {p}:seq                      counter handing out submission numbers
+    {p}:idem:{service}:{key}     string: the job id an idempotency key maps to (SET once)
+    {p}:ready:{service}          zset of queued jobs: score rank, member `{available_at}:{seq}:{id}`
+    {p}:ready:{service}:{model}  the same for the jobs that name a model (model-affine leasing)
+    {p}:leased:{service}         zset of leased job ids by lease expiry
+    {p}:services                 set of every service that has had a job (reap)
+    {p}:created[:{service}]      zset of job ids by seq (listing, newest first)
+    {p}:state:{state}            zset of job ids by seq, per state
+    {p}:finished[:{service}]     zset `{seq}:{id}` by finished_at
+    {p}:webhooks                 zset `{seq}:{id}` by webhook_next_at, jobs whose webhook is pending
+    {p}:depth                    hash `{service}|{state}` -> count
+    {p}:counters                 hash of the cumulative `QueueStats` counters
+
+Transitions are decided in Python by `swell.core.jobs`; Redis only applies the writes, atomically,
+through two Lua scripts: `APPLY` writes a job and its index entries only if the job's `version` is
+still the one read (optimistic concurrency: a worker that lost the race re-reads and tries again),
+and `SUBMIT` adds a job unless its idempotency key is taken or the service is full. Times come from
+the injected clock and reach Redis as arguments, never from Redis TIME, so tests run on virtual time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import redis
+
+from swell.core.clock import Clock, SystemClock
+from swell.core.errors import JobNotFound, LeaseLost, QueueFull
+from swell.core.jobs import Job, JobSpec, JobState, Priority, RetryPolicy, WebhookState
+from swell.queue._common import (
+    ACTIVE_STATES,
+    ADMISSION_WINDOW,
+    COUNTER_NAMES,
+    Counters,
+    full_message,
+    lease_expired,
+    require_owner,
+    retry_after,
+)
+from swell.queue.base import QueueStats
+
+CONFLICT_RETRIES = 50  # re-reads before an operation on one job gives up on a hot conflict
+LEASE_ROUNDS = 8  # candidate pages a lease tries while other workers keep taking its picks
+
+_APPLY_OPS = """
+local function apply_ops(ops)
+  for _, op in ipairs(ops) do
+    local args = {op[1], KEYS[op[2]]}
+    for i = 3, #op do args[#args + 1] = op[i] end
+    redis.call(unpack(args))
+  end
+end
+"""
+
+APPLY = (
+    _APPLY_OPS
+    + """
+-- ARGV[1]: JSON list of groups {"key": i, "version": v, "ops": [[command, key index, arg...]]}.
+-- A group is applied only while KEYS[i]'s `version` field is still v ('' for a job not yet
+-- written). Returns 1 or 0 per group.
+local applied = {}
+for g, group in ipairs(cjson.decode(ARGV[1])) do
+  if (redis.call('HGET', KEYS[group.key], 'version') or '') == group.version then
+    apply_ops(group.ops)
+    applied[g] = 1
+  else
+    applied[g] = 0
+  end
+end
+return applied
+"""
+)
+
+SUBMIT = (
+    _APPLY_OPS
+    + """
+-- KEYS[1] idempotency key (unused when ARGV[2] is ''), KEYS[2] depth, KEYS[3] counters.
+-- ARGV: job id, idempotency key given ('1' or ''), limit ('' for none), depth fields of the
+-- service's queued and leased counts, JSON ops that write the new job.
+if ARGV[2] == '1' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then
+    redis.call('HINCRBY', KEYS[3], 'deduplicated', 1)
+    return {'existing', existing}
+  end
+end
+if ARGV[3] ~= '' then
+  local active = tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or '0')
+    + tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0')
+  if active >= tonumber(ARGV[3]) then
+    redis.call('HINCRBY', KEYS[3], 'rejected', 1)
+    return {'full', tostring(active)}
+  end
+end
+apply_ops(cjson.decode(ARGV[6]))
+if ARGV[2] == '1' then redis.call('SET', KEYS[1], ARGV[1]) end
+return {'created', ARGV[1]}
+"""
+)
+
+_FLOATS = frozenset(
+    {
+        "created_at",
+        "available_at",
+        "timeout",
+        "started_at",
+        "finished_at",
+        "lease_expires_at",
+        "webhook_next_at",
+    }
+)
+_INTS = frozenset({"max_attempts", "attempts", "webhook_attempts"})
+_JSON = frozenset({"input", "result"})
+_ENUMS: dict[str, Callable[[str], Any]] = {
+    "priority": Priority,
+    "state": JobState,
+    "webhook_state": WebhookState,
+}
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
+
+
+def _encode(value: Any, name: str) -> str:
+    if name in _JSON:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if name in _ENUMS:
+        return str(value.value)
+    if name in _FLOATS:
+        return repr(float(value))
+    return str(value)
+
+
+def _decode(name: str, text: str) -> Any:
+    if name in _JSON:
+        return json.loads(text)
+    if name in _ENUMS:
+        return _ENUMS[name](text)
+    if name in _FLOATS:
+        return float(text)
+    if name in _INTS:
+        return int(text)
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A job as read, with the version that guards its next write and its submission number."""
+
+    job: Job
+    version: int
+    seq: int
+
+
+class _Keys:
+    """The KEYS of one script call: scripts name keys by their 1-based position in it."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+        self._positions = {name: i + 1 for i, name in enumerate(self.names)}
+
+    def index(self, name: str) -> int:
+        if name not in self._positions:
+            self.names.append(name)
+            self._positions[name] = len(self.names)
+        return self._positions[name]
+
+    def indexed(self, ops: Iterable[tuple[str, ...]]) -> list[list[str | int]]:
+        return [[command, self.index(key), *args] for command, key, *args in ops]
+
+
+@dataclass
+class _Writes:
+    """Redis commands for one APPLY group; keys are named here and become KEYS indexes later."""
+
+    job_id: str
+    version: str
+    ops: list[tuple[str, ...]] = field(default_factory=list)
+
+    def add(self, command: str, key: str, *args: str) -> None:
+        self.ops.append((command, key, *args))
+
+
+class RedisQueue:
+    """A `QueueBackend` on a Redis server; safe across threads, processes and machines."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock = SystemClock(),
+        policy: RetryPolicy = RetryPolicy(),
+        prefix: str = "swell",
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._clock = clock
+        self._policy = policy
+        # Any: redis-py types every reply as sync-or-async; with decode_responses they are str.
+        self._redis: Any = redis.Redis.from_url(url, decode_responses=True)
+        self._apply_script = self._redis.register_script(APPLY)
+        self._submit_script = self._redis.register_script(SUBMIT)
+        self._baseline = self._counters()
+
+    # -- the protocol -----------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec, *, limit: int | None = None) -> tuple[Job, bool]:
+        now = self._clock.now()
+        job = Job.create(spec, now)
+        seq = int(self._redis.incr(self._key("seq")))
+        writes = self._writes(None, _Stored(job, 0, seq))
+        writes.add("SADD", self._key("services"), job.service)
+        writes.add("HINCRBY", self._key("counters"), "submitted", "1")
+        key = spec.idempotency_key
+        idem = self._key("idem", spec.service, key) if key is not None else self._key("idem")
+        keys = _Keys([idem, self._key("depth"), self._key("counters")])
+        ops = json.dumps(keys.indexed(writes.ops))
+        depth_fields = [_depth_field(spec.service, state) for state in ACTIVE_STATES]
+        outcome, value = self._submit_script(
+            keys=keys.names,
+            args=[
+                job.id,
+                "1" if key is not None else "",
+                "" if limit is None else str(limit),
+                *depth_fields,
+                ops,
+            ],
+        )
+        if outcome == "existing":
+            return self.get(value), False
+        if outcome == "full":
+            assert limit is not None
+            active = int(value)
+            wait = retry_after(active - limit + 1, self._finished_recently(spec.service, now))
+            raise QueueFull(full_message(spec.service, active, limit), retry_after=wait)
+        return job, True
+
+    def get(self, job_id: str) -> Job:
+        return self._load(job_id).job
+
+    def lease(
+        self,
+        service: str,
+        owner: str,
+        *,
+        max_jobs: int = 1,
+        lease_seconds: float = 30.0,
+        model: str | None = None,
+    ) -> list[Job]:
+        now = self._clock.now()
+        self._reap(service, now)
+        leased: list[Job] = []
+        for _ in range(LEASE_ROUNDS):
+            want = max_jobs - len(leased)
+            if want <= 0:
+                break
+            candidates = [
+                s for s in self._candidates(service, model, now, want) if s.job.state is JobState.QUEUED
+            ]
+            if not candidates:
+                break
+            changes = [(s, s.job.lease(owner, now, lease_seconds)) for s in candidates]
+            leased += self._apply(changes, leased=1)
+        self._sort_like_candidates(leased, model)
+        return leased
+
+    def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:
+        """Renews every lease `owner` still holds; then `LeaseLost` naming any it does not."""
+        lost = []
+        for job_id in job_ids:
+            try:
+                self._change(job_id, lambda job: self._renewed(job, owner, lease_seconds))
+            except (LeaseLost, JobNotFound):
+                lost.append(job_id)
+        if lost:
+            raise LeaseLost(f"{owner} no longer holds the lease on {', '.join(lost)}")
+
+    def complete(self, job_id: str, owner: str, result: dict[str, Any]) -> Job:
+        def succeed(job: Job) -> Job:
+            require_owner(job, owner)
+            return job.succeed(result, self._clock.now())
+
+        return self._change(job_id, succeed)
+
+    def fail(self, job_id: str, owner: str, error: str, *, retryable: bool = True) -> Job:
+        def fail(job: Job) -> Job:
+            require_owner(job, owner)
+            return job.fail(error, self._clock.now(), retryable=retryable, policy=self._policy)
+
+        return self._change(job_id, fail)
+
+    def release(self, job_id: str, owner: str) -> Job:
+        def release(job: Job) -> Job:
+            require_owner(job, owner)
+            return job.release(self._clock.now())
+
+        return self._change(job_id, release)
+
+    def cancel(self, job_id: str) -> Job:
+        return self._change(job_id, lambda job: job.cancel(self._clock.now()))
+
+    def reap(self) -> int:
+        now = self._clock.now()
+        return sum(
+            self._reap(service, now) for service in sorted(self._redis.smembers(self._key("services")))
+        )
+
+    def jobs(
+        self, *, service: str | None = None, state: JobState | None = None, limit: int = 100
+    ) -> list[Job]:
+        if state is not None:
+            index = self._key("state", state.value)
+        else:
+            index = self._key("created", service) if service is not None else self._key("created")
+        found: list[Job] = []
+        start, page = 0, max(limit, 16)
+        while len(found) < limit:
+            ids = self._redis.zrevrange(index, start, start + page - 1)
+            if not ids:
+                break
+            found += [j for j in self._load_many(ids) if service is None or j.service == service]
+            start += page
+        return found[:limit]
+
+    def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
+        members = self._redis.zrangebyscore(self._key("finished"), since, "+inf", start=0, num=limit)
+        return self._load_many(_member_id(m) for m in members)
+
+    def depth(self) -> dict[str, dict[str, int]]:
+        depth: dict[str, dict[str, int]] = {}
+        for name, count in self._redis.hgetall(self._key("depth")).items():
+            service, state = name.rsplit("|", 1)
+            if int(count):
+                depth.setdefault(service, {})[state] = int(count)
+        return depth
+
+    def due_webhooks(self, limit: int = 100) -> list[Job]:
+        now = self._clock.now()
+        members = self._redis.zrangebyscore(self._key("webhooks"), "-inf", repr(now), start=0, num=limit)
+        return self._load_many(_member_id(m) for m in members)
+
+    def save_webhook(self, job: Job) -> None:
+        def with_webhook(stored: Job) -> Job:
+            return replace(
+                stored,
+                webhook_state=job.webhook_state,
+                webhook_attempts=job.webhook_attempts,
+                webhook_next_at=job.webhook_next_at,
+                webhook_error=job.webhook_error,
+            )
+
+        self._change(job.id, with_webhook)
+
+    def statistics(self) -> QueueStats:
+        """Counters since this handle was opened (every process's work counts), and depth now."""
+        now = self._counters()
+        since = Counters(*(a - b for a, b in zip(now, self._baseline, strict=True)))
+        return since.snapshot(self.depth())
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def __repr__(self) -> str:
+        return f"RedisQueue(url={self.url!r}, prefix={self.prefix!r}, clock={self._clock!r})"
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _key(self, *parts: str | None) -> str:
+        return ":".join([self.prefix, *(p for p in parts if p is not None)])
+
+    def _load(self, job_id: str) -> _Stored:
+        stored = self._parse(self._redis.hgetall(self._key("job", job_id)))
+        if stored is None:
+            raise JobNotFound(f"no job {job_id!r}", field="id")
+        return stored
+
+    def _load_many(self, job_ids: Iterable[str]) -> list[Job]:
+        return [s.job for s in self._load_stored(job_ids)]
+
+    def _load_stored(self, job_ids: Iterable[str]) -> list[_Stored]:
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self._key("job", job_id))
+        return [s for s in map(self._parse, pipe.execute()) if s is not None]
+
+    @staticmethod
+    def _parse(values: dict[str, str]) -> _Stored | None:
+        if not values:
+            return None
+        job = Job(**{name: _decode(name, values[name]) for name in _JOB_FIELDS if name in values})
+        return _Stored(job, int(values["version"]), int(values["seq"]))
+
+    def _candidates(self, service: str, model: str | None, now: float, n: int) -> list[_Stored]:
+        """Up to `n` queued jobs available at `now`, jobs for `model` first, each by rank."""
+        ids: list[str] = []
+        if model is not None:
+            ids = self._available(self._key("ready", service, model), now, n, set())
+        if len(ids) < n:
+            ids += self._available(self._key("ready", service), now, n - len(ids), set(ids))
+        return self._load_stored(ids)
+
+    def _available(self, index: str, now: float, n: int, skip: set[str]) -> list[str]:
+        found: list[str] = []
+        start, page = 0, max(2 * n, 16)
+        while len(found) < n:
+            members = self._redis.zrange(index, start, start + page - 1)
+            if not members:
+                break
+            for member in members:
+                available_at, _, job_id = member.split(":")
+                if float(available_at) <= now and job_id not in skip and len(found) < n:
+                    found.append(job_id)
+            start += page
+        return found
+
+    def _sort_like_candidates(self, jobs: list[Job], model: str | None) -> None:
+        """Jobs leased over several rounds, in the order one round would have given."""
+        jobs.sort(key=lambda j: (model is None or j.model != model, j.rank(self._policy), j.available_at))
+
+    def _finished_recently(self, service: str, now: float) -> int:
+        return int(self._redis.zcount(self._key("finished", service), repr(now - ADMISSION_WINDOW), "+inf"))
+
+    def _counters(self) -> tuple[int, ...]:
+        values = self._redis.hmget(self._key("counters"), list(COUNTER_NAMES))
+        return tuple(int(v or 0) for v in values)
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def _change(self, job_id: str, decide: Callable[[Job], Job]) -> Job:
+        """Read the job, let `decide` compute its next value, write it unless it changed meanwhile."""
+        for _ in range(CONFLICT_RETRIES):
+            stored = self._load(job_id)
+            new = decide(stored.job)
+            counts = Counters()
+            if not stored.job.state.final:
+                counts.count_final(new)
+            if self._apply(
+                [(stored, new)], **{k: getattr(counts, k) for k in ("succeeded", "failed", "dead")}
+            ):
+                return new
+        raise LeaseLost(f"job {job_id} kept changing under this write; try again")
+
+    def _renewed(self, job: Job, owner: str, lease_seconds: float) -> Job:
+        if job.state is not JobState.LEASED or job.lease_owner != owner:
+            raise LeaseLost(f"job {job.id} is not leased to {owner}")
+        return job.renew(owner, self._clock.now(), lease_seconds)
+
+    def _reap(self, service: str, now: float) -> int:
+        ids = self._redis.zrangebyscore(self._key("leased", service), "-inf", repr(now))
+        expired = [s for s in self._load_stored(ids) if lease_expired(s.job, now)]
+        changes = [(s, s.job.expire(now, self._policy)) for s in expired]
+        reaped = 0
+        for stored, new in changes:
+            dead = int(new.state is JobState.DEAD)
+            reaped += len(self._apply([(stored, new)], expired=1, dead=dead))
+        return reaped
+
+    def _apply(self, changes: Sequence[tuple[_Stored, Job]], **counters: int) -> list[Job]:
+        """Write each (read, new) pair whose job is unchanged since read; returns those written."""
+        if not changes:
+            return []
+        groups = []
+        for stored, new in changes:
+            writes = self._writes(stored, _Stored(new, stored.version + 1, stored.seq))
+            for name, delta in counters.items():
+                if delta:
+                    writes.add("HINCRBY", self._key("counters"), name, str(delta))
+            groups.append(writes)
+        keys = _Keys([])
+        encoded = [
+            {"key": keys.index(self._key("job", w.job_id)), "version": w.version, "ops": keys.indexed(w.ops)}
+            for w in groups
+        ]
+        applied = self._apply_script(keys=keys.names, args=[json.dumps(encoded)])
+        return [new for (_, new), ok in zip(changes, applied, strict=True) if ok]
+
+    def _writes(self, old: _Stored | None, new: _Stored) -> _Writes:
+        """The commands that take the job and every index from `old` to `new`."""
+        job, seq = new.job, str(new.seq)
+        writes = _Writes(job.id, "" if old is None else str(old.version))
+        job_key = self._key("job", job.id)
+        values = {name: getattr(job, name) for name in _JOB_FIELDS}
+        empty = [name for name, value in values.items() if value is None]
+        if empty:
+            writes.add("HDEL", job_key, *empty)
+        pairs = [
+            item
+            for name, value in values.items()
+            if value is not None
+            for item in (name, _encode(value, name))
+        ]
+        writes.add("HSET", job_key, *pairs, "version", str(new.version), "seq", seq)
+        before = None if old is None else old.job
+        if before is None:
+            writes.add("ZADD", self._key("created"), seq, job.id)
+            writes.add("ZADD", self._key("created", job.service), seq, job.id)
+        if before is None or before.state is not job.state:
+            self._move_state(writes, before, job, seq)
+        self._index_ready(writes, before, job, seq)
+        self._index_lease(writes, before, job)
+        if job.finished_at is not None and (before is None or before.finished_at is None):
+            member = f"{new.seq:012d}:{job.id}"
+            writes.add("ZADD", self._key("finished"), repr(job.finished_at), member)
+            writes.add("ZADD", self._key("finished", job.service), repr(job.finished_at), member)
+        webhooks = self._key("webhooks")
+        if job.webhook_state is WebhookState.PENDING and job.webhook_next_at is not None:
+            writes.add("ZADD", webhooks, repr(job.webhook_next_at), f"{new.seq:012d}:{job.id}")
+        elif before is not None and before.webhook_state is WebhookState.PENDING:
+            writes.add("ZREM", webhooks, f"{new.seq:012d}:{job.id}")
+        return writes
+
+    def _move_state(self, writes: _Writes, before: Job | None, job: Job, seq: str) -> None:
+        depth = self._key("depth")
+        if before is not None:
+            writes.add("HINCRBY", depth, _depth_field(before.service, before.state), "-1")
+            writes.add("ZREM", self._key("state", before.state.value), job.id)
+        writes.add("HINCRBY", depth, _depth_field(job.service, job.state), "1")
+        writes.add("ZADD", self._key("state", job.state.value), seq, job.id)
+
+    def _index_ready(self, writes: _Writes, before: Job | None, job: Job, seq: str) -> None:
+        if before is not None and before.state is JobState.QUEUED:
+            for index in self._ready_indexes(before):
+                writes.add("ZREM", index, _ready_member(before, seq))
+        if job.state is JobState.QUEUED:
+            for index in self._ready_indexes(job):
+                writes.add("ZADD", index, repr(job.rank(self._policy)), _ready_member(job, seq))
+
+    def _index_lease(self, writes: _Writes, before: Job | None, job: Job) -> None:
+        leased = self._key("leased", job.service)
+        if job.state is JobState.LEASED and job.lease_expires_at is not None:
+            writes.add("ZADD", leased, repr(job.lease_expires_at), job.id)
+        elif before is not None and before.state is JobState.LEASED:
+            writes.add("ZREM", leased, job.id)
+
+    def _ready_indexes(self, job: Job) -> list[str]:
+        indexes = [self._key("ready", job.service)]
+        if job.model is not None:
+            indexes.append(self._key("ready", job.service, job.model))
+        return indexes
+
+
+def _depth_field(service: str, state: JobState) -> str:
+    return f"{service}|{state.value}"
+
+
+def _ready_member(job: Job, seq: str) -> str:
+    """Sorts ties in rank by availability, then submission, as every backend does."""
+    return f"{job.available_at:020.6f}:{int(seq):012d}:{job.id}"
+
+
+def _member_id(member: str) -> str:
+    return member.rsplit(":", 1)[1]

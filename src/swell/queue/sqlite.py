@@ -22,14 +22,14 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from swell.core.clock import Clock, SystemClock
-from swell.core.errors import JobNotFound, LeaseLost, QueueFull
+from swell.core.errors import ConfigError, JobNotFound, LeaseLost, QueueFull
 from swell.core.jobs import Job, JobSpec, JobState, Priority, RetryPolicy, WebhookState
 from swell.queue._common import (
     ADMISSION_WINDOW,
@@ -149,6 +149,12 @@ DUE_WEBHOOKS = (
 )
 EXPIRED = f"{SELECT} INDEXED BY jobs_leases WHERE state = 'leased' AND lease_expires_at <= ?"
 ACTIVE = "SELECT coalesce(sum(count), 0) FROM depth WHERE service = ? AND state IN ('queued', 'leased')"
+HAS_WORK = (
+    "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_ready "
+    "WHERE service = ? AND state = 'queued' AND available_at <= ?) "
+    "OR EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_leases "
+    "WHERE state = 'leased' AND lease_expires_at <= ? AND service = ?)"
+)
 RECENT = "SELECT count(*) FROM jobs INDEXED BY jobs_finished WHERE finished_at >= ? AND service = ?"
 
 
@@ -263,12 +269,11 @@ class SQLiteQueue:
         self.path = Path(path)
         self._clock = clock
         self._policy = policy
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._pool = _Pool(self._connect)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
-        self._baseline = self._counters()
+        with self._read() as db:
+            self._baseline = self._counters(db)
 
     # -- the protocol -----------------------------------------------------------------------------
 
@@ -280,7 +285,8 @@ class SQLiteQueue:
         return outcome
 
     def get(self, job_id: str) -> Job:
-        return self._get(self._db(), job_id)
+        with self._read() as db:
+            return self._get(db, job_id)
 
     def lease(
         self,
@@ -291,8 +297,11 @@ class SQLiteQueue:
         lease_seconds: float = 30.0,
         model: str | None = None,
     ) -> list[Job]:
+        now = self._clock.now()
+        with self._read() as db:
+            if not db.execute(HAS_WORK, (service, now, now, service)).fetchone()[0]:
+                return []  # idle workers poll without taking the write lock
         with self._write() as db:
-            now = self._clock.now()
             self._reap(db, now, service)
             leased = [
                 job.lease(owner, now, lease_seconds) for job in self._ready(db, service, model, now, max_jobs)
@@ -351,17 +360,21 @@ class SQLiteQueue:
         terms = [(sql, value) for sql, value in where if value is not None]
         clause = f"WHERE {' AND '.join(sql for sql, _ in terms)}" if terms else ""
         query = f"{SELECT} {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?"
-        return [_job(row) for row in self._db().execute(query, [*(v for _, v in terms), limit])]
+        with self._read() as db:
+            return [_job(row) for row in db.execute(query, [*(v for _, v in terms), limit])]
 
     def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
         query = f"{SELECT} WHERE finished_at >= ? ORDER BY finished_at, rowid LIMIT ?"
-        return [_job(row) for row in self._db().execute(query, (since, limit))]
+        with self._read() as db:
+            return [_job(row) for row in db.execute(query, (since, limit))]
 
     def depth(self) -> dict[str, dict[str, int]]:
-        return self._depth(self._db())
+        with self._read() as db:
+            return self._depth(db)
 
     def due_webhooks(self, limit: int = 100) -> list[Job]:
-        return [_job(row) for row in self._db().execute(DUE_WEBHOOKS, (self._clock.now(), limit))]
+        with self._read() as db:
+            return [_job(row) for row in db.execute(DUE_WEBHOOKS, (self._clock.now(), limit))]
 
     def save_webhook(self, job: Job) -> None:
         changes = (
@@ -377,35 +390,19 @@ class SQLiteQueue:
 
     def statistics(self) -> QueueStats:
         """Counters since this handle was opened (every process's work counts), and depth now."""
-        db = self._db()
-        db.execute("BEGIN")
-        try:
+        with self._read(snapshot=True) as db:
             now, depth = self._counters(db), self._depth(db)
-        finally:
-            db.execute("COMMIT")
         since = Counters(*(a - b for a, b in zip(now, self._baseline, strict=True)))
         return since.snapshot(depth)
 
     def close(self) -> None:
-        with self._connections_lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
-        self._local = threading.local()
+        """Close every connection; a call after this opens a fresh one (and closes it after)."""
+        self._pool.close()
 
     def __repr__(self) -> str:
         return f"SQLiteQueue(path={str(self.path)!r}, clock={self._clock!r})"
 
     # -- connections and transactions -------------------------------------------------------------
-
-    def _db(self) -> sqlite3.Connection:
-        """This thread's connection (a new one after a fork: SQLite handles must not cross it)."""
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            local.connection = self._connect()
-            local.pid = os.getpid()
-        connection: sqlite3.Connection = local.connection
-        return connection
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(
@@ -417,27 +414,43 @@ class SQLiteQueue:
         )
         connection.execute("PRAGMA synchronous = NORMAL")
         connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-        with self._connections_lock:
-            self._connections.append(connection)
         return connection
+
+    @contextmanager
+    def _read(self, *, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection for reads; with `snapshot`, every read sees the same moment."""
+        with self._pool.connection() as db:
+            if not snapshot:
+                yield db
+                return
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction that holds SQLite's write lock from its first statement."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._pool.connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def _migrate(self) -> None:
-        db = self._db()
-        db.execute("PRAGMA journal_mode = WAL")
-        with self._write():
+        with self._pool.connection() as db:
+            db.execute("PRAGMA journal_mode = WAL")
+        with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise ConfigError(
+                    f"{self.path} has queue schema {version}; this Swell knows up to {len(MIGRATIONS)}",
+                    key="queue",
+                )
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in _statements(script):
                     db.execute(statement)
@@ -518,15 +531,58 @@ class SQLiteQueue:
         if any(deltas.values()):
             db.execute(BUMP, [deltas.get(name, 0) for name in COUNTER_NAMES])
 
-    def _counters(self, db: sqlite3.Connection | None = None) -> tuple[int, ...]:
-        row = (db or self._db()).execute(f"SELECT {', '.join(COUNTER_NAMES)} FROM counters").fetchone()
-        return tuple(row)
+    def _counters(self, db: sqlite3.Connection) -> tuple[int, ...]:
+        return tuple(db.execute(f"SELECT {', '.join(COUNTER_NAMES)} FROM counters").fetchone())
 
     def _depth(self, db: sqlite3.Connection) -> dict[str, dict[str, int]]:
         depth: dict[str, dict[str, int]] = {}
         for service, state, count in db.execute("SELECT service, state, count FROM depth WHERE count > 0"):
             depth.setdefault(service, {})[state] = count
         return depth
+
+
+class _Pool:
+    """Idle connections to one file, each lent to one thread at a time, none reused across a fork."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], keep: int = 8) -> None:
+        self._connect = connect
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        self._closed = False
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's handles are not ours to use
+                self._idle, self._pid = [], os.getpid()
+            connection = self._idle.pop() if self._idle else None
+        connection = connection or self._connect()
+        try:
+            yield connection
+        finally:
+            self._give_back(connection)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle, self._closed = self._idle, [], True
+        for connection in idle:
+            connection.close()
+
+    def _give_back(self, connection: sqlite3.Connection) -> None:
+        if connection.in_transaction:  # a COMMIT that failed: never lend a connection mid-transaction
+            try:
+                connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                connection.close()
+                return
+        with self._lock:
+            keep = not self._closed and self._pid == os.getpid() and len(self._idle) < self._keep
+            if keep:
+                self._idle.append(connection)
+        if not keep:
+            connection.close()
 
 
 def _statements(script: str) -> Iterable[str]:

@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 from swell.core.jobs import JobSpec, JobState
 from swell.queue.sqlite import SQLiteQueue
@@ -36,7 +37,8 @@ def _work(path: str, owner: str, out: str, stop: str) -> None:
     Path(out).write_text(json.dumps(got))
 
 
-def _submit_keys(path: str, keys: list[str], out: str) -> None:
+def _submit_keys(path: str, keys: list[str], out: str, start: Any) -> None:
+    start.wait()
     queue = SQLiteQueue(path)
     ids = {key: queue.submit(JobSpec(service="svc", input={}, idempotency_key=key))[0].id for key in keys}
     queue.close()
@@ -80,12 +82,13 @@ def test_every_job_goes_to_exactly_one_worker_process(tmp_path: Path) -> None:
 
 
 def test_one_idempotency_key_makes_one_job_across_processes(tmp_path: Path) -> None:
+    """Three processes create the file together, then submit the same keys."""
     path = tmp_path / "queue.db"
-    SQLiteQueue(path).close()
     keys = [f"key-{i}" for i in range(40)]
     spawn = multiprocessing.get_context("spawn")
+    start = spawn.Barrier(3)
     outs = [tmp_path / f"s{i}.json" for i in range(3)]
-    submitters = [spawn.Process(target=_submit_keys, args=(str(path), keys, str(out))) for out in outs]
+    submitters = [spawn.Process(target=_submit_keys, args=(str(path), keys, str(out), start)) for out in outs]
     for submitter in submitters:
         submitter.start()
     _run(submitters)

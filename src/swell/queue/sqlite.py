@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -443,7 +444,7 @@ class SQLiteQueue:
 
     def _migrate(self) -> None:
         with self._pool.connection() as db:
-            db.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(db)
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
@@ -583,6 +584,20 @@ class _Pool:
                 self._idle.append(connection)
         if not keep:
             connection.close()
+
+
+def _enable_wal(db: sqlite3.Connection) -> None:
+    """Switch the file to WAL. The switch ignores the busy timeout, and processes opening a new
+    file together race for it, so a locked file is retried until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
 
 
 def _statements(script: str) -> Iterable[str]:

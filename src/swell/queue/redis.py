@@ -4,7 +4,7 @@ Key schema (every key starts with the `prefix`, `swell` unless told otherwise):
 
     {p}:job:{id}                 hash: the job's fields (absent = None), `version`, `seq`
     {p}:seq                      counter handing out submission numbers
-    {p}:idem:{service}:{key}     string: the job id an idempotency key maps to (SET once)
+    {p}:idem:{n}:{service}:{key} string: the job id an idempotency key maps to (n: len(service))
     {p}:ready:{service}          zset of queued jobs: score rank, member `{available_at}:{seq}:{id}`
     {p}:ready:{service}:{model}  the same for the jobs that name a model (model-affine leasing)
     {p}:leased:{service}         zset of leased job ids by lease expiry
@@ -218,7 +218,12 @@ class RedisQueue:
         writes.add("SADD", self._key("services"), job.service)
         writes.add("HINCRBY", self._key("counters"), "submitted", "1")
         key = spec.idempotency_key
-        idem = self._key("idem", spec.service, key) if key is not None else self._key("idem")
+        # the service's length keeps ("a:b", "c") and ("a", "b:c") apart
+        idem = (
+            self._key("idem", str(len(spec.service)), spec.service, key)
+            if key is not None
+            else self._key("idem")
+        )
         keys = _Keys([idem, self._key("depth"), self._key("counters")])
         ops = json.dumps(keys.indexed(writes.ops))
         depth_fields = [_depth_field(spec.service, state) for state in ACTIVE_STATES]

@@ -1,0 +1,135 @@
+"""The GPU pool's parts: model-loading tiers, node caches and replicas (mutable, owned by the engine)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import IntEnum
+
+from swell.core.errors import ValidationError
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """The simulated pool. Defaults: a 5 GB checkpoint (an SDXL-class pipeline in fp16), PCIe from
+    pinned host memory at 10 GB/s, NVMe at 2 GB/s, an object store at 0.5 GB/s (4 Gbit/s) per node;
+    64 GB of host memory and 200 GB of local disk per node set aside for checkpoints."""
+
+    gpu_start_seconds: float = 100.0  # node request to serving, as measured in production
+    start_jitter: float = 0.1  # each start takes gpu_start_seconds x (1 +- jitter), seeded
+    init_seconds: float = 5.0  # engine initialisation on every load
+    model_gb: float = 5.0
+    host_gbps: float = 10.0
+    disk_gbps: float = 2.0
+    remote_gbps: float = 0.5
+    host_cache_gb: float = 64.0
+    disk_cache_gb: float = 200.0
+    max_gpus: int | None = None
+    tick_seconds: float = 10.0
+    slo_wait: float = 30.0
+    attainment_window: float = 300.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("gpu_start_seconds", "init_seconds", "model_gb", "start_jitter"):
+            if getattr(self, name) < 0:
+                raise ValidationError(f"{name} must be >= 0", field=name)
+        for name in ("host_gbps", "disk_gbps", "remote_gbps", "tick_seconds", "slo_wait"):
+            if getattr(self, name) <= 0:
+                raise ValidationError(f"{name} must be > 0", field=name)
+        if self.max_gpus is not None and self.max_gpus < 1:
+            raise ValidationError("max_gpus must be >= 1", field="max_gpus")
+
+    def load_seconds(self, tier: Tier) -> float:
+        gbps = {Tier.HOST: self.host_gbps, Tier.DISK: self.disk_gbps, Tier.REMOTE: self.remote_gbps}[tier]
+        return self.init_seconds + self.model_gb / gbps
+
+    def slots(self, gb: float) -> int:
+        return 1_000_000 if self.model_gb == 0 else max(1, math.floor(gb / self.model_gb))
+
+    @property
+    def start_seconds(self) -> float:
+        """What a policy is told it takes to bring up a replica: start plus a load from the store."""
+        return self.gpu_start_seconds + self.load_seconds(Tier.REMOTE)
+
+
+class Tier(IntEnum):
+    HOST = 0
+    DISK = 1
+    REMOTE = 2
+
+
+class Cache:
+    """An LRU set of checkpoints, each usable from its `ready_at` time (a prefetch in flight)."""
+
+    __slots__ = ("capacity", "items")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items: OrderedDict[int, float] = OrderedDict()
+
+    def has(self, model: int, now: float) -> bool:
+        at = self.items.get(model)
+        return at is not None and at <= now
+
+    def put(self, model: int, ready_at: float) -> None:
+        if model in self.items:
+            self.items[model] = min(self.items[model], ready_at)
+            self.items.move_to_end(model)
+            return
+        self.items[model] = ready_at
+        while len(self.items) > self.capacity:
+            self.items.popitem(last=False)
+
+
+class State(IntEnum):
+    STARTING = 0
+    LOADING = 1
+    READY = 2
+
+
+class Replica:
+    """One GPU on its own node, holding at most one checkpoint. `version` invalidates stale events."""
+
+    __slots__ = (
+        "acquired_at",
+        "busy",
+        "disk",
+        "draining",
+        "host",
+        "id",
+        "load_started",
+        "model",
+        "slots",
+        "state",
+        "version",
+    )
+
+    def __init__(self, rid: int, now: float, slots: int, host: int, disk: int) -> None:
+        self.id = rid
+        self.acquired_at = now
+        self.state = State.STARTING
+        self.model = -1
+        self.busy = 0
+        self.slots = slots
+        self.draining = False
+        self.version = 0
+        self.load_started = 0.0
+        self.host = Cache(host)
+        self.disk = Cache(disk)
+
+    @property
+    def free(self) -> bool:
+        return self.state is State.READY and self.busy < self.slots and not self.draining
+
+    @property
+    def idle(self) -> bool:
+        return self.state is State.READY and self.busy == 0
+
+    def tier(self, model: int, now: float) -> Tier:
+        if self.host.has(model, now):
+            return Tier.HOST
+        if self.disk.has(model, now):
+            return Tier.DISK
+        return Tier.REMOTE

@@ -1,0 +1,74 @@
+"""One error shape for every answer that is not a success: `{"error", "message", "field"?}`.
+
+Every `SwellError` maps to its own status; request validation errors become 422 naming the field as
+a dotted path inside the body, query or path (`priority`, `input.texts`, `limit`); malformed JSON
+names `body`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from swell.core.errors import AuthError, QueueFull, SwellError, ValidationError
+
+log = logging.getLogger("swell.gateway")
+
+SOURCES = ("body", "query", "path", "header", "cookie")
+HTTP_NAMES = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(SwellError, swell_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, request_invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
+
+
+async def swell_error(request: Request, error: SwellError) -> JSONResponse:
+    if error.status_code >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, error)
+    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=error_headers(error))
+
+
+def error_headers(error: SwellError) -> dict[str, str]:
+    if isinstance(error, QueueFull):
+        return {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
+    if isinstance(error, AuthError):
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+async def request_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+    problems = [_problem(item) for item in error.errors()]
+    field, message = problems[0] if problems else ("body", "invalid request")
+    body = ValidationError(f"{field}: {message}", field=field).to_dict()
+    body["errors"] = [{"field": f, "message": m} for f, m in problems]
+    return JSONResponse(body, status_code=422)
+
+
+async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    body = {"error": HTTP_NAMES.get(error.status_code, "HTTPError"), "message": str(error.detail)}
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+def _problem(item: dict[str, Any]) -> tuple[str, str]:
+    if item.get("type") == "json_invalid":
+        reason = (item.get("ctx") or {}).get("error", "")
+        return "body", f"malformed JSON ({reason})" if reason else "malformed JSON"
+    message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+    return field_name(item.get("loc", ())), message
+
+
+def field_name(loc: Sequence[Any]) -> str:
+    """`("body", "input", "texts", 0)` -> `input.texts.0`; the whole body -> `body`."""
+    parts = [str(part) for part in loc]
+    if len(parts) > 1 and parts[0] in SOURCES:
+        parts = parts[1:]
+    return ".".join(parts) or "body"

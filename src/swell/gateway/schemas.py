@@ -1,0 +1,53 @@
+"""The request bodies of the `/v1` API, validated by pydantic before any handler runs."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from swell.core.jobs import Priority
+
+
+def _encodable(text: str) -> str:
+    """Refuse lone surrogates (valid in JSON escapes, not in UTF-8, so neither storable nor echoable)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
+class SubmitRequest(BaseModel):
+    """`POST /v1/jobs`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: Text = Field(max_length=200, description="The service that runs the job")
+    input: dict[str, Any] = Field(description="The engine's input, a JSON object")
+    priority: Priority = Field(Priority.NORMAL, description="high, normal or low (aged: never starved)")
+    idempotency_key: Text | None = Field(
+        None, min_length=1, max_length=200, description="A repeat with the same key returns the same job"
+    )
+    callback_url: Text | None = Field(
+        None, max_length=2048, description="Receives a signed POST when the job reaches a final state"
+    )
+    wait: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="Seconds to wait for the result before answering"
+    )
+    tenant: Text | None = Field(None, max_length=200)
+    model: Text | None = Field(None, max_length=200, description="The checkpoint the job needs")
+
+    @field_validator("input")
+    @classmethod
+    def _json_storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The input is stored and echoed as strict JSON: no NaN/Infinity, no lone surrogates."""
+        try:
+            json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"must be strict JSON ({exc})") from None
+        return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -93,14 +94,22 @@ async def test_bad_submits_name_the_field(
     "raw",
     [
         b"{not json",
+        b"\xff\xfe{}",
+        b"[" * 2000 + b"]" * 2000,
         b'{"service": "echo", "input": {"x": NaN}}',
         b'{"service": "echo", "input": {"x": "\\ud800"}}',
     ],
 )
-async def test_malformed_or_non_strict_json_is_422(client: httpx.AsyncClient, raw: bytes) -> None:
+async def test_malformed_or_non_strict_json_names_the_body(client: httpx.AsyncClient, raw: bytes) -> None:
     response = await client.post("/v1/jobs", content=raw, headers={"Content-Type": "application/json"})
-    assert response.status_code == 422
+    assert response.status_code in (400, 422)
     assert response.json()["field"] in ("body", "input")
+
+
+async def test_a_body_without_a_json_content_type_is_refused_plainly(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/jobs", content=json.dumps(job()).encode())
+    assert response.status_code == 422 and response.json()["field"] == "body"
+    assert "Content-Type: application/json" in response.json()["message"]
 
 
 async def test_a_full_queue_answers_429_with_retry_after(client: httpx.AsyncClient) -> None:

@@ -47,6 +47,8 @@ def error_headers(error: SwellError) -> dict[str, str]:
 
 async def request_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
     problems = [_problem(item) for item in error.errors()]
+    if problems and problems[0][0] == "body" and not _json_content(request.headers.get("content-type")):
+        problems[0] = ("body", "send the body as JSON, with 'Content-Type: application/json'")
     field, message = problems[0] if problems else ("body", "invalid request")
     body = ValidationError(f"{field}: {message}", field=field).to_dict()
     body["errors"] = [{"field": f, "message": m} for f, m in problems]
@@ -55,7 +57,14 @@ async def request_invalid(request: Request, error: RequestValidationError) -> JS
 
 async def http_error(request: Request, error: HTTPException) -> JSONResponse:
     body = {"error": HTTP_NAMES.get(error.status_code, "HTTPError"), "message": str(error.detail)}
+    if error.status_code == 400:  # the framework could not read the body (not UTF-8, too deep, ...)
+        body["field"] = "body"
     return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+def _json_content(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 def _problem(item: dict[str, Any]) -> tuple[str, str]:

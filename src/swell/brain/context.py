@@ -7,6 +7,7 @@ requests: tokens at prefill and decode rates), not in request counts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -47,12 +48,17 @@ class Context:
     replicas: int = 0  # acquired and not draining: starting, loading, ready or busy
     ready: int = 0  # ready or busy
     models: Mapping[str, ModelLoad] = field(default_factory=dict)
+    slots: int = 1  # jobs one replica runs at once (LLM batching)
     attainment: float | None = None  # share of recent jobs within the SLO; None when none finished
     future: tuple[Arrival, ...] = ()  # clairvoyant only
 
     @property
     def in_system(self) -> int:
         return self.queued + self.running
+
+    def replicas_for(self, jobs: float) -> int:
+        """Replicas that run `jobs` jobs (or GPU-seconds per second of work) at once."""
+        return max(0, math.ceil(jobs / self.slots - 1e-9))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ builds one by name. Baselines are written as their systems document them:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +46,7 @@ class PerReplica:
         return None
 
     def decide(self, ctx: Context, state: None) -> tuple[Plan, None]:
-        n = math.ceil(ctx.in_system / self.target)
+        n = ctx.replicas_for(ctx.in_system / self.target)
         return Plan(n, f"{ctx.in_system} jobs / {self.target:g} per replica"), None
 
 
@@ -87,9 +86,9 @@ class Predictive:
         horizon = max(self.horizon, ctx.start_seconds)
         seasonal = state.profile.expected(ctx.now + ctx.start_seconds, horizon) / horizon
         rate = max(decay(state.rate.rate, 0.0, 1.0), seasonal)
-        planned = math.ceil(rate * (1 + self.margin) - 1e-9)
-        if ctx.in_system > planned:
-            return Plan(ctx.in_system, f"forecast {rate:.2f} GPUs missed: reactive"), state
+        planned = ctx.replicas_for(rate * (1 + self.margin))
+        if ctx.replicas_for(ctx.in_system) > planned:
+            return Plan(ctx.replicas_for(ctx.in_system), f"forecast {rate:.2f} GPUs missed: reactive"), state
         return Plan(planned, f"forecast {rate:.2f} GPUs at {horizon:.0f}s"), state
 
 
@@ -116,7 +115,7 @@ class Swell:
     - Need now is weighed in work: running jobs plus the replicas that drain the queued GPU-seconds
       within the SLO wait.
     - Capacity that was needed recently is kept on a graded keep-alive: the k-th replica stays
-      `keep_alive / k` seconds after it was last needed. The first replica, cheap insurance against
+      `keep_alive / k ** grade` seconds after it was last needed. The first replica, cheap insurance against
       the next session's cold start, stays longest; burst capacity goes quickly.
     - Ahead of demand: the recent arrival rate over the start time (a burst in progress brings more),
       and the daily profile (keep one replica while previous days saw work in the coming keep-alive).
@@ -124,9 +123,11 @@ class Swell:
       jobs held somewhere; the `warm_models` busiest checkpoints kept in every node's host memory.
     """
 
-    keep_alive: float = 3600.0
+    keep_alive: float = 7200.0
     burst_margin: float = 1.0
     warm_models: int = 8
+    seasonal: bool = True
+    grade: float = 1.5
     max_tracked: int = 256
     name: str = "swell"
 
@@ -142,10 +143,12 @@ class Swell:
         burst = burst.observe(ctx.now, ctx.arrived_work)
         profile = state.profile.observe(ctx.now, ctx.arrived_work)
         need = self._need_now(ctx)
-        ahead = math.ceil(burst.rate * self.burst_margin - 1e-9)
+        ahead = ctx.replicas_for(burst.rate * self.burst_margin)
         last_need = _mark(state.last_need, max(need, ahead), ctx.now, self.max_tracked)
-        kept = sum(1 for k, t in enumerate(last_need) if ctx.now - t < self.keep_alive / (k + 1))
-        seasonal = 1 if profile.expected(ctx.now, self.keep_alive) > 0 else 0
+        kept = sum(
+            1 for k, t in enumerate(last_need) if ctx.now - t < self.keep_alive / (k + 1) ** self.grade
+        )
+        seasonal = 1 if self.seasonal and profile.expected(ctx.now, self.keep_alive) > 0 else 0
         n = max(need, ahead, kept, seasonal)
         model_work, warm = self._models(ctx, state)
         plan = Plan(
@@ -157,9 +160,10 @@ class Swell:
         return plan, SwellState(last_need, burst, profile, model_work, warm)
 
     def _need_now(self, ctx: Context) -> int:
+        running = ctx.replicas_for(ctx.running)
         if ctx.queued == 0:
-            return ctx.running
-        return ctx.running + max(1, math.ceil(ctx.queued_work / ctx.slo_wait - 1e-9))
+            return running
+        return running + max(1, ctx.replicas_for(ctx.queued_work / ctx.slo_wait))
 
     def _models(self, ctx: Context, state: SwellState) -> tuple[ModelWork, tuple[str, ...]]:
         if ctx.arrived_work <= 0:
@@ -222,6 +226,8 @@ class Clairvoyant:
 
     def decide(self, ctx: Context, state: None) -> tuple[Plan, None]:
         events = [(t, -1) for t in ctx.running_until]
+        if ctx.queued:
+            events += [(ctx.now + ctx.queued_work / ctx.queued, -1)] * ctx.queued
         for a in ctx.future:
             events += [(a.at, 1), (a.at + a.work, -1)]
         events.sort()
@@ -229,7 +235,8 @@ class Clairvoyant:
         for _, step in events:
             level += step
             peak = max(peak, level)
-        return Plan(peak, f"peak of {peak} running within {self.lookahead(ctx):.0f}s"), None
+        n = ctx.replicas_for(peak)
+        return Plan(n, f"peak of {peak} running within {self.lookahead(ctx):.0f}s"), None
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +275,7 @@ POLICIES: dict[str, PolicySpec] = {
     "swell": PolicySpec(
         Swell,
         "keep_alive",
-        tuple({"keep_alive": k} for k in (900, 1800, 3600, 5400, 7200, 10800)),
+        tuple({"keep_alive": k} for k in (1800, 3600, 5400, 7200, 10800, 14400)),
         "work-weighted, graded keep-alive, placement",
     ),
     "clairvoyant": PolicySpec(Clairvoyant, "none", ({},), "knows future arrivals (reference)"),

@@ -298,6 +298,7 @@ class Simulator:
             tick_seconds=self.pool.tick_seconds,
             start_seconds=self.pool.start_seconds,
             slo_wait=self.pool.slo_wait,
+            slots=self.trace.slots,
             arrived=len(self.arrived),
             arrived_work=sum(self.arrived.values()),
             queued=self.queued,
@@ -351,15 +352,15 @@ class Simulator:
             self._acquire(now)
 
     def _shrink(self, active: list[Replica], count: int, now: float) -> None:
-        """Cancel starts first, then idle replicas holding the least wanted checkpoints, then loads;
-        busy replicas drain (they finish their jobs, then stop)."""
+        """Cancel the newest starts first, then idle replicas holding the least wanted checkpoints,
+        then loads; busy replicas drain (they finish their jobs, then stop)."""
         wanted = self._model_index()
         plan = self.plan.models
 
-        def order(r: Replica) -> tuple[int, int, int]:
-            busy = r.busy > 0
+        def order(r: Replica) -> tuple[int, int, int, float]:
             planned = plan.get(self.trace.models[r.model], 0) if r.model >= 0 and wanted else 0
-            return (busy, {State.STARTING: 0, State.READY: 1, State.LOADING: 2}[r.state], planned)
+            rank = {State.STARTING: 0, State.READY: 1, State.LOADING: 2}[r.state]
+            return (r.busy > 0, rank, planned, -r.acquired_at)
 
         for r in sorted(active, key=order)[:count]:
             if r.busy:

@@ -159,6 +159,10 @@ class Swell:
         )
         return plan, SwellState(last_need, burst, profile, model_work, warm)
 
+    def _keep(self, k: int) -> float:
+        """Seconds the k-th replica is kept after it was last needed."""
+        return self.keep_alive / k**self.grade
+
     def _need_now(self, ctx: Context) -> int:
         running = ctx.replicas_for(ctx.running)
         if ctx.queued == 0:

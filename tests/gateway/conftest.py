@@ -24,13 +24,21 @@ def anyio_backend() -> str:
 def make_gateway(tmp_path: Path) -> Iterator[MakeGateway]:
     queues: list[QueueBackend] = []
 
-    def make(*, raw: dict[str, Any] | None = None, extra_services: Any = None, **settings: Any) -> Gateway:
+    def make(
+        *,
+        raw: dict[str, Any] | None = None,
+        extra_services: Any = None,
+        registry: Any = None,
+        **settings: Any,
+    ) -> Gateway:
         config = parse_config(raw or SERVICES)
         resolved = Settings(**{"data_dir": tmp_path, "api_key": API_KEY, **settings})
         queue = open_queue(f"sqlite:///{tmp_path}/swell-{len(queues)}.db")
         queues.append(queue)
         replicas = FakeReplicas()
-        app = create_app(config, resolved, queue, replicas=replicas, extra_services=extra_services)
+        app = create_app(
+            config, resolved, queue, replicas=replicas, extra_services=extra_services, registry=registry
+        )
         return Gateway(app, queue, resolved, config, replicas)
 
     yield make

@@ -57,6 +57,7 @@ def test_allowed_hosts_pass_whatever_they_resolve_to() -> None:
     assert check_callback_url("http://127.0.0.1/hook", allowed) == "http://127.0.0.1/hook"
     with pytest.raises(ValidationError):
         check_callback_url("http://127.0.0.2/hook", allowed)
+    assert check_callback_url("http://localhost/hook", frozenset({"LocalHost"})) == "http://localhost/hook"
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from swell.gateway.auth import bearer_key
 from swell.gateway.errors import install_error_handlers
 from swell.gateway.limits import BodyLimit
 from swell.gateway.metrics import WAITED, AckTimer, GatewayMetrics
-from swell.gateway.schemas import SubmitRequest
+from swell.gateway.schemas import ErrorView, JobView, SubmitRequest
 from swell.gateway.urls import check_callback_url
 from swell.queue.base import QueueBackend
 
@@ -109,8 +109,8 @@ class JobsAPI:
         router = APIRouter(prefix="/v1", dependencies=auth, tags=["jobs"])
         router.add_api_route("/jobs", self.submit, methods=["POST"], status_code=202, responses=_SUBMIT)
         router.add_api_route("/jobs", self.list_jobs, methods=["GET"])
-        router.add_api_route("/jobs/{job_id}", self.get_job, methods=["GET"])
-        router.add_api_route("/jobs/{job_id}", self.cancel_job, methods=["DELETE"])
+        router.add_api_route("/jobs/{job_id}", self.get_job, methods=["GET"], responses=_JOB)
+        router.add_api_route("/jobs/{job_id}", self.cancel_job, methods=["DELETE"], responses=_CANCEL)
         router.add_api_route("/jobs/{job_id}/files/{name}", self.job_file, methods=["GET"])
         router.add_api_route("/services", self.list_services, methods=["GET"], tags=["services"])
         return router
@@ -255,7 +255,9 @@ def _engine_validator() -> Validator | None:
     """The engines' input validator, when the engines package provides one."""
     try:
         from swell.engines.registry import validate_input
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("swell.engines", "swell.engines.registry"):
+            raise  # the registry exists but something it needs is missing: say so
         return None
     return validate_input  # type: ignore[no-any-return]
 
@@ -297,13 +299,20 @@ async def _collect_forever(metrics: GatewayMetrics) -> None:
         await asyncio.sleep(METRICS_EVERY)
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorView, "description": description}
+
+
 _SUBMIT: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The job is final (it finished within `wait`, or a repeat of a finished job)"},
-    202: {"description": "Accepted: the job is queued or running"},
-    404: {"description": "Unknown service"},
-    413: {"description": "The body is over the configured size"},
-    422: {"description": "Invalid request; `field` names the offending field"},
-    429: {"description": "The service's queue is full; retry after `Retry-After` seconds"},
+    200: {"model": JobView, "description": "The job is final (within `wait`, or a repeat of a finished job)"},
+    202: {"model": JobView, "description": "Accepted: the job is queued or running"},
+    401: _error("Missing or wrong API key"),
+    404: _error("Unknown service"),
+    413: _error("The body is over the configured size"),
+    422: _error("Invalid request; `field` names the offending field"),
+    429: _error("The service's queue is full; retry after `Retry-After` seconds"),
 }
+_JOB: dict[int | str, dict[str, Any]] = {200: {"model": JobView}, 404: _error("Unknown job")}
+_CANCEL: dict[int | str, dict[str, Any]] = {**_JOB, 409: _error("The job is already running or final")}
 
 __all__ = ["create_app"]

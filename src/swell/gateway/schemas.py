@@ -51,3 +51,36 @@ class SubmitRequest(BaseModel):
         except (ValueError, RecursionError) as exc:
             raise ValueError(f"must be strict JSON ({exc})") from None
         return value
+
+
+class WebhookView(BaseModel):
+    state: str = Field(description="waiting, pending, delivered or failed")
+    attempts: int
+    error: str | None
+
+
+class JobView(BaseModel):
+    """A job as the API shows it (`Job.to_public()`); optional keys appear only when set."""
+
+    id: str
+    service: str
+    state: str = Field(description="queued, leased, succeeded, failed, dead or cancelled")
+    priority: str
+    attempts: int = Field(description="Deliveries to a worker so far")
+    max_attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    tenant: str | None = None
+    model: str | None = None
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    webhook: WebhookView | None = None
+
+
+class ErrorView(BaseModel):
+    error: str = Field(description="The error's type, e.g. ValidationError, QueueFull")
+    message: str
+    field: str | None = Field(None, description="The offending field, as a dotted path")

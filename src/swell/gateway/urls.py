@@ -20,7 +20,7 @@ def check_callback_url(url: str, allow_hosts: frozenset[str]) -> str:
     Resolves the host (blocking: call it from a thread in async code).
     """
     host, port = _host_and_port(url)
-    if host in allow_hosts:
+    if host in allow_hosts or host in {allowed.lower() for allowed in allow_hosts}:
         return url
     for address in resolve(host, port):
         if not is_public(address):

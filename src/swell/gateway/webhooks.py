@@ -85,7 +85,7 @@ class WebhookDispatcher:
             self._client = client
             try:
                 while not stop.is_set():
-                    started = self._start_due(tasks)
+                    started = self._start_due_logged(tasks)
                     if not started:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), IDLE_SECONDS)
@@ -114,6 +114,13 @@ class WebhookDispatcher:
         )
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _start_due_logged(self, tasks: set[asyncio.Task[None]]) -> int:
+        try:
+            return self._start_due(tasks)
+        except Exception:  # the queue is unreachable for now: keep trying, never stop delivering
+            log.exception("reading due webhooks failed")
+            return 0
 
     def _start_due(self, tasks: set[asyncio.Task[None]]) -> int:
         """Start deliveries for due jobs not already in flight; returns how many started.

@@ -128,6 +128,7 @@ class Swell:
     warm_models: int = 8
     seasonal: bool = True
     grade: float = 1.5
+    drain_seconds: float | None = None  # queued work to drain per new replica; default: the SLO wait
     max_tracked: int = 256
     name: str = "swell"
 
@@ -167,7 +168,8 @@ class Swell:
         running = ctx.replicas_for(ctx.running)
         if ctx.queued == 0:
             return running
-        return running + max(1, ctx.replicas_for(ctx.queued_work / ctx.slo_wait))
+        drain = self.drain_seconds or ctx.slo_wait
+        return running + max(1, ctx.replicas_for(ctx.queued_work / drain))
 
     def _models(self, ctx: Context, state: SwellState) -> tuple[ModelWork, tuple[str, ...]]:
         if ctx.arrived_work <= 0:
@@ -255,25 +257,25 @@ POLICIES: dict[str, PolicySpec] = {
     "static": PolicySpec(
         lambda replicas=1: Static(int(replicas)),
         "replicas",
-        tuple({"replicas": n} for n in (1, 2, 3, 4, 6, 8)),
+        tuple({"replicas": n} for n in (1, 2, 4, 6, 8, 10)),
         "a fixed pool",
     ),
     "queue-length": PolicySpec(
         queue_length,
         "target x cooldown",
-        tuple({"target": t, "cooldown": c} for t in (1, 2, 4) for c in (300, 1800, 3600, 7200)),
+        tuple({"target": t, "cooldown": c} for t in (1, 2) for c in (300, 1800, 3600, 7200, 14400, 28800)),
         "KEDA: backlog per replica, cool-down",
     ),
     "concurrency": PolicySpec(
         concurrency,
         "target x down_delay",
-        tuple({"target": t, "down_delay": d} for t in (1, 2, 4) for d in (600, 1800, 3600, 7200)),
+        tuple({"target": t, "down_delay": d} for t in (1, 2) for d in (600, 1800, 3600, 7200, 14400, 28800)),
         "Ray Serve / Knative: in-flight per replica, delays",
     ),
     "predictive": PolicySpec(
         predictive,
         "horizon",
-        tuple({"horizon": h} for h in (300, 900, 1800, 3600, 7200)),
+        tuple({"horizon": h} for h in (300, 900, 1800, 3600, 7200, 14400)),
         "forecast at a horizon, reactive on misses",
     ),
     "swell": PolicySpec(

@@ -1,0 +1,138 @@
+"""The live loop on a real in-memory queue and a fake supervisor that records scale() calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from swell.brain.config import BrainConfig
+from swell.brain.live import LiveLoop, job_units
+from swell.core.clock import ManualClock
+from swell.core.config import Replicas, ServiceConfig, SwellConfig
+from swell.core.jobs import Job, JobSpec, JobState, Priority
+from swell.core.replicas import ReplicaInfo, ReplicaState
+from swell.queue.base import QueueBackend, open_queue
+
+
+@dataclass
+class FakeSupervisor:
+    """Records scale() calls and reports that many ready replicas (the real one spawns processes)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    calls: list[tuple[str, int]] = field(default_factory=list)
+
+    def replicas(self) -> list[ReplicaInfo]:
+        return [
+            ReplicaInfo(id=f"{name}-{i}", service=name, state=ReplicaState.READY)
+            for name, n in self.counts.items()
+            for i in range(n)
+        ]
+
+    def scale(self, service: str, replicas: int) -> None:
+        self.calls.append((service, replicas))
+        self.counts[service] = replicas
+
+
+def make(
+    mode: str, *, policy: str = "queue-length", low: int = 1, high: int = 3, **brain: object
+) -> tuple[LiveLoop, QueueBackend, FakeSupervisor, ManualClock, CollectorRegistry]:
+    clock = ManualClock(1_000.0)
+    queue = open_queue("memory://", clock=clock)
+    service = ServiceConfig(name="img", engine="callable", replicas=Replicas(min=low, max=high))
+    config = SwellConfig(services=[service], brain=BrainConfig(mode=mode, policy=policy, **brain))  # type: ignore[arg-type]
+    supervisor = FakeSupervisor({"img": low})
+    registry = CollectorRegistry()
+    return (
+        LiveLoop(config, queue, supervisor, clock=clock, registry=registry),
+        queue,
+        supervisor,
+        clock,
+        registry,
+    )
+
+
+def submit(queue: QueueBackend, n: int, **spec: object) -> None:
+    for _ in range(n):
+        queue.submit(JobSpec(service="img", input={"prompt": "x"}, **spec))  # type: ignore[arg-type]
+
+
+def test_dry_run_plans_and_shows_but_never_scales() -> None:
+    loop, queue, supervisor, clock, registry = make("dry-run")
+    submit(queue, 10)
+    clock.advance(10)
+    loop.tick()
+    assert supervisor.calls == []
+    plan = loop.plan_view()["img"]["plan"]
+    assert plan["replicas"] == 3  # 10 queued jobs, clamped to replicas.max
+    assert plan["mode"] == "dry-run" and plan["policy"] == "queue-length" and plan["at"] == clock.now()
+    assert registry.get_sample_value("swell_brain_planned_replicas", {"service": "img"}) == 3
+    assert registry.get_sample_value("swell_brain_actual_replicas", {"service": "img"}) == 1
+
+
+def test_enforce_makes_the_supervisor_follow_within_bounds() -> None:
+    loop, queue, supervisor, clock, _ = make("enforce", options={"cooldown": 0})
+    submit(queue, 10)
+    clock.advance(10)
+    loop.tick()
+    assert supervisor.calls == [("img", 3)]
+    for job in queue.lease("img", "w1", max_jobs=10):
+        queue.complete(job.id, "w1", {"ok": True})
+    clock.advance(10)
+    loop.tick()
+    assert supervisor.calls[-1] == ("img", 1)  # idle: back to replicas.min, never below
+
+
+def test_changes_per_minute_are_limited() -> None:
+    loop, queue, supervisor, clock, _ = make(
+        "enforce", high=10, max_changes_per_minute=1, options={"cooldown": 0}
+    )
+    submit(queue, 2)
+    clock.advance(10)
+    loop.tick()
+    submit(queue, 5)
+    clock.advance(10)
+    loop.tick()
+    assert supervisor.calls == [("img", 2)]
+    clock.advance(60)
+    loop.tick()
+    assert supervisor.calls == [("img", 2), ("img", 7)]
+
+
+def test_falls_back_to_reactive_while_the_slo_is_breached() -> None:
+    loop, queue, supervisor, clock, registry = make(
+        "enforce", policy="static", high=10, reactive_policy="queue-length", slo_wait_seconds=5
+    )
+    submit(queue, 6)
+    clock.advance(60)  # every job waits 60 s > 5 s: attainment 0
+    loop.tick()
+    assert supervisor.calls == [("img", 6)]
+    assert "SLO" in loop.plan_view()["img"]["plan"]["reason"]
+    assert registry.get_sample_value("swell_brain_slo_attainment", {"service": "img"}) == 0.0
+
+
+def test_learns_from_finished_jobs_once() -> None:
+    loop, queue, supervisor, clock, _ = make("dry-run", policy="swell")
+    submit(queue, 3, model="m1", priority=Priority.HIGH)
+    clock.advance(2)
+    jobs = queue.lease("img", "w1", max_jobs=3)
+    clock.advance(20)
+    for job in jobs:
+        queue.complete(job.id, "w1", {})
+    loop.tick()
+    loop.tick()
+    brain = loop.services["img"]
+    assert brain.rate.seconds == pytest.approx(60.0)  # three 20 s jobs, counted once
+    assert [ok for _, ok in brain.outcomes] == [True, True, True]
+    assert "swell" in repr(loop)
+
+
+def test_job_units_reads_steps_images_and_tokens() -> None:
+    def job(data: dict[str, object]) -> Job:
+        return Job.create(JobSpec(service="s", input=data), 0.0)
+
+    assert job_units(job({"num_inference_steps": 30, "num_images_per_prompt": 4})) == 120
+    assert job_units(job({"max_tokens": 100, "prompt": "abcd" * 10})) == 110
+    assert job_units(job({"text": "x"})) == 1
+    assert JobState.QUEUED.value == "queued"

@@ -113,7 +113,7 @@ def test_falls_back_to_reactive_while_the_slo_is_breached() -> None:
 
 
 def test_learns_from_finished_jobs_once() -> None:
-    loop, queue, supervisor, clock, _ = make("dry-run", policy="swell")
+    loop, queue, _, clock, _ = make("dry-run", policy="swell")
     submit(queue, 3, model="m1", priority=Priority.HIGH)
     clock.advance(2)
     jobs = queue.lease("img", "w1", max_jobs=3)

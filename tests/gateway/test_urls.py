@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import pytest
 
 from swell.core.errors import ValidationError
-from swell.gateway.urls import check_callback_url, is_public
+from swell.gateway.urls import PinnedURL, check_callback_url, is_public, pin_callback_url
 
 
 @pytest.mark.parametrize(
@@ -66,3 +67,26 @@ def test_allowed_hosts_pass_whatever_they_resolve_to() -> None:
 )
 def test_is_public(address: str, public: bool) -> None:
     assert is_public(ipaddress.ip_address(address)) is public
+
+
+def test_a_name_is_pinned_to_the_address_it_was_checked_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DNS here: the resolver answers as a public name's would, then as a rebinding attack's."""
+    answers = {"hooks.example.com": "93.184.216.34"}
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    pinned = pin_callback_url("https://user@Hooks.Example.com:8443/done?x=1", frozenset())
+    assert pinned == PinnedURL(
+        "https://user@93.184.216.34:8443/done?x=1",
+        host="Hooks.Example.com:8443",
+        server_name="hooks.example.com",
+    )
+    answers["hooks.example.com"] = "127.0.0.1"
+    with pytest.raises(ValidationError):
+        pin_callback_url("https://hooks.example.com/done", frozenset())
+    assert pin_callback_url("http://93.184.216.34/x", frozenset()) == PinnedURL("http://93.184.216.34/x")
+    assert pin_callback_url("http://[2606:4700::1111]/x", frozenset()) == PinnedURL(
+        "http://[2606:4700::1111]/x"
+    )

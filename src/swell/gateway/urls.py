@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from swell.core.errors import ValidationError
 
@@ -13,23 +14,48 @@ FIELD = "callback_url"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@dataclass(frozen=True, slots=True)
+class PinnedURL:
+    """Where to send a callback. For a host name, `url` names the checked address instead, so a name
+    that re-resolves elsewhere (DNS rebinding) cannot redirect the request; `host` (the `Host`
+    header) and `server_name` (for TLS) keep the name. For an address or an allowed host, `url` is
+    the original and the others are None."""
+
+    url: str
+    host: str | None = None
+    server_name: str | None = None
+
+
 def check_callback_url(url: str, allow_hosts: frozenset[str]) -> str:
     """`url` when it is http(s) with a host that resolves only to public addresses, or a host
     listed (lower-case) in `allow_hosts`; `ValidationError` on field `callback_url` otherwise.
 
     Resolves the host (blocking: call it from a thread in async code).
     """
+    pin_callback_url(url, allow_hosts)
+    return url
+
+
+def pin_callback_url(url: str, allow_hosts: frozenset[str]) -> PinnedURL:
+    """Check `url` as `check_callback_url` does and pin it to the first address it resolved to."""
     host, port = _host_and_port(url)
-    if host in allow_hosts or host in {allowed.lower() for allowed in allow_hosts}:
-        return url
-    for address in resolve(host, port):
+    if host in {allowed.lower() for allowed in allow_hosts}:
+        return PinnedURL(url)
+    addresses = resolve(host, port)
+    for address in addresses:
         if not is_public(address):
             raise ValidationError(
                 f"callback host {host!r} resolves to {address}, a non-public address; "
                 "list it in SWELL_CALLBACK_ALLOW_HOSTS to allow it",
                 field=FIELD,
             )
-    return url
+    if len(addresses) == 1 and str(addresses[0]) == host:
+        return PinnedURL(url)  # an address already
+    parts = urlsplit(url)
+    userinfo, _, named = parts.netloc.rpartition("@")
+    literal = f"[{addresses[0]}]" if addresses[0].version == 6 else str(addresses[0])
+    netloc = "@".join(filter(None, (userinfo, f"{literal}:{port}" if port is not None else literal)))
+    return PinnedURL(urlunsplit(parts._replace(netloc=netloc)), host=named, server_name=host)
 
 
 def is_public(address: IPAddress) -> bool:

@@ -24,7 +24,7 @@ import httpx
 from swell.core.clock import Clock, SystemClock
 from swell.core.errors import Conflict, ValidationError
 from swell.core.jobs import Job, RetryPolicy
-from swell.gateway.urls import check_callback_url
+from swell.gateway.urls import PinnedURL, pin_callback_url
 from swell.queue.base import QueueBackend
 
 log = logging.getLogger("swell.webhooks")
@@ -147,9 +147,8 @@ class WebhookDispatcher:
             log.exception("webhook delivery for job %s could not be recorded", job.id)
 
     async def _attempt(self, job: Job) -> Job:
-        url = job.callback_url or ""
         try:
-            await asyncio.to_thread(check_callback_url, url, self.allow_hosts)
+            target = await asyncio.to_thread(pin_callback_url, job.callback_url or "", self.allow_hosts)
         except ValidationError as exc:
             return self._failed(job, f"refused: {exc.message}", permanent=True)
         body = payload(job)
@@ -161,7 +160,7 @@ class WebhookDispatcher:
         }
         try:
             async with asyncio.timeout(self.timeout):
-                status = await self._post(url, body, headers)
+                status = await self._post(target, body, headers)
         except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
             return self._failed(job, f"{type(exc).__name__}: {exc}".rstrip(": "))
         if 200 <= status < 300:
@@ -170,16 +169,23 @@ class WebhookDispatcher:
         reason = " (redirects are not followed)" if 300 <= status < 400 else ""
         return self._failed(job, f"the receiver answered HTTP {status}{reason}")
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+    async def _post(self, target: PinnedURL, body: bytes, headers: dict[str, str]) -> int:
         """POST and return the status; the receiver's response body is never read."""
         if self._client is not None:
-            return await self._send(self._client, url, body, headers)
+            return await self._send(self._client, target, body, headers)
         async with self._http() as client:
-            return await self._send(client, url, body, headers)
+            return await self._send(client, target, body, headers)
 
     @staticmethod
-    async def _send(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]) -> int:
-        async with client.stream("POST", url, content=body, headers=headers) as response:
+    async def _send(
+        client: httpx.AsyncClient, target: PinnedURL, body: bytes, headers: dict[str, str]
+    ) -> int:
+        extensions = {}
+        if target.host is not None and target.server_name is not None:  # the checked address, by name
+            headers = {**headers, "Host": target.host}
+            extensions["sni_hostname"] = target.server_name
+        stream = client.stream("POST", target.url, content=body, headers=headers, extensions=extensions)
+        async with stream as response:
             return response.status_code
 
     def _failed(self, job: Job, error: str, *, permanent: bool = False) -> Job:

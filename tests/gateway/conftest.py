@@ -20,9 +20,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def make_gateway(tmp_path: Path) -> Iterator[MakeGateway]:
+@pytest.fixture(params=["sqlite", "memory"])
+def make_gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeGateway]:
+    """Builds apps over a real SQLite file (and, as a second run, the in-memory backend)."""
     queues: list[QueueBackend] = []
+
+    def open_backend() -> QueueBackend:
+        if request.param == "memory":
+            return open_queue("memory://")
+        return open_queue(f"sqlite:///{tmp_path}/swell-{len(queues)}.db")
 
     def make(
         *,
@@ -33,7 +39,7 @@ def make_gateway(tmp_path: Path) -> Iterator[MakeGateway]:
     ) -> Gateway:
         config = parse_config(raw or SERVICES)
         resolved = Settings(**{"data_dir": tmp_path, "api_key": API_KEY, **settings})
-        queue = open_queue(f"sqlite:///{tmp_path}/swell-{len(queues)}.db")
+        queue = open_backend()
         queues.append(queue)
         replicas = FakeReplicas()
         app = create_app(

@@ -17,6 +17,7 @@ from swell.gateway.webhooks import WebhookDispatcher, payload, sign, verify
 from swell.queue.base import QueueBackend, open_queue
 from tests.gateway.helpers import MakeGateway
 from tests.gateway.receiver import Receiver, webhook_receiver
+from tests.support import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -221,3 +222,11 @@ async def test_submit_to_delivery_through_the_gateway(make_gateway: MakeGateway,
     assert shown["webhook"] == {"state": "delivered", "attempts": 1, "error": None}
     [got] = receiver.deliveries
     assert json.loads(got.body) == {"id": leased.id, "state": "succeeded", "result": {"n": 2}}
+
+
+async def test_a_receiver_that_is_down_is_retried_later(queue: QueueBackend, clock: ManualClock) -> None:
+    job = finished_job(queue, f"http://127.0.0.1:{free_port()}/hook")
+    failed = await dispatcher(queue, clock).deliver(job)
+    assert (failed.webhook_state, failed.webhook_next_at) == (WebhookState.PENDING, START + 1)
+    assert "ConnectError" in (failed.webhook_error or "")
+    assert queue.get(job.id).webhook_error == failed.webhook_error

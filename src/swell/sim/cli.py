@@ -8,6 +8,7 @@ swell sim sweep --trace FILE [--json] [--plot FILE.png]
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -147,12 +148,12 @@ def sweep_cmd(
         pool = _pool(locals())
         names = policy_names(policy)
         if json_out:
-            sweep(data, names, pool, on_point=lambda r: print(json.dumps(r.to_json()), flush=True))
-            return
-        with out.status("sweeping…"):
-            reports = sweep(data, names, pool)
-        out.print(_table(reports, knob=True))
-        out.print(_summary(reports, target))
+            reports = sweep(data, names, pool, on_point=lambda r: print(json.dumps(r.to_json()), flush=True))
+        else:
+            with out.status("sweeping…"):
+                reports = sweep(data, names, pool)
+            out.print(_table(reports, knob=True))
+            out.print(_summary(reports, target))
         if plot:
             from swell.sim.plot import plot_frontiers
 
@@ -195,7 +196,7 @@ def _trace(path: Path, llm_batch: int, speed: float, limit: int | None) -> Trace
     return data.scaled(speed) if speed != 1.0 else data
 
 
-def _pool(options: dict[str, object]) -> PoolConfig:
+def _pool(options: Mapping[str, object]) -> PoolConfig:
     fields = set(PoolConfig.__dataclass_fields__)
     values = {k: v for k, v in options.items() if k in fields}
     values["slo_wait"] = options["slo_wait"]
@@ -254,8 +255,7 @@ class _errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, SwellError):
             Console(stderr=True).print(f"[red]error[/]: {exc.message}")
             raise typer.Exit(1)
-        return False

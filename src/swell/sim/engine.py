@@ -151,10 +151,10 @@ class Simulator:
         for m in sorted((m for m in waiting if self.queues[m]), key=lambda m: self.queues[m][0]):
             if self.loading_for[m] * self.trace.slots >= len(self.queues[m]):
                 continue
-            r = self._swap_candidate()
-            if r is None:
+            spare = self._swap_candidate()
+            if spare is None:
                 return
-            self._load(r, m, now)
+            self._load(spare, m, now)
 
     def _swap_candidate(self) -> Replica | None:
         best: Replica | None = None
@@ -282,7 +282,7 @@ class Simulator:
             else set(self.arrived)
         )
         active |= {r.model for r in self.replicas.values() if r.model >= 0}
-        active |= {m for m in np.flatnonzero(self.running)} if self.in_flight else set()
+        active |= {int(m) for m in np.flatnonzero(self.running)} if self.in_flight else set()
         models = {
             names[m]: ModelLoad(
                 queued=len(self.queues[m]),

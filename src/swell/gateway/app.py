@@ -34,7 +34,7 @@ from swell.gateway.auth import bearer_key
 from swell.gateway.errors import install_error_handlers
 from swell.gateway.limits import BodyLimit
 from swell.gateway.metrics import WAITED, AckTimer, GatewayMetrics
-from swell.gateway.schemas import ErrorView, JobView, SubmitRequest
+from swell.gateway.schemas import ErrorView, JobList, JobView, SubmitRequest
 from swell.gateway.urls import check_callback_url
 from swell.queue.base import QueueBackend
 
@@ -108,7 +108,7 @@ class JobsAPI:
         auth = [Depends(bearer_key(settings.api_key))] if settings.auth else []
         router = APIRouter(prefix="/v1", dependencies=auth, tags=["jobs"])
         router.add_api_route("/jobs", self.submit, methods=["POST"], status_code=202, responses=_SUBMIT)
-        router.add_api_route("/jobs", self.list_jobs, methods=["GET"])
+        router.add_api_route("/jobs", self.list_jobs, methods=["GET"], responses=_LIST)
         router.add_api_route("/jobs/{job_id}", self.get_job, methods=["GET"], responses=_JOB)
         router.add_api_route("/jobs/{job_id}", self.cancel_job, methods=["DELETE"], responses=_CANCEL)
         router.add_api_route("/jobs/{job_id}/files/{name}", self.job_file, methods=["GET"])
@@ -142,16 +142,17 @@ class JobsAPI:
         service: str | None = None,
         state: JobState | None = None,
         limit: int = Query(100, ge=1, le=1000),
-    ) -> dict[str, list[dict[str, Any]]]:
+    ) -> JSONResponse:
+        """Jobs, newest first."""
         jobs = self.queue.jobs(service=service, state=state, limit=limit)
-        return {"jobs": [job.to_public() for job in jobs]}
+        return JSONResponse({"jobs": [job.to_public() for job in jobs]})
 
-    async def get_job(self, job_id: str) -> dict[str, Any]:
-        return self.queue.get(job_id).to_public()
+    async def get_job(self, job_id: str) -> JSONResponse:
+        return JSONResponse(self.queue.get(job_id).to_public())
 
-    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+    async def cancel_job(self, job_id: str) -> JSONResponse:
         """Cancel a queued job; 409 once a worker holds it or it is final."""
-        return self.queue.cancel(job_id).to_public()
+        return JSONResponse(self.queue.cancel(job_id).to_public())
 
     async def job_file(self, job_id: str, name: str) -> FileResponse:
         """A file the job's engine wrote (large binary outputs)."""
@@ -313,6 +314,7 @@ _SUBMIT: dict[int | str, dict[str, Any]] = {
     429: _error("The service's queue is full; retry after `Retry-After` seconds"),
 }
 _JOB: dict[int | str, dict[str, Any]] = {200: {"model": JobView}, 404: _error("Unknown job")}
+_LIST: dict[int | str, dict[str, Any]] = {200: {"model": JobList}, 422: _error("A bad filter")}
 _CANCEL: dict[int | str, dict[str, Any]] = {**_JOB, 409: _error("The job is already running or final")}
 
 __all__ = ["create_app"]

@@ -80,6 +80,10 @@ class JobView(BaseModel):
     webhook: WebhookView | None = None
 
 
+class JobList(BaseModel):
+    jobs: list[JobView]
+
+
 class ErrorView(BaseModel):
     error: str = Field(description="The error's type, e.g. ValidationError, QueueFull")
     message: str

@@ -263,13 +263,19 @@ POLICIES: dict[str, PolicySpec] = {
     "queue-length": PolicySpec(
         queue_length,
         "target x cooldown",
-        tuple({"target": t, "cooldown": c} for t in (1, 2) for c in (300, 1800, 3600, 7200, 14400, 28800)),
+        tuple(
+            {"target": t, "cooldown": c} for t in (1, 2) for c in (300, 1800, 3600, 7200, 14400, 28800, 43200)
+        ),
         "KEDA: backlog per replica, cool-down",
     ),
     "concurrency": PolicySpec(
         concurrency,
         "target x down_delay",
-        tuple({"target": t, "down_delay": d} for t in (1, 2) for d in (600, 1800, 3600, 7200, 14400, 28800)),
+        tuple(
+            {"target": t, "down_delay": d}
+            for t in (1, 2)
+            for d in (600, 1800, 3600, 7200, 14400, 28800, 43200)
+        ),
         "Ray Serve / Knative: in-flight per replica, delays",
     ),
     "predictive": PolicySpec(

@@ -151,21 +151,23 @@ class Simulator:
         for m in sorted((m for m in waiting if self.queues[m]), key=lambda m: self.queues[m][0]):
             if self.loading_for[m] * self.trace.slots >= len(self.queues[m]):
                 continue
-            spare = self._swap_candidate()
+            spare = self._swap_candidate(m, now)
             if spare is None:
                 return
             self._load(spare, m, now)
 
-    def _swap_candidate(self) -> Replica | None:
-        best: Replica | None = None
+    def _swap_candidate(self, m: int, now: float) -> Replica | None:
+        """The idle replica to load `m`: the fastest tier first (a node keeping it warm), then an
+        empty replica, then one whose checkpoint has the most other holders."""
+        best: tuple[int, int, int] | None = None
+        chosen: Replica | None = None
         for r in self.replicas.values():
             if not r.idle or r.draining or (r.model >= 0 and self.queues[r.model]):
                 continue
-            if r.model < 0:
-                return r
-            if best is None or len(self.by_model[r.model]) > len(self.by_model[best.model]):
-                best = r
-        return best
+            key = (int(r.tier(m, now)), r.model >= 0, -len(self.by_model[r.model]) if r.model >= 0 else 0)
+            if best is None or key < best:
+                best, chosen = key, r
+        return chosen
 
     # -- replicas ---------------------------------------------------------------------------------
 
@@ -269,8 +271,6 @@ class Simulator:
             for r in self.replicas.values():
                 if r.state is not State.STARTING:
                     self._prefetch(r, now)
-        if plan.models:
-            self._place(now)
         self.samples.append((now, self.queued + self.in_flight, self.ready, len(self.replicas)))
         return state
 
@@ -367,22 +367,6 @@ class Simulator:
                 r.draining = True
             else:
                 self._release(r, now)
-
-    def _place(self, now: float) -> None:
-        """Move idle replicas whose checkpoint has more holders than planned to a planned one."""
-        index = self._model_index()
-        for r in list(self.replicas.values()):
-            if not r.idle or r.draining or r.model < 0:
-                continue
-            want = self.plan.models.get(self.trace.models[r.model], 0)
-            if len(self.by_model[r.model]) <= max(want, 1) and want > 0:
-                continue
-            if want > 0 and len(self.by_model[r.model]) <= want:
-                continue
-            m = self._under_planned()
-            if m is None or m == index.get(self.trace.models[r.model]):
-                return
-            self._load(r, m, now)
 
     def _model_index(self) -> dict[str, int]:
         if not hasattr(self, "_index"):

@@ -43,7 +43,8 @@ class Simulator:
         self.q_work = np.zeros(m)
         self.running = np.zeros(m, dtype=np.int64)
         self.loading_for = np.zeros(m, dtype=np.int64)
-        self.by_model: list[set[Replica]] = [set() for _ in range(m)]
+        # ready replicas per checkpoint, by id: insertion-ordered, so runs repeat exactly
+        self.by_model: list[dict[int, Replica]] = [{} for _ in range(m)]
         self.est = np.zeros(n)
         self.waits = np.full(n, np.nan)
         self.replicas: dict[int, Replica] = {}
@@ -145,7 +146,7 @@ class Simulator:
     def _dispatch(self, now: float) -> None:
         waiting = [m for m, q in enumerate(self.queues) if q] if self.queued else []
         for m in waiting:
-            for r in list(self.by_model[m]):
+            for r in list(self.by_model[m].values()):
                 while r.free and self.queues[m]:
                     self._start(r, m, now)
         for m in sorted((m for m in waiting if self.queues[m]), key=lambda m: self.queues[m][0]):
@@ -215,7 +216,7 @@ class Simulator:
 
     def _load(self, r: Replica, m: int, now: float) -> None:
         if r.model >= 0 and r.state is State.READY:
-            self.by_model[r.model].discard(r)
+            self.by_model[r.model].pop(r.id, None)
         if r.state is State.READY:
             self.ready -= 1
         tier = r.tier(m, now)
@@ -230,7 +231,7 @@ class Simulator:
         self.loading_for[r.model] -= 1
         r.state = State.READY
         self.ready += 1
-        self.by_model[r.model].add(r)
+        self.by_model[r.model][r.id] = r
         r.host.put(r.model, now)
         r.disk.put(r.model, now)
 
@@ -255,7 +256,7 @@ class Simulator:
         else:
             self.ready -= 1
             if r.model >= 0:
-                self.by_model[r.model].discard(r)
+                self.by_model[r.model].pop(r.id, None)
         r.version += 1
         del self.replicas[r.id]
 

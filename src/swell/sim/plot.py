@@ -60,21 +60,28 @@ def plot_frontiers(reports: Sequence[Report], path: str | Path, *, target: float
         points = [r for r in reports if r.policy == name]
         line = frontier(points)
         (drawn,) = ax.plot(
-            [r.gpu_hours for r in line], [r.slo_attainment for r in line], marker="o", label=name
+            [r.gpu_hours for r in line], [_clip(r.slo_attainment) for r in line], marker="o", label=name
         )
-        ax.scatter(
-            [r.gpu_hours for r in points], [r.slo_attainment for r in points], s=10, color=drawn.get_color()
-        )
+        ys = [_clip(r.slo_attainment) for r in points]
+        ax.scatter([r.gpu_hours for r in points], ys, s=10, color=drawn.get_color())
     ax.axhline(target, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log")
+    ax.set_yscale("logit")  # spreads 90 %, 99 %, 99.9 % evenly
+    ticks = [0.1, 0.5, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999]
+    ax.set_yticks(ticks, [f"{t:.1%}" for t in ticks])
+    ax.yaxis.set_minor_formatter("")
     ax.set_xlabel("GPU-hours (starting, loading and idle included)")
     ax.set_ylabel(f"SLO attainment (queue wait <= {reports[0].slo_wait_s:g} s)")
     ax.set_title(
         f"{reports[0].trace}: {reports[0].jobs} jobs, {reports[0].work_gpu_hours:.1f} GPU-hours of work"
     )
-    ax.set_ylim(max(0.0, min(r.slo_attainment for r in reports) - 0.02), 1.0)
     ax.grid(True, which="both", lw=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _clip(attainment: float) -> float:
+    """Keep 0 % and 100 % drawable on a logit axis."""
+    return min(max(attainment, 1e-3), 1 - 1e-4)

@@ -21,29 +21,48 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_runs(reports: Sequence[Report], path: str | Path) -> None:
-    """Demand and each policy's ready capacity over time; each policy's hourly p99 queue wait."""
+def plot_runs(reports: Sequence[Report], path: str | Path, *, bin_seconds: float = 600.0) -> None:
+    """Peak demand and each policy's mean ready replicas per bin; each policy's hourly p99 wait."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
-    first = reports[0].series
-    assert first is not None
-    top.plot(first.t / 3600, first.demand, color="black", lw=0.6, label="demand (jobs queued or running)")
     for r in reports:
         s = r.series
         assert s is not None
-        top.plot(s.t / 3600, s.ready, lw=0.8, label=f"{r.policy}: ready replicas")
+        hours, ready = _binned(s.t, s.ready, bin_seconds, "mean")
+        top.step(hours, ready, where="post", lw=0.8, label=f"{r.policy}: ready replicas (mean)")
         hours, p99 = _hourly_p99(s.arrival, s.wait)
-        bottom.plot(hours, p99, lw=0.8, label=r.policy)
+        bottom.plot(hours, p99, lw=0.8, marker=".", ms=3, label=r.policy)
+    first = reports[0].series
+    assert first is not None
+    hours, demand = _binned(first.t, first.demand, bin_seconds, "max")
+    top.step(
+        hours, demand, where="post", color="black", lw=0.6, label="demand: jobs queued or running (peak)"
+    )
     bottom.axhline(reports[0].slo_wait_s, color="grey", ls="--", lw=0.8, label="SLO wait")
-    top.set_ylabel("jobs / replicas")
+    top.set_ylabel(f"per {bin_seconds / 60:.0f} min")
     bottom.set_ylabel("p99 queue wait per hour (s)")
     bottom.set_yscale("symlog", linthresh=1)
+    bottom.set_ylim(bottom=0)
     bottom.set_xlabel(f"hours into {reports[0].trace}")
-    top.legend(fontsize=7, loc="upper right")
-    bottom.legend(fontsize=7, loc="upper right")
+    top.legend(fontsize=7, loc="upper left")
+    bottom.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _binned(t: np.ndarray, values: np.ndarray, width: float, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per `width`-second bin of the sorted times `t`: the max or the mean of `values`."""
+    if len(t) == 0:
+        return t, values
+    index = (t // width).astype(int)
+    starts = np.flatnonzero(np.diff(index, prepend=-1))
+    values = values.astype(float)
+    if how == "max":
+        reduced = np.maximum.reduceat(values, starts)
+    else:
+        reduced = np.add.reduceat(values, starts) / np.diff(np.append(starts, len(values)))
+    return index[starts] * width / 3600, reduced
 
 
 def _hourly_p99(arrival: np.ndarray, wait: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -85,7 +85,7 @@ class Predictive:
         )
         horizon = max(self.horizon, ctx.start_seconds)
         seasonal = state.profile.expected(ctx.now + ctx.start_seconds, horizon) / horizon
-        rate = max(decay(state.rate.rate, 0.0, 1.0), seasonal)
+        rate = max(state.rate.rate, seasonal)
         planned = ctx.replicas_for(rate * (1 + self.margin))
         if ctx.replicas_for(ctx.in_system) > planned:
             return Plan(ctx.replicas_for(ctx.in_system), f"forecast {rate:.2f} GPUs missed: reactive"), state

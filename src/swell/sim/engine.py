@@ -49,7 +49,7 @@ class Simulator:
         self.waits = np.full(n, np.nan)
         self.replicas: dict[int, Replica] = {}
         self.events: list[tuple[float, int, int, int, int]] = []
-        self.rate = WorkRate(prior=0.7 if trace.kind == "image" else 0.01)
+        self.rate = WorkRate(prior=0.7 if trace.kind == "image" else 1.0)
         self.plan = Plan(0)
         self.recent: deque[tuple[float, bool]] = deque()
         self.arrived: dict[int, float] = {}

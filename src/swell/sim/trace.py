@@ -33,7 +33,8 @@ class LlmRates:
 @dataclass(frozen=True)
 class Trace:
     """Jobs in arrival order. `service` is the GPU time on a replica that holds the model; `units`
-    is what is known at arrival (steps x images, or tokens), turned into seconds by a learned rate."""
+    is what is known at arrival, turned into seconds by a learned rate: steps x images for image
+    jobs; for LLM requests their tokens priced at the prefill and decode rates (token-seconds)."""
 
     name: str
     kind: Literal["image", "llm"]
@@ -131,9 +132,7 @@ def _llm_trace(name: str, rows: list[dict[str, str]], rates: LlmRates) -> Trace:
     output = np.array([_number(r["GeneratedTokens"], 0.0) for r in rows])
     service = prompt / rates.prefill_tokens_per_s + output / rates.decode_tokens_per_s
     codes = np.zeros(len(rows), dtype=np.int64)
-    return _sorted(
-        name, "llm", arrival, service, prompt + output, codes, np.array(["llm"]), slots=rates.batch
-    )
+    return _sorted(name, "llm", arrival, service, service.copy(), codes, np.array(["llm"]), slots=rates.batch)
 
 
 def _relative(times: list[float]) -> np.ndarray:

@@ -227,8 +227,9 @@ class Clairvoyant:
     def initial(self) -> None:
         return None
 
-    def lookahead(self, ctx: Context) -> float:
-        return ctx.start_seconds + 2 * ctx.tick_seconds
+    def lookahead(self, start_seconds: float, tick_seconds: float) -> float:
+        """How far ahead the simulator must show future arrivals (`Context.future`)."""
+        return start_seconds + 2 * tick_seconds
 
     def decide(self, ctx: Context, state: None) -> tuple[Plan, None]:
         events = [(t, -1) for t in ctx.running_until]
@@ -242,7 +243,9 @@ class Clairvoyant:
             level += step
             peak = max(peak, level)
         n = ctx.replicas_for(peak)
-        return Plan(n, f"peak of {peak} running within {self.lookahead(ctx):.0f}s"), None
+        return Plan(
+            n, f"peak of {peak} running within {self.lookahead(ctx.start_seconds, ctx.tick_seconds):.0f}s"
+        ), None
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,8 @@ class Simulator:
         self.rate = WorkRate(prior=0.7 if trace.kind == "image" else 1.0)
         self.plan = Plan(0)
         self.recent: deque[tuple[float, bool]] = deque()
-        self.arrived: dict[int, float] = {}
+        self.arrived: dict[int, float] = {}  # estimated work per checkpoint since the last tick
+        self.arrivals = 0  # jobs since the last tick
         self.ends: dict[int, float] = {}
         self.queued = self.in_flight = self.ready = self.next_id = self.seq = 0
         self.gpu_s = self.starting_s = self.loading_s = self.over_s = 0.0
@@ -116,6 +117,7 @@ class Simulator:
         self.q_work[m] += self.est[i]
         self.queued += 1
         self.arrived[m] = self.arrived.get(m, 0.0) + self.est[i]
+        self.arrivals += 1
 
     def _start(self, r: Replica, m: int, now: float) -> None:
         _, i = heapq.heappop(self.queues[m])
@@ -266,7 +268,7 @@ class Simulator:
         ctx = self._context(now)
         plan, state = self.policy.decide(ctx, state)
         self.plan = plan
-        self.arrived = {}
+        self.arrived, self.arrivals = {}, 0
         self._scale(plan.replicas, now)
         if plan.warm:
             for r in self.replicas.values():
@@ -300,7 +302,7 @@ class Simulator:
             start_seconds=self.pool.start_seconds,
             slo_wait=self.pool.slo_wait,
             slots=self.trace.slots,
-            arrived=len(self.arrived),
+            arrived=self.arrivals,
             arrived_work=sum(self.arrived.values()),
             queued=self.queued,
             queued_work=float(self.q_work.sum()) if self.queued else 0.0,
@@ -314,6 +316,8 @@ class Simulator:
         )
 
     def _attainment(self, now: float) -> float | None:
+        """Share of jobs started in the window within the SLO; a queue whose oldest job is already
+        late counts as one more miss, so a stuck queue shows up before its jobs start."""
         while self.recent and self.recent[0][0] < now - self.pool.attainment_window:
             self.recent.popleft()
         late = sum(1 for q in self.queues if q and now - self.trace.arrival[q[0][1]] > self.pool.slo_wait)
@@ -323,7 +327,7 @@ class Simulator:
         return (sum(ok for _, ok in self.recent)) / total
 
     def _future(self, now: float) -> tuple[Arrival, ...]:
-        lookahead = self.policy.lookahead(Context(now, self.pool.tick_seconds, self.pool.start_seconds, 0.0))  # type: ignore[attr-defined]
+        lookahead = self.policy.lookahead(self.pool.start_seconds, self.pool.tick_seconds)  # type: ignore[attr-defined]
         a = self.trace.arrival
         lo, hi = np.searchsorted(a, [now, now + lookahead], side="right")
         load = self.pool.load_seconds(Tier.REMOTE) if len(self.trace.models) > 1 else 0.0

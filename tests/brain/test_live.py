@@ -1,8 +1,10 @@
-"""The live loop on a real in-memory queue and a fake supervisor that records scale() calls."""
+"""The live loop on real queues (memory and a SQLite file) and a fake supervisor recording scale()."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -35,22 +37,37 @@ class FakeSupervisor:
         self.counts[service] = replicas
 
 
-def make(
-    mode: str, *, policy: str = "queue-length", low: int = 1, high: int = 3, **brain: object
-) -> tuple[LiveLoop, QueueBackend, FakeSupervisor, ManualClock, CollectorRegistry]:
-    clock = ManualClock(1_000.0)
-    queue = open_queue("memory://", clock=clock)
-    service = ServiceConfig(name="img", engine="callable", replicas=Replicas(min=low, max=high))
-    config = SwellConfig(services=[service], brain=BrainConfig(mode=mode, policy=policy, **brain))  # type: ignore[arg-type]
-    supervisor = FakeSupervisor({"img": low})
-    registry = CollectorRegistry()
-    return (
-        LiveLoop(config, queue, supervisor, clock=clock, registry=registry),
-        queue,
-        supervisor,
-        clock,
-        registry,
-    )
+Made = tuple[LiveLoop, QueueBackend, FakeSupervisor, ManualClock, CollectorRegistry]
+Make = Callable[..., Made]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
+    """Builds a loop over a real queue (in memory, or a SQLite file) and a fake supervisor."""
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'swell.db'}"
+    queues: list[QueueBackend] = []
+
+    def build(
+        mode: str, *, policy: str = "queue-length", low: int = 1, high: int = 3, **brain: object
+    ) -> Made:
+        clock = ManualClock(1_000.0)
+        queue = open_queue(url, clock=clock)
+        queues.append(queue)
+        service = ServiceConfig(name="img", engine="callable", replicas=Replicas(min=low, max=high))
+        config = SwellConfig(services=[service], brain=BrainConfig(mode=mode, policy=policy, **brain))  # type: ignore[arg-type]
+        supervisor = FakeSupervisor({"img": low})
+        registry = CollectorRegistry()
+        return (
+            LiveLoop(config, queue, supervisor, clock=clock, registry=registry),
+            queue,
+            supervisor,
+            clock,
+            registry,
+        )
+
+    yield build
+    for queue in queues:
+        queue.close()
 
 
 def submit(queue: QueueBackend, n: int, **spec: object) -> None:
@@ -58,7 +75,7 @@ def submit(queue: QueueBackend, n: int, **spec: object) -> None:
         queue.submit(JobSpec(service="img", input={"prompt": "x"}, **spec))  # type: ignore[arg-type]
 
 
-def test_dry_run_plans_and_shows_but_never_scales() -> None:
+def test_dry_run_plans_and_shows_but_never_scales(make: Make) -> None:
     loop, queue, supervisor, clock, registry = make("dry-run")
     submit(queue, 10)
     clock.advance(10)
@@ -71,7 +88,7 @@ def test_dry_run_plans_and_shows_but_never_scales() -> None:
     assert registry.get_sample_value("swell_brain_actual_replicas", {"service": "img"}) == 1
 
 
-def test_enforce_makes_the_supervisor_follow_within_bounds() -> None:
+def test_enforce_makes_the_supervisor_follow_within_bounds(make: Make) -> None:
     loop, queue, supervisor, clock, _ = make("enforce", options={"cooldown": 0})
     submit(queue, 10)
     clock.advance(10)
@@ -84,7 +101,7 @@ def test_enforce_makes_the_supervisor_follow_within_bounds() -> None:
     assert supervisor.calls[-1] == ("img", 1)  # idle: back to replicas.min, never below
 
 
-def test_changes_per_minute_are_limited() -> None:
+def test_changes_per_minute_are_limited(make: Make) -> None:
     loop, queue, supervisor, clock, _ = make(
         "enforce", high=10, max_changes_per_minute=1, options={"cooldown": 0}
     )
@@ -100,7 +117,7 @@ def test_changes_per_minute_are_limited() -> None:
     assert supervisor.calls == [("img", 2), ("img", 7)]
 
 
-def test_falls_back_to_reactive_while_the_slo_is_breached() -> None:
+def test_falls_back_to_reactive_while_the_slo_is_breached(make: Make) -> None:
     loop, queue, supervisor, clock, registry = make(
         "enforce", policy="static", high=10, reactive_policy="queue-length", slo_wait_seconds=5
     )
@@ -112,7 +129,7 @@ def test_falls_back_to_reactive_while_the_slo_is_breached() -> None:
     assert registry.get_sample_value("swell_brain_slo_attainment", {"service": "img"}) == 0.0
 
 
-def test_learns_from_finished_jobs_once() -> None:
+def test_learns_from_finished_jobs_once(make: Make) -> None:
     loop, queue, _, clock, _ = make("dry-run", policy="swell")
     submit(queue, 3, model="m1", priority=Priority.HIGH)
     clock.advance(2)

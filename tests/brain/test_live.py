@@ -13,6 +13,7 @@ from swell.brain.config import BrainConfig
 from swell.brain.live import LiveLoop, job_units
 from swell.core.clock import ManualClock
 from swell.core.config import Replicas, ServiceConfig, SwellConfig
+from swell.core.errors import ConfigError
 from swell.core.jobs import Job, JobSpec, JobState, Priority
 from swell.core.replicas import ReplicaInfo, ReplicaState
 from swell.queue.base import QueueBackend, open_queue
@@ -153,3 +154,24 @@ def test_job_units_reads_steps_images_and_tokens() -> None:
     assert job_units(job({"max_tokens": 100, "prompt": "abcd" * 10})) == 110
     assert job_units(job({"text": "x"})) == 1
     assert JobState.QUEUED.value == "queued"
+
+
+@pytest.mark.parametrize(
+    ("brain", "key"),
+    [
+        ({"policy": "clairvoyant"}, "brain.policy"),
+        ({"policy": "nope"}, "brain.policy"),
+        ({"reactive_policy": "static", "reactive_options": {"bogus": 1}}, "brain.reactive_policy"),
+    ],
+)
+def test_bad_policies_are_configuration_errors(brain: dict[str, object], key: str) -> None:
+    config = SwellConfig(brain=BrainConfig(**brain))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as err:
+        LiveLoop(
+            config,
+            open_queue("memory://"),
+            FakeSupervisor(),
+            clock=ManualClock(),
+            registry=CollectorRegistry(),
+        )
+    assert err.value.key == key

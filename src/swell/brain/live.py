@@ -22,6 +22,7 @@ from swell.brain.guardrails import Bounded, RateLimited, SloFallback
 from swell.brain.policies import make_policy
 from swell.core.clock import Clock
 from swell.core.config import ServiceConfig, SwellConfig
+from swell.core.errors import ConfigError, ValidationError
 from swell.core.jobs import Job, JobState
 from swell.core.replicas import ReplicaInfo, ReplicaState
 from swell.queue.base import QueueBackend
@@ -78,7 +79,11 @@ class LiveLoop:
     ) -> None:
         self.brain = config.brain
         self.queue, self.supervisor, self.clock = queue, supervisor, clock
-        self.services = {s.name: self._service_brain(s) for s in config.services}
+        b = self.brain
+        primary = _policy(b.policy, b.options, "brain.policy")
+        reactive = _policy(b.reactive_policy, b.reactive_options, "brain.reactive_policy")
+        guarded = RateLimited(SloFallback(primary, reactive, b.slo_target), b.max_changes_per_minute, 60.0)
+        self.services = {s.name: self._service_brain(s, guarded) for s in config.services}
         self._since = clock.now()
         self._seen_at_since: set[str] = set()
         self._last_tick: float | None = None
@@ -96,12 +101,8 @@ class LiveLoop:
             registry=registry,
         )
 
-    def _service_brain(self, service: ServiceConfig) -> ServiceBrain:
-        b = self.brain
-        primary = make_policy(b.policy, **b.options)
-        guarded = SloFallback(primary, make_policy(b.reactive_policy, **b.reactive_options), b.slo_target)
-        limited = RateLimited(guarded, b.max_changes_per_minute, 60.0)
-        policy = Bounded(limited, service.replicas.min, service.replicas.max)
+    def _service_brain(self, service: ServiceConfig, guarded: Policy) -> ServiceBrain:
+        policy = Bounded(guarded, service.replicas.min, service.replicas.max)
         return ServiceBrain(service, policy, policy.initial())
 
     def __repr__(self) -> str:
@@ -216,6 +217,16 @@ class LiveLoop:
                 body["models"] = dict(sb.plan.models)
             view[name] = {"plan": body}
         return view
+
+
+def _policy(name: str, options: dict[str, float], key: str) -> Policy:
+    """A live policy by name; the simulator-only reference and bad names are configuration errors."""
+    if name == "clairvoyant":
+        raise ConfigError("clairvoyant knows future arrivals: it runs only in the simulator", key=key)
+    try:
+        return make_policy(name, **options)
+    except ValidationError as exc:
+        raise ConfigError(exc.message, key=key) from None
 
 
 def _models(

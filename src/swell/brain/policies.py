@@ -96,6 +96,7 @@ def predictive(horizon: float = 600.0, margin: float = 0.5) -> Policy:
     return Delayed(Predictive(horizon, margin), up_delay=0.0, down_delay=horizon)
 
 
+MIN_WORK = 1.0  # GPU-seconds of decayed recent work below which a checkpoint is forgotten
 ModelWork = Mapping[str, tuple[float, float]]  # checkpoint -> (decayed work, when)
 
 
@@ -179,7 +180,9 @@ class Swell:
             if load.arrived_work > 0:
                 value, at = work.get(model, (0.0, ctx.now))
                 work[model] = (decay(value, ctx.now - at, self.keep_alive) + load.arrived_work, ctx.now)
-        ranked = sorted(work, key=lambda m: -decay(work[m][0], ctx.now - work[m][1], self.keep_alive))
+        current = {m: decay(v, ctx.now - at, self.keep_alive) for m, (v, at) in work.items()}
+        work = {m: (current[m], ctx.now) for m in current if current[m] >= MIN_WORK}  # forget the long gone
+        ranked = sorted(work, key=lambda m: -work[m][0])
         return work, tuple(ranked[: self.warm_models])
 
 
@@ -196,6 +199,8 @@ def _apportion(
 ) -> dict[str, int]:
     """Replicas per checkpoint: one for each checkpoint with queued jobs (busiest first), the rest
     by largest remainder of recent work."""
+    if n <= 0:
+        return {}
     weight = {m: decay(v, now - at, tau) for m, (v, at) in work.items()}
     for m, load in models.items():
         weight[m] = weight.get(m, 0.0) + load.queued_work + load.running

@@ -51,6 +51,7 @@ class Simulator:
         self.events: list[tuple[float, int, int, int, int]] = []
         self.rate = WorkRate(prior=0.7 if trace.kind == "image" else 1.0)
         self.plan = Plan(0)
+        self.warm: tuple[str, ...] = ()  # the warm set nodes were last told to fetch
         self.recent: deque[tuple[float, bool]] = deque()
         self.arrived: dict[int, float] = {}  # estimated work per checkpoint since the last tick
         self.arrivals = 0  # jobs since the last tick
@@ -270,10 +271,11 @@ class Simulator:
         self.plan = plan
         self.arrived, self.arrivals = {}, 0
         self._scale(plan.replicas, now)
-        if plan.warm:
+        if plan.warm and plan.warm != self.warm:  # nodes already up fetch a new warm set
             for r in self.replicas.values():
                 if r.state is not State.STARTING:
                     self._prefetch(r, now)
+        self.warm = plan.warm
         self.samples.append((now, self.queued + self.in_flight, self.ready, len(self.replicas)))
         return state
 

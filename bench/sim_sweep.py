@@ -21,7 +21,7 @@ def cheapest(rows: list[dict[str, Any]], policy: str, target: float) -> dict[str
 def summary(rows: list[dict[str, Any]], target: float) -> list[str]:
     ours = cheapest(rows, "swell", target)
     out = [
-        f"| policy | cheapest point at >= {target:.0%} | SLO att. | p99 wait (s) | GPU-hours | swell saves |",
+        f"| policy | cheapest point at >= {target:.0%} | SLO att. | p99 wait (s) | GPU-hours | x swell's |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for policy in dict.fromkeys(r["policy"] for r in rows):
@@ -32,7 +32,7 @@ def summary(rows: list[dict[str, Any]], target: float) -> list[str]:
                 f"| {policy} | not reached (best {top['slo_attainment']:.2%} at {top['knob']}) | | | | |"
             )
             continue
-        saving = f"{1 - ours['gpu_hours'] / best['gpu_hours']:.0%}" if ours and policy != "swell" else ""
+        saving = f"{best['gpu_hours'] / ours['gpu_hours']:.2f}x" if ours else ""
         out.append(
             f"| {policy} | {best['knob']} | {best['slo_attainment']:.2%} | {best['p99_wait_s']:.1f} | "
             f"{best['gpu_hours']:.1f} | {saving} |"

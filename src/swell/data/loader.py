@@ -1,0 +1,159 @@
+"""Load safetensors files at the speed of the disk: large parallel reads into one buffer, tensors as views.
+
+The whole file (header included, so that offsets stay page-aligned for O_DIRECT) is read into one
+page-aligned buffer by `threads` workers in `block`-sized reads; every tensor is a view of that buffer
+with its dtype and shape. Nothing is ever unpickled, and the header is validated before anything large
+is allocated. With CUDA, the buffer is pinned and each block is copied to the device as soon as it lands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from swell.core.errors import DataError
+from swell.data.header import DTYPES, PREFIX_BYTES, Header, TensorEntry, header_length, parse_header
+from swell.data.readers import ALIGN, FileReader, RangeReader, aligned_buffer
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_BLOCK = 8 * 1024 * 1024
+DEFAULT_THREADS = 12
+
+
+@dataclass
+class LoadTimings:
+    """Where a load spent its time, in seconds; `bytes` is the file's size."""
+
+    header: float = 0.0
+    read: float = 0.0
+    total: float = 0.0
+    bytes: int = 0
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes / self.total / 1e9 if self.total else 0.0
+
+
+def read_header(reader: RangeReader) -> Header:
+    """Read and validate the header of the safetensors file behind `reader`."""
+    prefix = bytearray(PREFIX_BYTES)
+    reader.readinto(memoryview(prefix), 0)
+    n = header_length(bytes(prefix), reader.size)
+    raw = bytearray(n)
+    reader.readinto(memoryview(raw), PREFIX_BYTES)
+    return parse_header(bytes(raw), reader.size)
+
+
+def load_safetensors(
+    path: str | Path,
+    device: str = "cpu",
+    *,
+    threads: int = DEFAULT_THREADS,
+    block: int = DEFAULT_BLOCK,
+    direct: bool = False,
+    timings: LoadTimings | None = None,
+) -> dict[str, torch.Tensor]:
+    """The state dict of a safetensors file as tensors on `device`.
+
+    `path` is a local path or a source URI (`s3://...`, `http(s)://...`; read through the node cache
+    when one is given with `swell.data.cache.NodeCache.reader`, see `load_from_reader`).
+    """
+    from swell.data.sources import is_remote, open_remote
+
+    reader: RangeReader = open_remote(str(path)) if is_remote(str(path)) else FileReader(path, direct=direct)
+    try:
+        return load_from_reader(reader, device, threads=threads, block=block, timings=timings)
+    finally:
+        reader.close()
+
+
+def load_from_reader(
+    reader: RangeReader,
+    device: str = "cpu",
+    *,
+    threads: int = DEFAULT_THREADS,
+    block: int = DEFAULT_BLOCK,
+    timings: LoadTimings | None = None,
+) -> dict[str, torch.Tensor]:
+    """Like `load_safetensors`, from any `RangeReader` (a local file, a cached or remote object)."""
+    import torch
+
+    t = timings if timings is not None else LoadTimings()
+    start = time.perf_counter()
+    header = read_header(reader)
+    t.header = time.perf_counter() - start
+    target = torch.device(device)
+    cuda = target.type == "cuda"
+    host = _host_buffer(header.file_size, pin=cuda)
+    dev = torch.empty(header.file_size, dtype=torch.uint8, device=target) if cuda else None
+    _fill(reader, host, header.data_start, header.file_size, threads, block, dev)
+    if dev is not None:
+        torch.cuda.current_stream(target).synchronize()
+    t.read = time.perf_counter() - start - t.header
+    base = dev if dev is not None else host[: header.file_size]
+    out = {e.name: _view(base, e) for e in header.tensors}
+    t.total, t.bytes = time.perf_counter() - start, header.file_size
+    return out
+
+
+def _host_buffer(size: int, *, pin: bool) -> torch.Tensor:
+    """One page-aligned buffer for the whole file (torch.frombuffer keeps the mapping alive)."""
+    import torch
+
+    if pin:
+        return torch.empty(size, dtype=torch.uint8, pin_memory=True)
+    return torch.frombuffer(aligned_buffer(size), dtype=torch.uint8)
+
+
+def _blocks(start: int, end: int, block: int) -> Iterator[tuple[int, int]]:
+    first = start - start % ALIGN
+    for a in range(first, end, block):
+        yield a, min(a + block, end)
+
+
+def _fill(
+    reader: RangeReader,
+    host: torch.Tensor,
+    start: int,
+    end: int,
+    threads: int,
+    block: int,
+    dev: torch.Tensor | None,
+) -> None:
+    view = memoryview(host.numpy())
+
+    def read(a: int, b: int) -> tuple[int, int]:
+        padded = a + _round_up(b - a)  # whole pages where the buffer allows, so O_DIRECT can serve it
+        reader.readinto(view[a : padded if padded <= len(view) else b], a)
+        return a, b
+
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="swell-load") as pool:
+        blocks = _blocks(start, end, block)
+        futures: list[Future[tuple[int, int]]] = [pool.submit(read, a, b) for a, b in blocks]
+        for fut in as_completed(futures):
+            a, b = fut.result()
+            if dev is not None:
+                dev[a:b].copy_(host[a:b], non_blocking=True)
+
+
+def _round_up(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _view(base: torch.Tensor, e: TensorEntry) -> torch.Tensor:
+    import torch
+
+    dtype = getattr(torch, DTYPES[e.dtype][1], None)
+    if dtype is None:
+        raise DataError(f"tensor {e.name!r}: dtype {e.dtype} is not supported by this torch")
+    raw = base[e.begin : e.end]
+    if e.begin % dtype.itemsize:  # unaligned: copy out rather than view
+        raw = raw.clone()
+    return raw.view(dtype).reshape(e.shape)
+

@@ -1,0 +1,96 @@
+"""Byte readers the loader fills its buffer from: a local file (parallel pread, optional O_DIRECT).
+
+A reader knows its size and fills a caller's buffer from an absolute offset. The loader splits a file
+into large blocks and calls `readinto` from several threads at once, so readers must be thread-safe.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+from typing import Protocol
+
+from swell.core.errors import DataError, NotFound
+
+ALIGN = 4096
+
+
+class RangeReader(Protocol):
+    size: int
+
+    def readinto(self, buf: memoryview, offset: int) -> None:
+        """Fill all of `buf` with the bytes at [offset, offset + len(buf)) (short only at end of file)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FileReader:
+    """A local file read with positioned reads; `direct=True` bypasses the page cache (O_DIRECT)."""
+
+    def __init__(self, path: str | Path, *, direct: bool = False) -> None:
+        self.path = Path(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFound(f"no such file: {self.path}") from None
+        self.size = os.fstat(self._fd).st_size
+        self._direct_fd = _open_direct(self.path) if direct else None
+
+    @property
+    def direct(self) -> bool:
+        return self._direct_fd is not None
+
+    def readinto(self, buf: memoryview, offset: int) -> None:
+        fd = self._direct_fd if self._direct_fd is not None and _aligned(buf, offset) else self._fd
+        done, want = 0, min(len(buf), max(0, self.size - offset))
+        while done < want:
+            n = os.preadv(fd, [buf[done:]], offset + done)
+            if n <= 0:
+                raise DataError(f"{self.path}: unexpected end of file at byte {offset + done}")
+            done += n
+
+    def close(self) -> None:
+        for fd in (self._fd, self._direct_fd):
+            if fd is not None:
+                os.close(fd)
+        self._direct_fd = None
+
+    def __repr__(self) -> str:
+        return f"FileReader({str(self.path)!r}, size={self.size}, direct={self.direct})"
+
+
+def _open_direct(path: Path) -> int | None:
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | flag)
+    except OSError:  # tmpfs and some filesystems refuse O_DIRECT
+        return None
+
+
+def _aligned(buf: memoryview, offset: int) -> bool:
+    return offset % ALIGN == 0 and len(buf) % ALIGN == 0 and _address(buf) % ALIGN == 0
+
+
+def _address(buf: memoryview) -> int:
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """Page-aligned anonymous memory of at least `size` bytes (rounded up to the alignment)."""
+    return mmap.mmap(-1, max(ALIGN, -(-size // ALIGN) * ALIGN))
+
+
+def drop_page_cache(path: str | Path) -> None:
+    """Ask the kernel to forget the file's cached pages (cold-read benchmarks and tests)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

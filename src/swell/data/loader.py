@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from swell.core.errors import DataError
+from swell.data.config import DatasetConfig
 from swell.data.header import DTYPES, PREFIX_BYTES, Header, TensorEntry, header_length, parse_header
 from swell.data.readers import ALIGN, FileReader, RangeReader, aligned_buffer
 
 if TYPE_CHECKING:
     import torch
+
+    from swell.data.cache import NodeCache
 
 DEFAULT_BLOCK = 8 * 1024 * 1024
 DEFAULT_THREADS = 12
@@ -54,23 +57,38 @@ def load_safetensors(
     path: str | Path,
     device: str = "cpu",
     *,
+    cache: NodeCache | None = None,
+    config: DatasetConfig | None = None,
     threads: int = DEFAULT_THREADS,
     block: int = DEFAULT_BLOCK,
     direct: bool = False,
     timings: LoadTimings | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The state dict of a safetensors file as tensors on `device`.
+    """The state dict of a safetensors file as tensors on `device` (views of one buffer).
 
-    `path` is a local path or a source URI (`s3://...`, `http(s)://...`; read through the node cache
-    when one is given with `swell.data.cache.NodeCache.reader`, see `load_from_reader`).
+    `path` is a local path or a source URI (`s3://...`, `http(s)://...`, with credentials from
+    `config` or the AWS_* variables). A remote file streams in ranged reads; with `cache`, through the
+    node cache, which it fills as it reads (one origin read per chunk however many processes load it).
+    `direct=True` reads a local file with O_DIRECT (cold files on fast disks).
     """
-    from swell.data.sources import is_remote, open_remote
-
-    reader: RangeReader = open_remote(str(path)) if is_remote(str(path)) else FileReader(path, direct=direct)
+    reader = _open(str(path), cache, config, direct)
     try:
-        return load_from_reader(reader, device, threads=threads, block=block, timings=timings)
+        step = getattr(reader, "block", block)  # the cache reads whole chunks
+        return load_from_reader(reader, device, threads=threads, block=step, timings=timings)
     finally:
         reader.close()
+
+
+def _open(path: str, cache: NodeCache | None, config: DatasetConfig | None, direct: bool) -> RangeReader:
+    from swell.data.sources import is_remote, open_remote, open_source, split_uri
+
+    if not is_remote(path):
+        return FileReader(path.removeprefix("file://"), direct=direct)
+    if cache is None:
+        return open_remote(path, config)
+    root, name = split_uri(path)
+    base = config.model_copy(update={"source": root}) if config else DatasetConfig(source=root)
+    return cache.reader(open_source(base), name)
 
 
 def load_from_reader(
@@ -92,7 +110,7 @@ def load_from_reader(
     cuda = target.type == "cuda"
     host = _host_buffer(header.file_size, pin=cuda)
     dev = torch.empty(header.file_size, dtype=torch.uint8, device=target) if cuda else None
-    _fill(reader, host, header.data_start, header.file_size, threads, block, dev)
+    _fill(reader, host, header.file_size, threads, block, dev)
     if dev is not None:
         torch.cuda.current_stream(target).synchronize()
     t.read = time.perf_counter() - start - t.header
@@ -111,22 +129,21 @@ def _host_buffer(size: int, *, pin: bool) -> torch.Tensor:
     return torch.frombuffer(aligned_buffer(size), dtype=torch.uint8)
 
 
-def _blocks(start: int, end: int, block: int) -> Iterator[tuple[int, int]]:
-    first = start - start % ALIGN
-    for a in range(first, end, block):
+def _blocks(end: int, block: int) -> Iterator[tuple[int, int]]:
+    """Blocks from byte 0 (the header rides along), so they line up with pages and cache chunks."""
+    for a in range(0, end, block):
         yield a, min(a + block, end)
 
 
 def _fill(
     reader: RangeReader,
     host: torch.Tensor,
-    start: int,
     end: int,
     threads: int,
     block: int,
     dev: torch.Tensor | None,
 ) -> None:
-    view = memoryview(host.numpy())
+    view = memoryview(host.numpy().data)
 
     def read(a: int, b: int) -> tuple[int, int]:
         padded = a + _round_up(b - a)  # whole pages where the buffer allows, so O_DIRECT can serve it
@@ -134,7 +151,7 @@ def _fill(
         return a, b
 
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="swell-load") as pool:
-        blocks = _blocks(start, end, block)
+        blocks = _blocks(end, block)
         futures: list[Future[tuple[int, int]]] = [pool.submit(read, a, b) for a, b in blocks]
         for fut in as_completed(futures):
             a, b = fut.result()
@@ -156,4 +173,3 @@ def _view(base: torch.Tensor, e: TensorEntry) -> torch.Tensor:
     if e.begin % dtype.itemsize:  # unaligned: copy out rather than view
         raw = raw.clone()
     return raw.view(dtype).reshape(e.shape)
-

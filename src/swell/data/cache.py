@@ -1,0 +1,297 @@
+"""The node cache: chunked, content-addressed files on local disk, shared by every process of a node.
+
+Layout under `root` (every file is published by write-temp + fsync + os.replace, so no reader ever sees
+a torn file):
+
+    chunks/<h[:2]>/<h>      the bytes of one chunk, named by their blake3 hash h
+    refs/<file>/<index>     the hash of chunk <index> of a source file (<file>: hash of uri, path, size, etag)
+    locks/<file>.<index>    flock'ed while a process fills that chunk: the origin is read once
+    evict.lock              flock'ed by the one process enforcing the quota
+
+A reader holds a shared flock on each chunk file it has read until it is closed (its lease); eviction
+takes an exclusive non-blocking flock and skips chunks in use. Every chunk is hashed when read: a
+corrupted or truncated chunk is discarded and fetched again. Least recently used chunks (by mtime,
+touched on each hit) go first when the byte quota is exceeded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import blake3
+
+from swell.core.errors import IntegrityError
+from swell.data.sources import ObjectInfo, Source
+
+DEFAULT_CHUNK = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    bytes_from_origin: int = 0
+    bytes_served: int = 0
+    evictions: int = 0
+    corrupt_chunks: int = 0
+
+
+def digest(data: bytes | memoryview) -> str:
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+
+
+def atomic_write(path: Path, data: bytes | memoryview) -> None:
+    """Publish `data` at `path` whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class NodeCache:
+    """A byte-quota'd chunk cache in `root`, safe to share between processes and threads."""
+
+    def __init__(self, root: str | Path, *, quota_bytes: int | None = None, chunk_size: int = DEFAULT_CHUNK):
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        self.root, self.quota_bytes, self.chunk_size = Path(root), quota_bytes, chunk_size
+        for sub in ("chunks", "refs", "locks"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._stats = CacheStats()
+
+    # -- public ------------------------------------------------------------------------------------
+
+    def statistics(self) -> CacheStats:
+        """This process's counters."""
+        with self._lock:
+            return self._stats
+
+    def file_id(self, uri: str, info: ObjectInfo) -> str:
+        """The cache's name for one version of one source file."""
+        return digest(f"{uri}\0{info.path}\0{info.size}\0{info.etag}\0{self.chunk_size}".encode())[:32]
+
+    def reader(self, source: Source, path: str, info: ObjectInfo | None = None) -> CachedReader:
+        """A `RangeReader` over one source file that fills the cache as it reads (and leases what it read)."""
+        return CachedReader(self, source, info or source.info(path))
+
+    def chunk_count(self, size: int) -> int:
+        return -(-size // self.chunk_size)
+
+    def cached_bytes(self, uri: str, info: ObjectInfo) -> int:
+        fid = self.file_id(uri, info)
+        total = 0
+        for idx in range(self.chunk_count(info.size)):
+            h = self._ref(fid, idx)
+            if h and self._chunk_path(h).exists():
+                total += self._chunk_len(info.size, idx)
+        return total
+
+    def usage(self) -> int:
+        return sum(p.stat().st_size for p in self._all_chunks())
+
+    def forget(self, uri: str, info: ObjectInfo) -> int:
+        """Drop one file's chunks that no reader holds; returns the bytes freed."""
+        fid, freed = self.file_id(uri, info), 0
+        for idx in range(self.chunk_count(info.size)):
+            h = self._ref(fid, idx)
+            if h:
+                freed += self._evict_chunk(self._chunk_path(h))
+                (self.root / "refs" / fid / str(idx)).unlink(missing_ok=True)
+        return freed
+
+    def enforce_quota(self) -> None:
+        """Evict least recently used chunks not in use until usage fits the quota."""
+        if self.quota_bytes is None:
+            return
+        with _flock(self.root / "evict.lock", fcntl.LOCK_EX | fcntl.LOCK_NB) as got:
+            if not got:
+                return  # another process is at it
+            chunks = sorted(
+                ((p.stat().st_mtime_ns, p.stat().st_size, p) for p in self._all_chunks()),
+                key=lambda t: t[0],
+            )
+            used = sum(size for _, size, _ in chunks)
+            for _, _, path in chunks:
+                if used <= self.quota_bytes:
+                    break
+                used -= self._evict_chunk(path)
+
+    def __repr__(self) -> str:
+        return f"NodeCache({str(self.root)!r}, quota_bytes={self.quota_bytes}, chunk_size={self.chunk_size})"
+
+    # -- chunks ------------------------------------------------------------------------------------
+
+    def read_chunk(
+        self, source: Source, info: ObjectInfo, idx: int, out: memoryview, leases: dict[str, int]
+    ) -> None:
+        """Fill `out` (exactly the chunk's length) with chunk `idx` of the file, verified."""
+        fid = self.file_id(source.uri, info)
+        if self._read_cached(fid, idx, out, leases):
+            return
+        with _flock(self.root / "locks" / f"{fid}.{idx}", fcntl.LOCK_EX):
+            if self._read_cached(fid, idx, out, leases):  # another process filled it meanwhile
+                return
+            self._fill(source, info, fid, idx, out)
+        self.enforce_quota()
+
+    def _read_cached(self, fid: str, idx: int, out: memoryview, leases: dict[str, int]) -> bool:
+        h = self._ref(fid, idx)
+        if h is None:
+            return False
+        path = self._chunk_path(h)
+        fd = leases.get(h)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                return False
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            leases[h] = fd
+        if _pread_all(fd, out) != len(out) or digest(out) != h:
+            self._discard(h, leases)
+            return False
+        os.utime(fd)
+        self._count(hits=1, bytes_served=len(out))
+        return True
+
+    def _fill(self, source: Source, info: ObjectInfo, fid: str, idx: int, out: memoryview) -> None:
+        start = idx * self.chunk_size
+        data = source.read_range(info.path, start, len(out))
+        if len(data) != len(out):
+            raise IntegrityError(f"{info.path}: origin gave {len(data)} bytes for a {len(out)}-byte chunk")
+        out[:] = data
+        h = digest(data)
+        atomic_write(self._chunk_path(h), data)
+        atomic_write(self.root / "refs" / fid / str(idx), h.encode())
+        self._count(misses=1, bytes_from_origin=len(data), bytes_served=len(data))
+
+    def _discard(self, h: str, leases: dict[str, int]) -> None:
+        fd = leases.pop(h, None)
+        if fd is not None:
+            os.close(fd)
+        self._chunk_path(h).unlink(missing_ok=True)
+        self._count(corrupt_chunks=1)
+
+    def _evict_chunk(self, path: Path) -> int:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return 0  # leased by a reader
+        size = os.fstat(fd).st_size
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        self._count(evictions=1)
+        return size
+
+    def _ref(self, fid: str, idx: int) -> str | None:
+        try:
+            return (self.root / "refs" / fid / str(idx)).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _chunk_path(self, h: str) -> Path:
+        return self.root / "chunks" / h[:2] / h
+
+    def _chunk_len(self, size: int, idx: int) -> int:
+        return min(self.chunk_size, size - idx * self.chunk_size)
+
+    def _all_chunks(self) -> Iterator[Path]:
+        for p in (self.root / "chunks").glob("*/*"):
+            if not p.name.startswith("."):
+                yield p
+
+    def _count(self, **delta: int) -> None:
+        with self._lock:
+            now = asdict(self._stats)
+            self._stats = CacheStats(**{k: v + delta.get(k, 0) for k, v in now.items()})
+
+
+class CachedReader:
+    """A `RangeReader` over one source file through the node cache; `close()` ends its leases."""
+
+    def __init__(self, cache: NodeCache, source: Source, info: ObjectInfo) -> None:
+        self.cache, self.source, self.info = cache, source, info
+        self.size, self.block = info.size, cache.chunk_size
+        self._leases: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def readinto(self, buf: memoryview, offset: int) -> None:
+        end = min(offset + len(buf), self.size)
+        pos, c = offset, self.cache.chunk_size
+        while pos < end:
+            idx = pos // c
+            chunk_start, chunk_len = idx * c, self.cache._chunk_len(self.size, idx)
+            lo, hi = pos - chunk_start, min(end - chunk_start, chunk_len)
+            if lo == 0 and hi == chunk_len:
+                self._read(idx, buf[pos - offset : pos - offset + chunk_len])
+            else:
+                tmp = bytearray(chunk_len)
+                self._read(idx, memoryview(tmp))
+                buf[pos - offset : pos - offset + hi - lo] = tmp[lo:hi]
+            pos = chunk_start + hi
+
+    def preload(self) -> None:
+        """Fetch every chunk into the cache without keeping the bytes."""
+        for idx in range(self.cache.chunk_count(self.size)):
+            self._read(idx, memoryview(bytearray(self.cache._chunk_len(self.size, idx))))
+
+    def _read(self, idx: int, out: memoryview) -> None:
+        leases: dict[str, int] = {}
+        self.cache.read_chunk(self.source, self.info, idx, out, leases)
+        with self._lock:
+            for h, fd in leases.items():
+                if h in self._leases:
+                    os.close(fd)
+                else:
+                    self._leases[h] = fd
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._leases.values():
+                os.close(fd)
+            self._leases.clear()
+
+    def __enter__(self) -> CachedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pread_all(fd: int, out: memoryview) -> int:
+    done = 0
+    while done < len(out):
+        n = os.preadv(fd, [out[done:]], done)
+        if n <= 0:
+            break
+        done += n
+    return done
+
+
+@contextmanager
+def _flock(path: Path, mode: int) -> Iterator[bool]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, mode)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

@@ -1,0 +1,179 @@
+"""The loader equals safetensors bit for bit; hostile headers get a HeaderError, never a crash."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from swell.core.errors import HeaderError
+from swell.data import LoadTimings, load_safetensors
+from swell.data.cache import NodeCache
+from swell.data.header import MAX_HEADER_BYTES, parse_header
+from tests.data.servers import range_server
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "bf16": torch.randn(64, 33, generator=g).bfloat16(),
+        "fp16": torch.randn(5, 7, 3, generator=g).half(),
+        "fp32": torch.randn(1000, 300, generator=g),
+        "fp64": torch.randn(17, generator=g).double(),
+        "int8": torch.randint(-128, 127, (301,), dtype=torch.int8, generator=g),
+        "uint8": torch.randint(0, 255, (9, 9), dtype=torch.uint8, generator=g),
+        "int16": torch.randint(-300, 300, (13,), dtype=torch.int16, generator=g),
+        "int32": torch.randint(-(2**30), 2**30, (11,), dtype=torch.int32, generator=g),
+        "int64": torch.randint(-(2**40), 2**40, (3, 4), dtype=torch.int64, generator=g),
+        "bool": torch.rand(29, generator=g) > 0.5,
+        "scalar": torch.tensor(3.5),
+        "empty": torch.zeros(0, 8),
+        "empty_int": torch.zeros(4, 0, dtype=torch.int32),
+    }
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k].dtype, a[k].shape) == (b[k].dtype, b[k].shape), k
+        assert a[k].contiguous().view(-1).view(torch.uint8).tolist() == (
+            b[k].contiguous().view(-1).view(torch.uint8).tolist()
+        ), k
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    save_file(_tensors(), path, metadata={"format": "pt"})
+    return path
+
+
+@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize("block", [4096, 1 << 20])
+def test_equals_safetensors(model: Path, direct: bool, block: int) -> None:
+    timings = LoadTimings()
+    _same(load_safetensors(model, direct=direct, block=block, timings=timings), load_file(model))
+    assert timings.bytes == model.stat().st_size
+
+
+def test_unaligned_offsets_are_copied_not_broken(tmp_path: Path) -> None:
+    data = torch.arange(6, dtype=torch.float32)
+    header = {"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}
+    header["b"] = {"dtype": "F32", "shape": [6], "data_offsets": [1, 25]}
+    raw = json.dumps(header).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\x07" + data.numpy().tobytes())
+    _same(load_safetensors(path), load_file(path))
+
+
+def test_remote_streaming_and_through_the_cache(model: Path, tmp_path: Path) -> None:
+    with range_server(model.parent) as (url, counter):
+        _same(load_safetensors(f"{url}/{model.name}"), load_file(model))
+        cache = NodeCache(tmp_path / "cache", chunk_size=64 * 1024)
+        for _ in range(2):
+            _same(load_safetensors(f"{url}/{model.name}", cache=cache), load_file(model))
+    stats = cache.statistics()
+    assert stats.bytes_from_origin == model.stat().st_size  # the second load came from the cache
+    assert stats.misses == cache.chunk_count(model.stat().st_size)
+    assert stats.hits >= stats.misses
+    assert counter.bytes >= 2 * model.stat().st_size
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_cuda(model: Path) -> None:
+    got = load_safetensors(model, device="cuda")
+    assert all(t.is_cuda for t in got.values())
+    _same({k: v.cpu() for k, v in got.items()}, load_file(model))
+
+
+def _file(tmp_path: Path, header: object, data: bytes = b"", raw: bytes | None = None) -> Path:
+    body = raw if raw is not None else json.dumps(header).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(body)) + body + data)
+    return path
+
+
+def _t(dtype: str, shape: list[int], begin: int, end: int) -> dict[str, object]:
+    return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "message"),
+    [
+        ({"a": _t("F32", [2], 0, 8), "b": _t("F32", [2], 4, 12)}, bytes(12), "overlaps"),
+        ({"a": _t("F32", [2], 0, 8)}, bytes(4), "past the end"),
+        ({"a": _t("F32", [3], 0, 8)}, bytes(8), "does not fill"),
+        ({"a": _t("F33", [2], 0, 8)}, bytes(8), "unknown dtype"),
+        ({"a": _t("F32", [-2], 0, 8)}, bytes(8), "shape"),
+        ({"a": _t("F32", [2**40, 2**40], 0, 8)}, bytes(8), "does not fill"),
+        ({"a": _t("F32", [2], 8, 16)}, bytes(16), "gap"),
+        ({"a": _t("F32", [2], 0, 8)}, bytes(9), "trailing"),
+        ({"a": _t("F32", [2], 8, 0)}, bytes(8), "end before"),
+        ({"a": {"dtype": "F32", "shape": [2]}}, bytes(8), "exactly"),
+        ({"a": _t("F32", [True], 0, 4)}, bytes(4), "shape"),
+        ([1, 2], b"", "JSON object"),
+        ({"__metadata__": {"a": 1}}, b"", "__metadata__"),
+    ],
+)
+def test_hostile_headers(tmp_path: Path, header: object, data: bytes, message: str) -> None:
+    with pytest.raises(HeaderError, match=message):
+        load_safetensors(_file(tmp_path, header, data))
+
+
+def test_bad_lengths_and_bytes(tmp_path: Path) -> None:
+    (tmp_path / "short").write_bytes(b"\x01\x02")
+    with pytest.raises(HeaderError, match="too short"):
+        load_safetensors(tmp_path / "short")
+    (tmp_path / "huge").write_bytes(struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{}")
+    with pytest.raises(HeaderError, match="exceeds"):
+        load_safetensors(tmp_path / "huge")
+    (tmp_path / "past").write_bytes(struct.pack("<Q", 1000) + b"{}")
+    with pytest.raises(HeaderError, match="past the end"):
+        load_safetensors(tmp_path / "past")
+    with pytest.raises(HeaderError, match="not valid JSON"):
+        load_safetensors(_file(tmp_path, None, raw=b"\xff{"))
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=5),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=5), kids, max_size=4),
+    max_leaves=12,
+)
+_entry = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(["F32", "BF16", "I8", "BOOL", "F64", "X"]) | _json,
+        "shape": st.lists(st.integers(-2, 2**33), max_size=4) | _json,
+        "data_offsets": st.lists(st.integers(-2, 2**40), min_size=0, max_size=3) | _json,
+    }
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(header=st.dictionaries(st.text(max_size=4), _entry | _json, max_size=5), size=st.integers(0, 4096))
+def test_fuzzed_headers_fail_only_with_header_error(header: dict[str, object], size: int) -> None:
+    raw = json.dumps(header).encode()
+    try:
+        parsed = parse_header(raw, 8 + len(raw) + size)
+    except HeaderError:
+        return
+    assert sum(t.nbytes for t in parsed.tensors) == size  # accepted: covers exactly the data
+
+
+@settings(max_examples=100, deadline=None)
+@given(blob=st.binary(max_size=200))
+def test_fuzzed_files_fail_only_with_header_error(
+    tmp_path_factory: pytest.TempPathFactory, blob: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob if blob[:1] == b"{" else blob)
+    try:
+        tensors = load_safetensors(path)
+    except HeaderError:
+        return
+    assert sum(t.nbytes for t in tensors.values()) <= len(blob)

@@ -141,7 +141,7 @@ class NodeCache:
         with _flock(self.root / "locks" / f"{fid}.{idx}", fcntl.LOCK_EX):
             if self._read_cached(fid, idx, out, leases):  # another process filled it meanwhile
                 return
-            self._fill(source, info, fid, idx, out)
+            self._fill(source, info, fid, idx, out, leases)
         self.enforce_quota()
 
     def _read_cached(self, fid: str, idx: int, out: memoryview, leases: dict[str, int]) -> bool:
@@ -164,7 +164,9 @@ class NodeCache:
         self._count(hits=1, bytes_served=len(out))
         return True
 
-    def _fill(self, source: Source, info: ObjectInfo, fid: str, idx: int, out: memoryview) -> None:
+    def _fill(
+        self, source: Source, info: ObjectInfo, fid: str, idx: int, out: memoryview, leases: dict[str, int]
+    ) -> None:
         start = idx * self.chunk_size
         data = source.read_range(info.path, start, len(out))
         if len(data) != len(out):
@@ -172,6 +174,9 @@ class NodeCache:
         out[:] = data
         h = digest(data)
         atomic_write(self._chunk_path(h), data)
+        fd = os.open(self._chunk_path(h), os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # leased before anyone can evict it
+        leases[h] = fd
         atomic_write(self.root / "refs" / fid / str(idx), h.encode())
         self._count(misses=1, bytes_from_origin=len(data), bytes_served=len(data))
 
@@ -261,10 +266,12 @@ class CachedReader:
                     self._leases[h] = fd
 
     def close(self) -> None:
+        """End the leases; chunks over the quota may go now."""
         with self._lock:
             for fd in self._leases.values():
                 os.close(fd)
             self._leases.clear()
+        self.cache.enforce_quota()
 
     def __enter__(self) -> CachedReader:
         return self

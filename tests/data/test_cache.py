@@ -1,0 +1,162 @@
+"""The node cache with real processes: one origin read for many fillers, no torn chunk, integrity, quota."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+from pathlib import Path
+
+import blake3
+import pytest
+
+from swell.data.cache import NodeCache
+from swell.data.config import DatasetConfig
+from swell.data.datasets import dataset_path, evict, preload, resolve
+from swell.data.sources import MemorySource, ObjectInfo, open_source
+from tests.data.servers import range_server
+
+CHUNK = 64 * 1024
+SPAWN = mp.get_context("spawn")
+
+
+def _origin(root: Path) -> dict[str, bytes]:
+    files = {"model.safetensors": os.urandom(20 * CHUNK + 123), "config.json": b'{"dim": 8}'}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return files
+
+
+def _preload_in_process(url: str, cache_dir: str, start: object) -> None:
+    start.wait()  # type: ignore[attr-defined]
+    config = DatasetConfig(source=url, include=["model.safetensors", "config.json"])
+    preload("m", config, NodeCache(cache_dir, chunk_size=CHUNK))
+
+
+def test_four_processes_read_the_origin_once(tmp_path: Path) -> None:
+    (tmp_path / "origin").mkdir()
+    files = _origin(tmp_path / "origin")
+    with range_server(tmp_path / "origin", rate=8e6) as (url, counter):
+        start = SPAWN.Barrier(4)
+        procs = [
+            SPAWN.Process(target=_preload_in_process, args=(url, str(tmp_path / "cache"), start))
+            for _ in range(4)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 4
+        assert counter.bytes == sum(len(d) for d in files.values())
+        cache = NodeCache(tmp_path / "cache", chunk_size=CHUNK)
+        tree = dataset_path("m", {"m": DatasetConfig(source=url, include=list(files))}, tmp_path, cache=cache)
+        assert {p.name: p.read_bytes() for p in tree.iterdir()} == files
+        assert counter.bytes == sum(len(d) for d in files.values())  # the local copy came from the cache
+
+
+def _churn(cache_dir: str, rounds: int) -> None:
+    source = MemorySource("memory://churn", {"f": _pattern()})
+    cache = NodeCache(cache_dir, chunk_size=CHUNK)
+    info = source.info("f")
+    for _ in range(rounds):
+        with cache.reader(source, "f") as reader:
+            reader.preload()
+        cache.forget(source.uri, info)
+
+
+def _pattern() -> bytes:
+    return b"".join(bytes([i % 251]) * CHUNK for i in range(8))
+
+
+def test_no_torn_chunk_is_ever_visible(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    NodeCache(cache_dir, chunk_size=CHUNK)
+    stop, bad, seen = threading.Event(), [], [0]
+
+    def watch() -> None:
+        while not stop.is_set():
+            for path in (cache_dir / "chunks").glob("*/*"):
+                if path.name.startswith("."):
+                    continue  # a temporary file being written, not a published chunk
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    continue
+                seen[0] += 1
+                if blake3.blake3(data).hexdigest() != path.name:
+                    bad.append(path.name)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    procs = [SPAWN.Process(target=_churn, args=(str(cache_dir), 15)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    stop.set()
+    watcher.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert seen[0] > 0 and bad == []
+
+
+def test_corrupted_and_truncated_chunks_are_fetched_again(tmp_path: Path) -> None:
+    data = os.urandom(4 * CHUNK)
+    source = MemorySource("memory://c", {"f": data})
+    cache = NodeCache(tmp_path, chunk_size=CHUNK)
+    with cache.reader(source, "f") as reader:
+        reader.preload()
+    chunks = sorted((tmp_path / "chunks").glob("*/*"))
+    with open(chunks[0], "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff" * 8)
+    with open(chunks[1], "r+b") as f:
+        f.truncate(CHUNK // 2)
+    before = cache.statistics()
+    out = bytearray(len(data))
+    with cache.reader(source, "f") as reader:
+        reader.readinto(memoryview(out), 0)
+    after = cache.statistics()
+    assert bytes(out) == data
+    assert after.corrupt_chunks - before.corrupt_chunks == 2
+    assert after.bytes_from_origin - before.bytes_from_origin == 2 * CHUNK
+    assert cache.cached_bytes(source.uri, ObjectInfo("f", len(data))) == len(data)
+
+
+def test_quota_evicts_least_recently_used_but_never_leased(tmp_path: Path) -> None:
+    sizes = {"a": 2 * CHUNK, "b": 2 * CHUNK, "c": CHUNK}
+    source = MemorySource("memory://q", {name: os.urandom(size) for name, size in sizes.items()})
+    cache = NodeCache(tmp_path, quota_bytes=3 * CHUNK, chunk_size=CHUNK)
+    held = cache.reader(source, "a")
+    held.preload()  # a's chunks stay leased while `held` is open
+    with cache.reader(source, "b") as reader:
+        reader.preload()
+    assert cache.usage() <= 3 * CHUNK
+    assert cache.cached_bytes(source.uri, source.info("a")) == 2 * CHUNK
+    assert cache.statistics().evictions == 1
+    held.close()
+    with cache.reader(source, "c") as reader:
+        reader.preload()
+    assert cache.usage() <= 3 * CHUNK
+    assert cache.cached_bytes(source.uri, source.info("c")) == CHUNK
+    assert cache.cached_bytes(source.uri, source.info("a")) < 2 * CHUNK  # a was least recently used
+
+
+def test_manifest_pins_revision_and_evict_frees(tmp_path: Path) -> None:
+    (tmp_path / "origin").mkdir()
+    files = _origin(tmp_path / "origin")
+    config = DatasetConfig(source=f"file://{tmp_path / 'origin'}", exclude=["*.json"], revision="v1")
+    cache = NodeCache(tmp_path / "cache", chunk_size=CHUNK)
+    manifest = preload("m", config, cache)
+    model = files["model.safetensors"]
+    assert [(f.path, f.size) for f in manifest.files] == [("model.safetensors", len(model))]
+    assert manifest.files[0].sha256 is not None and manifest.revision == "v1"
+    (tmp_path / "origin" / "model.safetensors").unlink()
+    assert resolve("m", config, cache) == manifest  # a pinned revision needs no origin
+    assert evict("m", cache) == len(model)
+    assert cache.usage() == 0
+
+
+def test_sources_are_opened_by_scheme(tmp_path: Path) -> None:
+    assert open_source(DatasetConfig(source=f"file://{tmp_path}")).can_list
+    with pytest.raises(Exception, match="no such directory"):
+        open_source(DatasetConfig(source=f"file://{tmp_path}/missing"))

@@ -31,7 +31,7 @@ def _setup(config: Path | None, data_dir: Path) -> tuple[dict[str, DatasetConfig
 
 
 def _fail(exc: SwellError) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {exc}")
+    Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -55,7 +55,8 @@ def preload(name: str, config: ConfigOpt = None, data_dir: DataDirOpt = Path(".s
     stats = cache.statistics()
     console.print(
         f"{name}: {len(done.files)} files, {done.size} bytes, revision {done.revision}; "
-        f"{stats.bytes_from_origin} bytes from the origin"
+        f"{stats.bytes_from_origin} bytes from the origin",
+        soft_wrap=True,
     )
 
 
@@ -83,4 +84,4 @@ def evict(name: str, data_dir: DataDirOpt = Path(".swell")) -> None:
         freed = do_evict(name, NodeCache(data_dir / "cache"))
     except SwellError as exc:
         raise _fail(exc) from None
-    console.print(f"{name}: {freed} bytes freed")
+    console.print(f"{name}: {freed} bytes freed", soft_wrap=True)

@@ -1,0 +1,54 @@
+"""`swell data preload/ls/evict` through typer's runner, on a real file:// dataset and a metrics scrape."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from typer.testing import CliRunner
+
+from swell.data.cache import NodeCache
+from swell.data.cli import app
+from swell.data.config import DatasetConfig
+from swell.data.datasets import preload
+from swell.data.metrics import register_metrics
+
+
+def test_preload_ls_evict(tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    (origin / "model.safetensors").write_bytes(os.urandom(300_000))
+    config = tmp_path / "swell.yaml"
+    config.write_text(f"datasets:\n  tiny:\n    source: file://{origin}\n    include: ['*.safetensors']\n")
+    runner = CliRunner(env={"COLUMNS": "200"})
+    opts = ["--data-dir", str(tmp_path / "data")]
+
+    result = runner.invoke(app, ["preload", "tiny", "--config", str(config), *opts])
+    assert result.exit_code == 0, result.output
+    assert "300000 bytes from the origin" in result.output
+
+    result = runner.invoke(app, ["ls", *opts])
+    assert result.exit_code == 0 and "tiny" in result.output and result.output.count("300000") == 2
+
+    result = runner.invoke(app, ["evict", "tiny", *opts])
+    assert result.exit_code == 0 and "300000 bytes freed" in result.output
+
+    result = runner.invoke(app, ["evict", "nope", *opts])
+    assert result.exit_code == 1 and "not in the cache" in result.output
+
+    result = runner.invoke(app, ["preload", "nope", "--config", str(config), *opts])
+    assert result.exit_code == 1 and "no dataset named 'nope'" in result.output
+
+
+def test_metrics_export_the_statistics(tmp_path: Path) -> None:
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "w.bin").write_bytes(b"x" * 5000)
+    cache = NodeCache(tmp_path / "c", quota_bytes=10**6, chunk_size=4096)
+    registry = CollectorRegistry()
+    register_metrics(registry, cache)
+    preload("w", DatasetConfig(source=f"file://{tmp_path / 'o'}"), cache)
+    text = generate_latest(registry).decode()
+    assert "swell_cache_bytes_from_origin_total 5000.0" in text
+    assert "swell_cache_misses_total 2.0" in text
+    assert "swell_cache_quota_bytes 1e+06" in text

@@ -81,9 +81,22 @@ def _address(buf: memoryview) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
-def aligned_buffer(size: int) -> mmap.mmap:
-    """Page-aligned anonymous memory of at least `size` bytes (rounded up to the alignment)."""
-    return mmap.mmap(-1, max(ALIGN, -(-size // ALIGN) * ALIGN))
+HUGE_PAGE = 2 * 1024 * 1024
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """Anonymous memory for `size` bytes (rounded up to whole pages), aligned to 2 MiB.
+
+    Transparent huge pages are asked for: first-touch faults on 4 KiB pages cost more than the copy
+    itself (about 3 GB/s against 15-20 GB/s with 2 MiB pages on the development machine).
+    """
+    length = max(ALIGN, -(-size // ALIGN) * ALIGN)
+    mem = mmap.mmap(-1, length + HUGE_PAGE)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        mem.madvise(mmap.MADV_HUGEPAGE)
+    view = memoryview(mem)
+    start = -_address(view) % HUGE_PAGE
+    return view[start : start + length]
 
 
 def drop_page_cache(path: str | Path) -> None:

@@ -1,0 +1,284 @@
+"""Model-loading benchmark: Swell's loader against its peers and the hardware, cold and warm.
+
+    flock /tmp/swell-bench.lock .venv/bin/python bench/load.py --sizes 2,8 --remote-mb 1024
+
+Part 1 loads the same generated safetensors files with every loader, each case in a fresh process
+(so peak RSS is the case's own), cold (page cache dropped for the file: posix_fadvise DONTNEED, checked
+with fincore) and warm, next to the limits measured in the same run: fio deep-queued O_DIRECT reads
+(cold) and a memcpy into already-touched memory (warm). Part 2 starts 4 processes that load one remote
+file through a bandwidth-limited HTTP origin on loopback via the node cache, and counts origin bytes.
+Every loaded tensor is materialised the same way: one byte of every page is summed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+LOADERS = ("swell", "swell-direct", "safetensors", "runai", "fastsafetensors", "plain-read")
+SHAPES = [
+    (4096, 4096, "BF16"),
+    (11008, 4096, "BF16"),
+    (4096, 11008, "BF16"),
+    (4096, "F32"),
+    (32000, 4096, "BF16"),
+]
+
+
+# -- files ------------------------------------------------------------------------------------------
+
+
+def generate(path: Path, size_bytes: int) -> None:
+    """A safetensors file of about `size_bytes` with transformer-like shapes and random bits."""
+    import numpy as np
+
+    entries, offset, layer = {}, 0, 0
+    while offset < size_bytes:
+        for shape in SHAPES:
+            dims, dtype = shape[:-1], str(shape[-1])
+            nbytes = int(np.prod(dims)) * (2 if dtype == "BF16" else 4)
+            name = f"model.layers.{layer}.w{len(entries)}"
+            entries[name] = {"dtype": dtype, "shape": list(dims), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        layer += 1
+    header = json.dumps(entries).encode()
+    header += b" " * (-len(header) % 8)
+    block = np.random.default_rng(0).integers(0, 256, 64 << 20, dtype=np.uint8).tobytes()
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        left = offset
+        while left:
+            piece = block[: min(left, len(block))]
+            f.write(piece)
+            left -= len(piece)
+    os.replace(tmp, path)
+
+
+def drop_cache(path: Path) -> float:
+    """Drop the file's pages; returns the fraction still resident (fincore), 0.0 when it worked."""
+    from swell.data.readers import drop_page_cache
+
+    drop_page_cache(path)
+    try:
+        out = subprocess.run(["fincore", "-bn", "-o", "RES", str(path)], capture_output=True, text=True)
+        return int(out.stdout.split()[0]) / path.stat().st_size
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(64 << 20):
+            pass
+
+
+# -- one case, in its own process -------------------------------------------------------------------
+
+
+def touch(tensors: dict) -> int:  # type: ignore[type-arg]
+    """Materialise every page of every tensor (one byte per 4 KiB page)."""
+    import torch
+
+    total = 0
+    for t in tensors.values():
+        if t.numel():
+            flat = t.reshape(-1).view(torch.uint8)
+            total += int(flat[::4096].sum())
+    return total
+
+
+def run_case(loader: str, path: Path) -> dict[str, float]:
+    import torch
+
+    start = time.perf_counter()
+    if loader.startswith("swell"):
+        from swell.data import load_safetensors
+
+        tensors = load_safetensors(path, direct=loader == "swell-direct")
+    elif loader == "safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(path)
+    elif loader == "runai":
+        from runai_model_streamer import SafetensorsStreamer
+
+        with SafetensorsStreamer() as streamer:
+            streamer.stream_file(str(path))
+            tensors = dict(streamer.get_tensors())
+            touch(tensors)
+    elif loader == "fastsafetensors":
+        from fastsafetensors import fastsafe_open
+
+        with fastsafe_open(filenames=[str(path)], device="cpu", nogds=True) as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    elif loader == "plain-read":
+        tensors = {"all": torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)}
+    else:
+        raise SystemExit(f"unknown loader {loader}")
+    touch(tensors)
+    seconds = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": seconds, "gbps": path.stat().st_size / seconds / 1e9, "peak_rss": rss}
+
+
+def in_subprocess(loader: str, path: Path) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--case", loader, "--file", str(path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- limits -----------------------------------------------------------------------------------------
+
+
+def fio_limit(path: Path) -> float | None:
+    if not shutil.which("fio"):
+        return None
+    drop_cache(path)
+    cmd = [
+        "fio", "--name=limit", f"--filename={path}", "--rw=read", "--bs=8M", "--direct=1",
+        "--ioengine=libaio", "--iodepth=16", "--numjobs=1", "--output-format=json", "--readonly",
+        f"--size={path.stat().st_size}",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["jobs"][0]["read"]["bw_bytes"] / 1e9
+
+
+def memcpy_limit(size: int = 1 << 30, rounds: int = 5) -> float:
+    import numpy as np
+
+    src, dst = np.ones(size, dtype=np.uint8), np.ones(size, dtype=np.uint8)
+    best = 0.0
+    for _ in range(rounds):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = max(best, size / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+# -- part 2: four processes, one remote origin ---------------------------------------------------------
+
+
+def _remote_worker(url: str, cache_dir: str, go: object, done: object) -> None:
+    from swell.data import load_safetensors
+    from swell.data.cache import NodeCache
+
+    go.wait()  # type: ignore[attr-defined]
+    tensors = load_safetensors(url, cache=NodeCache(cache_dir))
+    touch(tensors)
+    done.put(time.time())  # type: ignore[attr-defined]
+
+
+def remote_part(size_mb: int, rate: float, procs: int = 4) -> dict[str, float]:
+    import multiprocessing as mp
+
+    sys.path.insert(0, str(ROOT))
+    from tests.data.servers import range_server
+
+    path = OUT / f"remote-{size_mb}mb.safetensors"
+    if not path.exists():
+        generate(path, size_mb * 1_000_000)
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(dir=OUT) as cache_dir, range_server(OUT, rate=rate) as (url, counter):
+        go, done = ctx.Barrier(procs + 1), ctx.Queue()
+        args = (f"{url}/{path.name}", cache_dir, go, done)
+        workers = [ctx.Process(target=_remote_worker, args=args) for _ in range(procs)]
+        for w in workers:
+            w.start()
+        go.wait()
+        start = time.time()
+        ends = [done.get(timeout=3600) for _ in workers]
+        for w in workers:
+            w.join()
+        return {
+            "dataset_bytes": path.stat().st_size,
+            "origin_bytes": counter.bytes,
+            "seconds_all_loaded": max(ends) - start,
+            "origin_limit_seconds": path.stat().st_size / rate,
+        }
+
+
+# -- report -----------------------------------------------------------------------------------------
+
+
+def part1(sizes: list[float], loaders: list[str], repeat: int) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    copy = memcpy_limit()
+    for gb in sizes:
+        path = OUT / f"model-{gb:g}gb.safetensors"
+        if not path.exists():
+            generate(path, int(gb * 1e9))
+        disk = fio_limit(path)
+        for loader in loaders:
+            for mode in ("cold", "warm"):
+                runs = []
+                for _ in range(repeat):
+                    resident = drop_cache(path) if mode == "cold" else (warm(path), 0.0)[1]
+                    runs.append(in_subprocess(loader, path) | {"resident": resident})
+                best = max(runs, key=lambda r: r["gbps"])
+                limit = disk if mode == "cold" else copy
+                rows.append({"size_gb": gb, "loader": loader, "mode": mode, **best, "limit_gbps": limit})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    lines = [
+        "| file | mode | loader | GB/s | x limit | x safetensors | x runai | x fastsafetensors "
+        "| peak RSS (GB) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    index = {(r["size_gb"], r["mode"], r["loader"]): r for r in rows}
+    for r in rows:
+        peers = []
+        for peer in ("safetensors", "runai", "fastsafetensors"):
+            other = index.get((r["size_gb"], r["mode"], peer))
+            peers.append(f"{r['gbps'] / other['gbps']:.2f}" if other else "-")  # type: ignore[operator]
+        limit = r["limit_gbps"]
+        ratio = f"{r['gbps'] / limit:.2f}" if limit else "-"  # type: ignore[operator]
+        lines.append(
+            f"| {r['size_gb']:g} GB | {r['mode']} | {r['loader']} | {r['gbps']:.2f} | {ratio} | "
+            f"{' | '.join(peers)} | {r['peak_rss'] / 1e9:.2f} |"  # type: ignore[operator]
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--sizes", default="2,8", help="file sizes in GB, comma-separated")
+    parser.add_argument("--loaders", default=",".join(LOADERS))
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best is kept")
+    parser.add_argument("--remote-mb", type=int, default=1024, help="part 2 file size (0: skip)")
+    parser.add_argument("--rate-mbps", type=float, default=200.0, help="part 2 origin bandwidth, MB/s")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.file)))
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows = part1([float(s) for s in args.sizes.split(",") if s], args.loaders.split(","), args.repeat)
+    print(table(rows))
+    for r in rows:
+        if r["mode"] == "cold":
+            print(f"cold limit (fio, O_DIRECT, QD16, 8 MiB), {r['size_gb']:g} GB: {r['limit_gbps']:.2f} GB/s")
+            break
+    print(f"warm limit (memcpy into touched memory): {rows[-1]['limit_gbps']:.2f} GB/s")
+    if args.remote_mb:
+        remote = remote_part(args.remote_mb, args.rate_mbps * 1e6)
+        print(json.dumps(remote))
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-LOADERS = ("swell", "swell-direct", "safetensors", "runai", "fastsafetensors", "plain-read")
+LOADERS = (
+    "swell",
+    "swell-read",
+    "safetensors",
+    "safetensors-clone",
+    "runai",
+    "fastsafetensors",
+    "plain-read",
+)
 SHAPES = [
     (4096, 4096, "BF16"),
     (11008, 4096, "BF16"),
@@ -45,6 +53,8 @@ def generate(path: Path, size_bytes: int) -> None:
     entries, offset, layer = {}, 0, 0
     while offset < size_bytes:
         for shape in SHAPES:
+            if offset >= size_bytes:
+                break
             dims, dtype = shape[:-1], str(shape[-1])
             nbytes = int(np.prod(dims)) * (2 if dtype == "BF16" else 4)
             name = f"model.layers.{layer}.w{len(entries)}"
@@ -105,11 +115,13 @@ def run_case(loader: str, path: Path) -> dict[str, float]:
     if loader.startswith("swell"):
         from swell.data import load_safetensors
 
-        tensors = load_safetensors(path, direct=loader == "swell-direct")
-    elif loader == "safetensors":
+        tensors = load_safetensors(path, mode="read" if loader == "swell-read" else "auto")
+    elif loader.startswith("safetensors"):
         from safetensors.torch import load_file
 
         tensors = load_file(path)
+        if loader == "safetensors-clone":  # private memory, like the loaders that copy
+            tensors = {k: t.clone() for k, t in tensors.items()}
     elif loader == "runai":
         from runai_model_streamer import SafetensorsStreamer
 
@@ -128,8 +140,16 @@ def run_case(loader: str, path: Path) -> dict[str, float]:
         raise SystemExit(f"unknown loader {loader}")
     touch(tensors)
     seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = peak_rss()
     return {"seconds": seconds, "gbps": path.stat().st_size / seconds / 1e9, "peak_rss": rss}
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited through exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def in_subprocess(loader: str, path: Path) -> dict[str, float]:

@@ -54,22 +54,35 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize("mode", ["auto", "read", "direct", "mmap"])
 @pytest.mark.parametrize("block", [4096, 1 << 20])
-def test_equals_safetensors(model: Path, direct: bool, block: int) -> None:
+def test_equals_safetensors(model: Path, mode: str, block: int) -> None:
     timings = LoadTimings()
-    _same(load_safetensors(model, direct=direct, block=block, timings=timings), load_file(model))
+    _same(load_safetensors(model, mode=mode, block=block, timings=timings), load_file(model))
     assert timings.bytes == model.stat().st_size
 
 
-def test_unaligned_offsets_are_copied_not_broken(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["read", "mmap"])
+def test_unaligned_offsets_are_copied_not_broken(tmp_path: Path, mode: str) -> None:
     data = torch.arange(6, dtype=torch.float32)
     header = {"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}
     header["b"] = {"dtype": "F32", "shape": [6], "data_offsets": [1, 25]}
     raw = json.dumps(header).encode()
     path = tmp_path / "odd.safetensors"
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\x07" + data.numpy().tobytes())
-    _same(load_safetensors(path), load_file(path))
+    _same(load_safetensors(path, mode=mode), load_file(path))
+
+
+def test_cold_file_is_read_and_warm_file_mapped(model: Path) -> None:
+    from swell.data.loader import _choose
+    from swell.data.readers import drop_page_cache, resident_fraction
+
+    drop_page_cache(model)
+    if resident_fraction(model) > 0.5:
+        pytest.skip("this filesystem keeps the file in memory (tmpfs)")
+    cold = _choose(str(model), "auto")
+    model.read_bytes()
+    assert (cold, _choose(str(model), "auto")) == ("direct", "mmap")
 
 
 def test_remote_streaming_and_through_the_cache(model: Path, tmp_path: Path) -> None:

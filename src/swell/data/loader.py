@@ -4,6 +4,11 @@ The whole file (header included, so that offsets stay page-aligned for O_DIRECT)
 page-aligned buffer by `threads` workers in `block`-sized reads; every tensor is a view of that buffer
 with its dtype and shape. Nothing is ever unpickled, and the header is validated before anything large
 is allocated. With CUDA, the buffer is pinned and each block is copied to the device as soon as it lands.
+
+Modes for a local file: `read` (parallel buffered reads), `direct` (parallel O_DIRECT reads, no page
+cache), `mmap` (copy-on-write views of the page cache: no copy at all when the file is already cached;
+like safetensors, tensors see later in-place writes to the file) and `auto`: `mmap` when at least
+`WARM_FRACTION` of the file is in the page cache, else `direct`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ if TYPE_CHECKING:
 
 DEFAULT_BLOCK = 8 * 1024 * 1024
 DEFAULT_THREADS = 12
+WARM_FRACTION = 0.9
+MODES = ("auto", "read", "direct", "mmap")
 
 
 @dataclass
@@ -61,7 +68,7 @@ def load_safetensors(
     config: DatasetConfig | None = None,
     threads: int = DEFAULT_THREADS,
     block: int = DEFAULT_BLOCK,
-    direct: bool = False,
+    mode: str = "auto",
     timings: LoadTimings | None = None,
 ) -> dict[str, torch.Tensor]:
     """The state dict of a safetensors file as tensors on `device` (views of one buffer).
@@ -69,9 +76,14 @@ def load_safetensors(
     `path` is a local path or a source URI (`s3://...`, `http(s)://...`, with credentials from
     `config` or the AWS_* variables). A remote file streams in ranged reads; with `cache`, through the
     node cache, which it fills as it reads (one origin read per chunk however many processes load it).
-    `direct=True` reads a local file with O_DIRECT (cold files on fast disks).
+    `mode` picks how a local file is read (see the module's docstring).
     """
-    reader = _open(str(path), cache, config, direct)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    local = str(path).removeprefix("file://")
+    if device == "cpu" and _choose(local, mode) == "mmap":
+        return _load_mapped(local, timings or LoadTimings())
+    reader = _open(str(path), cache, config, direct=_choose(local, mode) == "direct")
     try:
         step = getattr(reader, "block", block)  # the cache reads whole chunks
         return load_from_reader(reader, device, threads=threads, block=step, timings=timings)
@@ -79,7 +91,35 @@ def load_safetensors(
         reader.close()
 
 
-def _open(path: str, cache: NodeCache | None, config: DatasetConfig | None, direct: bool) -> RangeReader:
+def _choose(path: str, mode: str) -> str:
+    from swell.data.readers import resident_fraction
+    from swell.data.sources import is_remote
+
+    if is_remote(path) or mode != "auto":
+        return "read" if is_remote(path) else mode
+    return "mmap" if resident_fraction(path) >= WARM_FRACTION else "direct"
+
+
+def _load_mapped(path: str, t: LoadTimings) -> dict[str, torch.Tensor]:
+    import torch
+
+    from swell.data.readers import map_file
+
+    start = time.perf_counter()
+    reader = FileReader(path)
+    try:
+        header = read_header(reader)
+    finally:
+        reader.close()
+    t.header = time.perf_counter() - start
+    base = torch.frombuffer(map_file(path), dtype=torch.uint8)[: header.file_size]
+    out = {e.name: _view(base, e) for e in header.tensors}
+    t.total, t.bytes = time.perf_counter() - start, header.file_size
+    t.read = t.total - t.header
+    return out
+
+
+def _open(path: str, cache: NodeCache | None, config: DatasetConfig | None, *, direct: bool) -> RangeReader:
     from swell.data.sources import is_remote, open_remote, open_source, split_uri
 
     if not is_remote(path):

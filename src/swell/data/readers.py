@@ -99,6 +99,29 @@ def aligned_buffer(size: int) -> memoryview:
     return view[start : start + length]
 
 
+def resident_fraction(path: str | Path) -> float:
+    """The fraction of the file's pages in the page cache (mincore), 0.0 where it cannot be told."""
+    import ctypes
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return 1.0
+    pages = -(-size // mmap.PAGESIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mem:
+        anchor = ctypes.c_char.from_buffer(mem)  # copy-on-write mapping: writable, file untouched
+        failed = libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)), ctypes.c_size_t(size), vec)
+        del anchor
+    return 0.0 if failed else 1.0 - bytes(vec).count(0) / pages
+
+
+def map_file(path: str | Path) -> mmap.mmap:
+    """A copy-on-write mapping of the whole file: zero-copy views of pages already cached."""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+
 def drop_page_cache(path: str | Path) -> None:
     """Ask the kernel to forget the file's cached pages (cold-read benchmarks and tests)."""
     fd = os.open(path, os.O_RDONLY)

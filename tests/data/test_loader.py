@@ -73,16 +73,14 @@ def test_unaligned_offsets_are_copied_not_broken(tmp_path: Path, mode: str) -> N
     _same(load_safetensors(path, mode=mode), load_file(path))
 
 
-def test_cold_file_is_read_and_warm_file_mapped(model: Path) -> None:
+def test_mode_choice() -> None:
     from swell.data.loader import _choose
-    from swell.data.readers import drop_page_cache, resident_fraction
 
-    drop_page_cache(model)
-    if resident_fraction(model) > 0.5:
-        pytest.skip("this filesystem keeps the file in memory (tmpfs)")
-    cold = _choose(str(model), "auto")
-    model.read_bytes()
-    assert (cold, _choose(str(model), "auto")) == ("direct", "mmap")
+    assert _choose("/x.safetensors", "auto", "cpu") == "mmap"
+    assert _choose("/x.safetensors", "auto", "cuda") == "read"
+    assert _choose("http://h/x.safetensors", "mmap", "cpu") == "read"
+    with pytest.raises(ValueError, match="mmap"):
+        _choose("/x.safetensors", "mmap", "cuda")
 
 
 def test_remote_streaming_and_through_the_cache(model: Path, tmp_path: Path) -> None:

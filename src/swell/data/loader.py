@@ -5,10 +5,14 @@ page-aligned buffer by `threads` workers in `block`-sized reads; every tensor is
 with its dtype and shape. Nothing is ever unpickled, and the header is validated before anything large
 is allocated. With CUDA, the buffer is pinned and each block is copied to the device as soon as it lands.
 
-Modes for a local file: `read` (parallel buffered reads), `direct` (parallel O_DIRECT reads, no page
-cache), `mmap` (copy-on-write views of the page cache: no copy at all when the file is already cached;
-like safetensors, tensors see later in-place writes to the file) and `auto`: `mmap` when at least
-`WARM_FRACTION` of the file is in the page cache, else `direct`.
+Modes for a local file on the CPU: `read` (parallel buffered reads into the buffer), `direct` (the
+same with O_DIRECT) and `mmap`: a copy-on-write mapping of the file whose pages `threads` workers fault
+in, `block` bytes each, so the kernel's readahead runs on many streams at once; tensors are views of
+the page cache, with no copy when the file is cached. `auto` is `mmap` on the CPU and `read` for CUDA
+(into pinned memory). On the development VM, first-touch of fresh anonymous memory costs about as much
+as the disk read itself, so `mmap` beats the copying modes cold and warm (docs/benchmarks.md). Like
+safetensors' own mapping, a mapped tensor would see a later in-place rewrite of the file; the node
+cache and `dataset_path` only ever publish files by rename, never rewrite them.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
 
 DEFAULT_BLOCK = 8 * 1024 * 1024
 DEFAULT_THREADS = 12
-WARM_FRACTION = 0.9
+PAGE = 4096
 MODES = ("auto", "read", "direct", "mmap")
 
 
@@ -81,9 +85,10 @@ def load_safetensors(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     local = str(path).removeprefix("file://")
-    if device == "cpu" and _choose(local, mode) == "mmap":
-        return _load_mapped(local, timings or LoadTimings())
-    reader = _open(str(path), cache, config, direct=_choose(local, mode) == "direct")
+    chosen = _choose(local, mode, device)
+    if chosen == "mmap":
+        return _load_mapped(local, threads, block, timings or LoadTimings())
+    reader = _open(str(path), cache, config, direct=chosen == "direct")
     try:
         step = getattr(reader, "block", block)  # the cache reads whole chunks
         return load_from_reader(reader, device, threads=threads, block=step, timings=timings)
@@ -91,16 +96,19 @@ def load_safetensors(
         reader.close()
 
 
-def _choose(path: str, mode: str) -> str:
-    from swell.data.readers import resident_fraction
+def _choose(path: str, mode: str, device: str) -> str:
     from swell.data.sources import is_remote
 
-    if is_remote(path) or mode != "auto":
-        return "read" if is_remote(path) else mode
-    return "mmap" if resident_fraction(path) >= WARM_FRACTION else "direct"
+    if is_remote(path):
+        return "read"
+    if mode == "auto":
+        return "mmap" if device == "cpu" else "read"
+    if mode == "mmap" and device != "cpu":
+        raise ValueError("mode='mmap' maps the file for the CPU; use 'read' or 'direct' for a device")
+    return mode
 
 
-def _load_mapped(path: str, t: LoadTimings) -> dict[str, torch.Tensor]:
+def _load_mapped(path: str, threads: int, block: int, t: LoadTimings) -> dict[str, torch.Tensor]:
     import torch
 
     from swell.data.readers import map_file
@@ -113,10 +121,21 @@ def _load_mapped(path: str, t: LoadTimings) -> dict[str, torch.Tensor]:
         reader.close()
     t.header = time.perf_counter() - start
     base = torch.frombuffer(map_file(path), dtype=torch.uint8)[: header.file_size]
+    _page_in(base, threads, block)
     out = {e.name: _view(base, e) for e in header.tensors}
     t.total, t.bytes = time.perf_counter() - start, header.file_size
     t.read = t.total - t.header
     return out
+
+
+def _page_in(base: torch.Tensor, threads: int, block: int) -> None:
+    """Fault every page in from several threads at once (one byte read per page)."""
+
+    def touch(a: int) -> None:
+        base[a : a + block : PAGE].sum()  # torch drops the GIL while it runs
+
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="swell-page-in") as pool:
+        list(pool.map(touch, range(0, base.numel(), block)))
 
 
 def _open(path: str, cache: NodeCache | None, config: DatasetConfig | None, *, direct: bool) -> RangeReader:

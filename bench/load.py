@@ -146,8 +146,10 @@ def _importer(loader: str):  # type: ignore[no-untyped-def]
 
         def plain(path: Path) -> dict:  # type: ignore[type-arg]
             buf = torch.empty(path.stat().st_size, dtype=torch.uint8)
+            view, done = memoryview(buf.numpy()), 0
             with open(path, "rb", buffering=0) as f:
-                f.readinto(memoryview(buf.numpy()))
+                while done < len(view):  # one read(2) returns at most about 2 GiB
+                    done += f.readinto(view[done : done + (1 << 30)]) or len(view)
             return {"all": buf}
 
         return plain

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from swell.core.errors import HeaderError
+from swell.core.errors import HeaderError, ValidationError
 from swell.data import LoadTimings, load_safetensors
 from swell.data.cache import NodeCache
 from swell.data.header import MAX_HEADER_BYTES, parse_header
@@ -79,8 +79,10 @@ def test_mode_choice() -> None:
     assert _choose("/x.safetensors", "auto", "cpu") == "mmap"
     assert _choose("/x.safetensors", "auto", "cuda") == "read"
     assert _choose("http://h/x.safetensors", "mmap", "cpu") == "read"
-    with pytest.raises(ValueError, match="mmap"):
+    with pytest.raises(ValidationError, match="mmap"):
         _choose("/x.safetensors", "mmap", "cuda")
+    with pytest.raises(ValidationError, match="mode must be one of"):
+        load_safetensors("/x.safetensors", mode="fast")
 
 
 def test_remote_streaming_and_through_the_cache(model: Path, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from swell.core.errors import DataError
+from swell.core.errors import DataError, ValidationError
 from swell.data.config import DatasetConfig
 from swell.data.header import DTYPES, PREFIX_BYTES, Header, TensorEntry, header_length, parse_header
 from swell.data.readers import ALIGN, FileReader, RangeReader, aligned_buffer
@@ -85,7 +85,7 @@ def load_safetensors(
     `mode` picks how a local file is read (see the module's docstring).
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        raise ValidationError(f"mode must be one of {MODES}, not {mode!r}", field="mode")
     local = str(path).removeprefix("file://")
     chosen = _choose(local, mode, device)
     if chosen == "mmap":
@@ -106,7 +106,7 @@ def _choose(path: str, mode: str, device: str) -> str:
     if mode == "auto":
         return "mmap" if device == "cpu" else "read"
     if mode == "mmap" and device != "cpu":
-        raise ValueError("mode='mmap' maps the file for the CPU; use 'read' or 'direct' for a device")
+        raise ValidationError("mode 'mmap' maps the file for the CPU; use 'read' or 'direct'", field="mode")
     return mode
 
 

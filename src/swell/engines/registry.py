@@ -21,12 +21,16 @@ def create_engine(
         from swell.engines.callable import CallableEngine
 
         return CallableEngine(**_checked(options, {"function", "batch"}, name))
+    if name == "embeddings":
+        from swell.engines.embeddings import EmbeddingsEngine
+
+        return EmbeddingsEngine(**_checked(options, {"model", "path", "device"}, name))
     if ":" in name:
         from swell.engines.callable import import_attr
 
         factory: Callable[..., Engine] = import_attr(name, key="engine")
         return factory(**options)
-    raise ConfigError(f"unknown engine {name!r} (built in: callable; or 'package.module:attr')",
+    raise ConfigError(f"unknown engine {name!r} (built in: callable, embeddings; or 'package.module:attr')",
                       key="engine")
 
 

@@ -71,3 +71,13 @@ def test_sigkill_mid_job_is_redelivered(tmp_path: Path) -> None:
         second.send_signal(signal.SIGTERM)
         second.wait(10)
     assert queue.get(job.id).attempts == 2
+
+
+def test_timeout_fails_the_job_and_exits(tmp_path: Path) -> None:
+    queue = queue_for(tmp_path)
+    job, _ = queue.submit(JobSpec("svc", {"seconds": 30}, timeout=0.5, max_attempts=3))
+    proc = spawn(tmp_path, "sleep")
+    assert proc.wait(20) != 0
+    after = queue.get(job.id)
+    assert after.attempts == 1 and "TimeoutError" in (after.error or "")
+    assert after.state == JobState.QUEUED

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from swell.client import SwellClient, read_api_key
 from swell.core.errors import SwellError
@@ -101,7 +101,9 @@ def jobs(
     """List recent jobs, newest first."""
     with _errors(), _client(url, api_key, data_dir, host, port) as client:
         rows = client.jobs(service=service, state=state, limit=limit)
-    table = Table("id", "service", "state", "priority", "attempts", "created", "took")
+    # The id is what the user copies into `swell job ID`: never wrapped or cut, however narrow the terminal.
+    job_id = Column("id", no_wrap=True, min_width=32)
+    table = Table(job_id, "service", "state", "priority", "attempts", "created", "took")
     for job in rows:
         table.add_row(
             job["id"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -43,12 +44,25 @@ class Server:
         self.config = config
         self.clock = SystemClock()
         self.registry = CollectorRegistry()
+        self._stopping = False
+        self._uvicorn: uvicorn.Server | None = None
 
     def run(self) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._announce()
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(self._serve())
+        # uvicorn catches SIGTERM/SIGINT to stop serving, then re-raises the signal to the handler it
+        # found at start. With the default handlers that re-raise would kill this process before the
+        # workers drain; ours only notes the request, so `_serve` returns through its drain and we exit 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop_signal)
+        asyncio.run(self._serve())
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        if self._stopping:
+            self.console.print("[yellow]already draining the workers; SIGKILL stops at once[/]")
+        self._stopping = True
+        if self._uvicorn is not None:  # a signal before uvicorn installs its own handlers
+            self._uvicorn.should_exit = True
 
     async def _serve(self) -> None:
         from swell.cluster.local import LocalSupervisor
@@ -81,6 +95,8 @@ class Server:
                 app, host=settings.host, port=settings.port, log_level="warning", access_log=False
             )
         )
+        server.should_exit = self._stopping
+        self._uvicorn = server
         stop = asyncio.Event()
         supervisor.start()
         loops = [asyncio.create_task(dispatcher.run(stop), name="webhooks")]

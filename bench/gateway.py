@@ -205,26 +205,65 @@ def huey_done(base: str, headers: dict[str, str], expected: int) -> bool:
 
 
 # -- the two measurements, shared -----------------------------------------------------------------------
+#
+# The load comes from a lean HTTP/1.1 client (keep-alive connections, each request one write and one
+# read) rather than httpx: on two cores shared with the server and its workers, httpx spends more CPU
+# per request than the gateway does, and a benchmark of the client is not what we want.
 
 
 Done = Callable[[str, dict[str, str], int], bool]
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads back the status."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        self.reader, self.writer, self.head = reader, writer, head
+
+    @classmethod
+    async def open(cls, base: str, headers: dict[str, str]) -> Connection:
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head = f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
+        return cls(reader, writer, head.encode())
+
+    async def post(self, body: bytes) -> int:
+        self.writer.write(b"%sContent-Length: %d\r\n\r\n%s" % (self.head, len(body), body))
+        status = int((await self.reader.readline()).split()[1])
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def job_body(i: int) -> bytes:
+    return b'{"service":"noop","input":{"i":%d}}' % i
+
+
 async def throughput(
-    base: str, headers: dict[str, str], jobs: int, expected: int, done: Done, concurrency: int = 64
+    base: str, headers: dict[str, str], jobs: int, expected: int, done: Done, concurrency: int = 32
 ) -> float:
     """Jobs/s from the first submit of `jobs` until `expected` jobs in all have finished."""
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
-        sem = asyncio.Semaphore(concurrency)
+    connections = [await Connection.open(base, headers) for _ in range(concurrency)]
+    numbers = iter(range(jobs))
 
-        async def one(i: int) -> None:
-            async with sem:
-                r = await client.post("/v1/jobs", json={"service": "noop", "input": {"i": i}})
-                r.raise_for_status()
+    async def client(connection: Connection) -> None:
+        for i in numbers:
+            status = await connection.post(job_body(i))
+            if status >= 300:
+                raise RuntimeError(f"submit answered {status}")
 
-        start = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(jobs)))
+    start = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in connections))
+    for connection in connections:
+        connection.close()
     while not await asyncio.to_thread(done, base, headers, expected):
         await asyncio.sleep(0.02)
     return jobs / (time.perf_counter() - start)
@@ -233,30 +272,37 @@ async def throughput(
 async def ack_latency(
     base: str, headers: dict[str, str], rate: float, duration: float
 ) -> tuple[list[float], int]:
+    """Open loop: request i leaves at start + i/rate whatever the others do, on an idle connection
+    (a new one when every connection is waiting), so a slow answer cannot delay the next request."""
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
+    idle = [await Connection.open(base, headers) for _ in range(16)]
 
-        async def one(i: int) -> None:
-            nonlocal errors
-            t0 = time.perf_counter()
-            try:
-                r = await client.post("/v1/jobs", json={"service": "noop", "input": {"i": i}})
-                ok = r.status_code < 300
-            except httpx.HTTPError:
-                ok = False
-            latencies.append(time.perf_counter() - t0) if ok else None
-            errors += 0 if ok else 1
+    async def one(i: int) -> None:
+        nonlocal errors
+        connection = idle.pop() if idle else await Connection.open(base, headers)
+        t0 = time.perf_counter()
+        try:
+            ok = await connection.post(job_body(i)) < 300
+        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+            ok = False
+        if ok:
+            latencies.append(time.perf_counter() - t0)
+            idle.append(connection)
+        else:
+            errors += 1
+            connection.close()
 
-        tasks = []
-        start = time.perf_counter()
-        for i in range(int(rate * duration)):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(i)))
-        await asyncio.gather(*tasks)
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * duration)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i)))
+    await asyncio.gather(*tasks)
+    for connection in idle:
+        connection.close()
     return latencies, errors
 
 

@@ -34,6 +34,7 @@ LOADERS = (
     "fastsafetensors",
     "plain-read",
 )
+PACKAGES = {"runai": "runai_model_streamer", "fastsafetensors": "fastsafetensors"}  # optional peers
 SHAPES = [
     (4096, 4096, "BF16"),
     (11008, 4096, "BF16"),
@@ -264,8 +265,23 @@ def remote_part(size_mb: int, rate: float, procs: int = 4) -> dict[str, float]:
 # -- report -----------------------------------------------------------------------------------------
 
 
+def installed(loaders: list[str]) -> list[str]:
+    """The loaders whose package is importable; a missing optional peer is skipped, and said so."""
+    import importlib.util
+
+    out = []
+    for loader in loaders:
+        package = PACKAGES.get(loader)
+        if package and importlib.util.find_spec(package) is None:
+            print(f"skipping {loader}: {package} is not installed", file=sys.stderr, flush=True)
+            continue
+        out.append(loader)
+    return out
+
+
 def part1(sizes: list[float], loaders: list[str], repeat: int) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
+    loaders = installed(loaders)
     copy = memcpy_limit()
     for gb in sizes:
         path = OUT / f"model-{gb:g}gb.safetensors"
@@ -328,7 +344,8 @@ def main() -> None:
     print(table(rows))
     for r in rows:
         if r["mode"] == "cold":
-            print(f"cold limit (fio, O_DIRECT, QD16, 8 MiB), {r['size_gb']:g} GB: {r['limit_gbps']:.2f} GB/s")
+            limit = f"{r['limit_gbps']:.2f} GB/s" if r["limit_gbps"] else "not measured (no fio)"
+            print(f"cold limit (fio, O_DIRECT, QD16, 8 MiB), {r['size_gb']:g} GB: {limit}")
             break
     print(f"warm limit (memcpy into touched memory): {rows[-1]['limit_gbps']:.2f} GB/s")
     fresh = in_subprocess("fresh-memory", Path("-"))["gbps"]

@@ -54,7 +54,9 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
         clock = ManualClock(1_000.0)
         queue = open_queue(url, clock=clock)
         queues.append(queue)
-        service = ServiceConfig(name="img", engine="callable", replicas=Replicas(min=low, max=high))
+        service = ServiceConfig.model_validate(
+            {"name": "img", "engine": "callable", "replicas": Replicas(min=low, max=high)}
+        )
         config = SwellConfig(services=[service], brain=BrainConfig(mode=mode, policy=policy, **brain))  # type: ignore[arg-type]
         supervisor = FakeSupervisor({"img": low})
         registry = CollectorRegistry()
@@ -175,3 +177,16 @@ def test_bad_policies_are_configuration_errors(brain: dict[str, object], key: st
             registry=CollectorRegistry(),
         )
     assert err.value.key == key
+
+
+def test_swell_knobs_from_yaml_run_a_tick(make: Make) -> None:
+    loop, queue, supervisor, clock, _ = make(
+        "enforce", policy="swell", options={"warm_models": 2, "keep_alive": 600, "seasonal": 0}
+    )
+    for _ in range(4):  # 30 steps each at the prior 1 s per step: 120 GPU-s to drain within 30 s
+        queue.submit(JobSpec(service="img", input={"num_inference_steps": 30}, model="m1"))
+    clock.advance(10)
+    loop.tick()
+    plan = loop.plan_view()["img"]["plan"]
+    assert plan["replicas"] == 3 and plan["models"] == {"m1": 3}  # 4 wanted, clamped to max
+    assert supervisor.calls == [("img", 3)]

@@ -168,3 +168,28 @@ def test_rate_estimators() -> None:
 def test_plan_with_replicas_keeps_placement() -> None:
     plan = Plan(2, "x", {"a": 2}, ("a",)).with_replicas(3, "y")
     assert plan == Plan(3, "y", {"a": 2}, ("a",))
+
+
+def test_swell_takes_its_counts_as_the_floats_yaml_gives() -> None:
+    """`brain.options` is dict[str, float]: `{warm_models: 2}` arrives as 2.0."""
+    policy = make_policy("swell", warm_models=2.0, max_tracked=16.0, seasonal=0.0)
+    assert isinstance(policy, Swell) and policy.warm_models == 2 and policy.seasonal is False
+    models = {m: ModelLoad(queued=1, queued_work=10.0, arrived_work=10.0) for m in "abc"}
+    plan, _ = policy.decide(
+        ctx(queued=3, queued_work=30.0, arrived_work=30.0, models=models), policy.initial()
+    )
+    assert len(plan.warm) == 2
+    plan, _ = policy.decide(ctx(queued=40, queued_work=4000.0), policy.initial())  # need above max_tracked
+    assert plan.replicas > 16
+    with pytest.raises(ValidationError) as err:
+        make_policy("swell", warm_models=1.5)
+    assert err.value.field == "warm_models"
+
+
+def test_a_clamped_plan_trims_its_placement_to_fit() -> None:
+    plan = Plan(6, "x", {"a": 4, "b": 1, "c": 1}, ("a",))
+    assert plan.with_replicas(4, "y").models == {"a": 2, "b": 1, "c": 1}
+    assert plan.with_replicas(2, "y").models == {"a": 1, "c": 1}  # the busiest keeps one
+    assert plan.with_replicas(8, "y").models == plan.models
+    bounded = Bounded(Static(1), low=0, high=1)
+    assert bounded.decide(ctx(), bounded.initial())[0].models == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import random
 import threading
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def test_four_processes_read_the_origin_once(tmp_path: Path) -> None:
         tree = dataset_path("m", {"m": DatasetConfig(source=url, include=list(files))}, tmp_path, cache=cache)
         assert {p.name: p.read_bytes() for p in tree.iterdir()} == files
         assert counter.bytes == sum(len(d) for d in files.values())  # the local copy came from the cache
+        served = cache.statistics().bytes_served
+        assert dataset_path("m", {"m": DatasetConfig(source=url, include=list(files))}, tmp_path) == tree
+        assert cache.statistics().bytes_served == served  # a published tree is not read again
 
 
 def _churn(cache_dir: str, rounds: int) -> None:
@@ -160,3 +164,84 @@ def test_sources_are_opened_by_scheme(tmp_path: Path) -> None:
     assert open_source(DatasetConfig(source=f"file://{tmp_path}")).can_list
     with pytest.raises(Exception, match="no such directory"):
         open_source(DatasetConfig(source=f"file://{tmp_path}/missing"))
+
+
+def _read_once(cache_dir: str) -> None:
+    data = random.Random(7).randbytes(3 * CHUNK)  # made here: a large argument would block spawn's pipe
+    with NodeCache(cache_dir, chunk_size=CHUNK).reader(MemorySource("memory://n", {"f": data}), "f") as r:
+        r.preload()
+
+
+def test_statistics_are_the_nodes(tmp_path: Path) -> None:
+    proc = SPAWN.Process(target=_read_once, args=(str(tmp_path),))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    cache = NodeCache(tmp_path, chunk_size=CHUNK)  # this process has not read a byte
+    assert cache.process_statistics().bytes_from_origin == 0
+    assert cache.statistics().bytes_from_origin == 3 * CHUNK and cache.statistics().misses == 3
+    _read_once(str(tmp_path))
+    after = cache.statistics()  # another NodeCache object of this process added to the same counters
+    assert (after.misses, after.hits, after.bytes_served) == (3, 3, 6 * CHUNK)
+
+
+def test_evicting_a_file_in_use_keeps_what_is_leased(tmp_path: Path) -> None:
+    source = MemorySource("memory://e", {"f": os.urandom(2 * CHUNK)})
+    cache = NodeCache(tmp_path, chunk_size=CHUNK)
+    info = source.info("f")
+    with cache.reader(source, "f") as reader:
+        reader.preload()
+        assert cache.forget(source.uri, info) == 0  # every chunk is leased
+        assert cache.cached_bytes(source.uri, info) == 2 * CHUNK  # and still known to the cache
+    assert cache.forget(source.uri, info) == 2 * CHUNK
+    assert cache.cached_bytes(source.uri, info) == 0 and cache.usage() == 0
+
+
+def test_a_stale_corrupt_read_never_removes_a_good_chunk(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK)
+    source = MemorySource("memory://s", {"f": data})
+    cache = NodeCache(tmp_path, chunk_size=CHUNK)
+    with cache.reader(source, "f") as reader:
+        reader.preload()
+    (path,) = (tmp_path / "chunks").glob("*/*")
+    stale = os.open(path, os.O_RDONLY)
+    try:
+        (path.parent / ".good").write_bytes(data)
+        os.replace(path.parent / ".good", path)  # someone republished the chunk meanwhile
+        cache._discard(path.name, stale, {})
+    except BaseException:
+        os.close(stale)
+        raise
+    assert path.read_bytes() == data
+
+
+def test_quota_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from swell.core.errors import ConfigError
+    from swell.data.cache import open_node_cache, parse_bytes
+
+    assert [parse_bytes(t) for t in ("1000", "50G", "512MiB", "1.5k", "2e3", "7 GB")] == [
+        1000, 50 * 10**9, 512 * 2**20, 1500, 2000, 7 * 10**9
+    ]
+    monkeypatch.delenv("SWELL_CACHE_QUOTA", raising=False)
+    assert open_node_cache(tmp_path).quota_bytes is None
+    monkeypatch.setenv("SWELL_CACHE_QUOTA", "2MiB")
+    cache = open_node_cache(tmp_path)
+    assert (cache.root, cache.quota_bytes) == (tmp_path / "cache", 2 * 2**20)
+    assert open_node_cache(tmp_path, quota_bytes=5).quota_bytes == 5
+    monkeypatch.setenv("SWELL_CACHE_QUOTA", "lots")
+    with pytest.raises(ConfigError, match="SWELL_CACHE_QUOTA"):
+        open_node_cache(tmp_path)
+
+
+def test_file_datasets_are_used_in_place_and_timed(tmp_path: Path) -> None:
+    from swell.core.errors import NotFound
+    from swell.data.datasets import PhaseTimings
+
+    phases = PhaseTimings(fetch=-1.0)
+    datasets = {"m": DatasetConfig(source=f"file://{tmp_path}"), "gone": DatasetConfig(source="file:///nope")}
+    assert dataset_path("m", datasets, tmp_path, timings=phases) == tmp_path
+    assert phases.fetch >= 0.0
+    with pytest.raises(NotFound, match="no such directory"):
+        dataset_path("gone", datasets, tmp_path)
+    with pytest.raises(NotFound, match="no dataset named 'x'"):
+        dataset_path("x", datasets, tmp_path)

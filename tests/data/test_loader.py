@@ -151,6 +151,51 @@ def test_bad_lengths_and_bytes(tmp_path: Path) -> None:
         load_safetensors(tmp_path / "past")
     with pytest.raises(HeaderError, match="not valid JSON"):
         load_safetensors(_file(tmp_path, None, raw=b"\xff{"))
+    huge = b'{"a": {"dtype": "U8", "shape": [' + b"1" * 5000 + b'], "data_offsets": [0, 1]}}'
+    with pytest.raises(HeaderError, match="not valid JSON"):  # past Python's 4300-digit int limit
+        load_safetensors(_file(tmp_path, None, b"\0", raw=huge))
+    with pytest.raises(HeaderError, match="not valid JSON"):
+        load_safetensors(_file(tmp_path, None, raw=b"[" * 100_000))
+    one = b'{"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}'
+    twice = b'{"a": ' + one + b', "a": ' + one + b"}"
+    with pytest.raises(HeaderError, match="'a' twice"):
+        load_safetensors(_file(tmp_path, None, b"\0", raw=twice))
+
+
+@pytest.mark.parametrize("device", ["tpu", "mps", "cuda:99", "cuda"])
+def test_devices_it_cannot_serve_are_refused(model: Path, device: str) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValidationError) as info:
+        load_safetensors(model, device=device)
+    assert info.value.field == "device" and repr(device) in str(info.value)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@needs_cuda
+@pytest.mark.parametrize("block", [4096, 1 << 20])
+def test_to_cuda_in_blocks_and_through_the_cache(model: Path, tmp_path: Path, block: int) -> None:
+    want = load_file(model)
+    got = load_safetensors(model, device="cuda:0", block=block, mode="direct")
+    assert all(t.device.type == "cuda" for t in got.values())
+    _same({k: v.cpu() for k, v in got.items()}, want)
+    with range_server(model.parent) as (url, _):
+        cache = NodeCache(tmp_path / "cache", chunk_size=64 * 1024)
+        got = load_safetensors(f"{url}/{model.name}", device="cuda", cache=cache)
+    _same({k: v.cpu() for k, v in got.items()}, want)
+
+
+@needs_cuda
+def test_cuda_unaligned_offsets(tmp_path: Path) -> None:
+    header = {"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}
+    header["b"] = {"dtype": "F32", "shape": [6], "data_offsets": [1, 25]}
+    raw = json.dumps(header).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\x07" + torch.arange(6.0).numpy().tobytes())
+    got = load_safetensors(path, device="cuda")
+    _same({k: v.cpu() for k, v in got.items()}, load_file(path))
 
 
 _json = st.recursive(

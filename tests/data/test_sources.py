@@ -95,3 +95,18 @@ def test_unknown_scheme_is_a_config_error() -> None:
         DatasetConfig(source="ftp://x/y")
     with pytest.raises(ConfigError, match="unknown source scheme"):
         open_source(DatasetConfig.model_construct(source="gopher://x"))
+
+
+def test_s3_endpoint_and_credentials_from_the_aws_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    with s3_server("envbucket") as endpoint:
+        for key in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # plain http on loopback, as with MinIO
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        src = open_source(DatasetConfig(source="s3://envbucket/org/m"))  # nothing but the URI
+        _put_all(src)
+        assert src.info("model.safetensors").size == len(MODEL)
+        assert src.read_range("model.safetensors", 7, 9) == MODEL[7:16]
+        assert {o.path for o in src.list()} == set(FILES)

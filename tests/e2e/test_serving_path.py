@@ -152,3 +152,21 @@ def test_restart_loses_no_job(start_swell, tmp_path: Path) -> None:
             interval=0.3,
         )
         assert [client.get(f"/v1/jobs/{i}").json()["result"]["n"] for i in ids] == [2 * n for n in range(20)]
+
+
+@pytest.mark.slow
+def test_workers_exit_when_swell_up_is_killed(start_swell) -> None:
+    """A supervisor killed outright leaves no worker serving unwatched: each notices and drains."""
+    swell = start_swell(CONFIG.replace("min: 3, max: 3", "min: 2, max: 2"), pythonpath=[HERE])
+    swell.wait_ready(2)
+    pids = [r["pid"] for s in swell.services() for r in s["replicas"]]
+    assert swell.stop(signal.SIGKILL) == -signal.SIGKILL
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 15, "the orphaned workers to exit")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -12,7 +12,7 @@ import pytest
 from swell.core.clock import ManualClock
 from swell.core.errors import IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from swell.core.jobs import Job, JobSpec, JobState, Priority, WebhookState
-from swell.queue.base import QueueBackend, QueueStats
+from swell.queue.base import Outcome, QueueBackend, QueueStats
 from tests.queue.conftest import POLICY, OpenQueue
 
 
@@ -413,6 +413,63 @@ def test_an_idempotent_retry_is_answered_even_when_full(queue: QueueBackend) -> 
     job = submit(queue, idempotency_key="k")
     again, created = queue.submit(spec(idempotency_key="k"), limit=1)
     assert (again.id, created) == (job.id, False)
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+
+def test_submit_many_stores_in_order_with_idempotency_and_admission_per_spec(queue: QueueBackend) -> None:
+    outcomes = queue.submit_many(
+        [
+            spec(input={"n": 1}),
+            spec(input={"n": 2}, idempotency_key="k"),
+            spec(input={"n": 3}, idempotency_key="k"),  # the same key in the same batch
+            spec(input={"n": 4}),  # the service's third active job: over its limit
+            spec("other", input={"n": 5}),  # another service, no limit given
+        ],
+        limits={"svc": 2},
+    )
+    first, keyed, repeat, refused, other = outcomes
+    assert isinstance(first, tuple) and isinstance(keyed, tuple) and isinstance(other, tuple)
+    assert [(job.input, created) for job, created in (first, keyed, other)] == [
+        ({"n": 1}, True),
+        ({"n": 2}, True),
+        ({"n": 5}, True),
+    ]
+    assert repeat == (keyed[0], False), "a key repeated within a batch maps to one job"
+    assert isinstance(refused, QueueFull) and refused.retry_after > 0
+    assert [job.input for job in queue.jobs(service="svc")] == [{"n": 2}, {"n": 1}]
+    stats = queue.statistics()
+    assert (stats.submitted, stats.deduplicated, stats.rejected) == (3, 1, 1)
+    assert queue.submit_many([]) == []
+
+
+def test_settle_records_each_outcome_and_reports_lost_leases_in_place(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    ok, retry, broken, stolen = (submit(queue, input={"n": n}) for n in range(4))
+    queue.lease("svc", "w1", max_jobs=3)
+    assert [job.id for job in queue.lease("svc", "w2")] == [stolen.id]
+    clock.advance(1)
+    settled = queue.settle(
+        "w1",
+        [
+            Outcome(ok.id, result={"n": 0}),
+            Outcome.failure(retry.id, "RuntimeError: flaky"),
+            Outcome.failure(broken.id, "ValidationError: bad input", retryable=False),
+            Outcome(stolen.id, result={"n": 3}),  # leased by w2, not w1
+            Outcome("no-such-job", result={}),
+        ],
+    )
+    assert [type(x) for x in settled] == [Job, Job, Job, LeaseLost, JobNotFound]
+    assert queue.get(ok.id).state is JobState.SUCCEEDED and queue.get(ok.id).result == {"n": 0}
+    assert queue.get(retry.id).state is JobState.QUEUED and queue.get(retry.id).error == "RuntimeError: flaky"
+    assert queue.get(broken.id).state is JobState.FAILED
+    assert queue.get(stolen.id).state is JobState.LEASED, "another worker's job is untouched"
+    assert queue.get(ok.id).finished_at == clock.now()
+    stats = queue.statistics()
+    assert (stats.succeeded, stats.failed) == (1, 1)
+    assert queue.settle("w1", []) == []
 
 
 # -- webhooks --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from swell.queue import sqlite as schema
 from swell.queue.base import open_queue
 from swell.queue.memory import MemoryQueue
 from swell.queue.sqlite import SQLiteQueue
+from tests.support import wait_for
 
 
 def test_the_file_is_in_wal_mode_at_the_current_schema(tmp_path: Path) -> None:
@@ -61,4 +62,16 @@ def test_open_queue_by_url(tmp_path: Path) -> None:
     queue = open_queue(f"sqlite:///{tmp_path / 'queue.db'}")
     assert isinstance(queue, SQLiteQueue)
     assert queue.path == tmp_path / "queue.db"
+    queue.close()
+
+
+def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
+    """Commits never checkpoint (that stalled acknowledgements); a thread copies the WAL back."""
+    queue = SQLiteQueue(tmp_path / "q.db")
+    before = (tmp_path / "q.db").stat().st_size
+    queue.submit_many([JobSpec(service="svc", input={"n": n, "pad": "x" * 200}) for n in range(2000)])
+    wal = (tmp_path / "q.db-wal").stat().st_size
+    assert wal > 500_000, "the jobs are in the WAL"
+    wait_for(lambda: (tmp_path / "q.db").stat().st_size > before + wal // 2, 10, "a checkpoint")
+    assert len(queue.jobs(limit=5000)) == 2000
     queue.close()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from swell.brain.guardrails import guarded
 from swell.brain.policies import POLICIES, make_policy
 from swell.core.errors import ValidationError
 from swell.sim.cluster import PoolConfig
 from swell.sim.engine import simulate
-from swell.sim.trace import synthetic
+from swell.sim.trace import Trace, synthetic
 
 
-def bursty(seed: int = 1, n: int = 120) -> object:
+def bursty(seed: int = 1, n: int = 120) -> Trace:
     rng = np.random.default_rng(seed)
     bursts = rng.uniform(0, 20_000, size=8)
     arrival = np.sort(np.concatenate([b + rng.exponential(20, size=n // 8).cumsum() for b in bursts]))
@@ -81,3 +82,14 @@ def test_batching_slots_serve_llm_requests_together() -> None:
     pool = PoolConfig(gpu_start_seconds=0, model_gb=0, init_seconds=0)
     report = simulate(trace, make_policy("static", replicas=1), pool)
     assert sorted(report.series.wait) == pytest.approx([0, 0, 0, 0, 10, 10, 10, 10], abs=1e-6)  # type: ignore[union-attr]
+
+
+def test_the_live_guardrail_stack_runs_in_the_simulator() -> None:
+    """`guarded` is what `LiveLoop` runs per service; the simulator replays it unchanged."""
+    trace = bursty(seed=4)
+    stack = guarded(make_policy("swell"), make_policy("concurrency"), max_changes=2, low=1, high=4)
+    report = simulate(trace, stack, PoolConfig(gpu_start_seconds=60))
+    assert report.policy == "swell" and report.peak_gpus <= 4
+    assert report.series is not None and report.series.replicas.min() >= 1  # never below min
+    again = simulate(trace, stack, PoolConfig(gpu_start_seconds=60))
+    assert again.to_json() == report.to_json()

@@ -71,7 +71,23 @@ class Plan:
     warm: tuple[str, ...] = ()  # checkpoints every node keeps in host memory
 
     def with_replicas(self, replicas: int, reason: str) -> Plan:
-        return Plan(replicas, reason, self.models, self.warm)
+        """The same plan at another replica count; a placement that no longer fits is trimmed."""
+        return Plan(replicas, reason, _fit(self.models, replicas), self.warm)
+
+
+def _fit(models: Mapping[str, int], n: int) -> Mapping[str, int]:
+    """Take replicas from the checkpoints holding the most until at most `n` are placed, so the
+    checkpoints that keep one keep being served as long as possible."""
+    extra = sum(models.values()) - max(0, n)
+    if extra <= 0:
+        return models
+    out = dict(models)
+    for _ in range(extra):
+        top = min(out, key=lambda m: (-out[m], models[m], m))  # ties: the least wanted first
+        out[top] -= 1
+        if out[top] == 0:
+            del out[top]
+    return out
 
 
 class Policy(Protocol):

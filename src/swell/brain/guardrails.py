@@ -142,3 +142,18 @@ class SloFallback:
             reason = f"SLO {ctx.attainment:.3f} < {self.target}: {self.reactive.name} ({backup.reason})"
             plan = replace(plan, replicas=backup.replicas, reason=reason)
         return plan, (primary_state, reactive_state)
+
+
+def guarded(
+    policy: Policy,
+    reactive: Policy,
+    *,
+    target: float = 0.99,
+    max_changes: int = 6,
+    window: float = 60.0,
+    low: int = 0,
+    high: int | None = None,
+) -> Policy:
+    """The stack the live loop runs per service, and the simulator can run too:
+    `Bounded(RateLimited(SloFallback(policy, reactive, target), max_changes, window), low, high)`."""
+    return Bounded(RateLimited(SloFallback(policy, reactive, target), max_changes, window), low, high)

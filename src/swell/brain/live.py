@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from swell.brain.context import Context, ModelLoad, Plan, Policy
 from swell.brain.forecast import WorkRate
-from swell.brain.guardrails import Bounded, RateLimited, SloFallback
+from swell.brain.guardrails import guarded
 from swell.brain.policies import make_policy
 from swell.core.clock import Clock
 from swell.core.config import ServiceConfig, SwellConfig
@@ -80,10 +80,9 @@ class LiveLoop:
         self.brain = config.brain
         self.queue, self.supervisor, self.clock = queue, supervisor, clock
         b = self.brain
-        primary = _policy(b.policy, b.options, "brain.policy")
-        reactive = _policy(b.reactive_policy, b.reactive_options, "brain.reactive_policy")
-        guarded = RateLimited(SloFallback(primary, reactive, b.slo_target), b.max_changes_per_minute, 60.0)
-        self.services = {s.name: self._service_brain(s, guarded) for s in config.services}
+        self._policy = _policy(b.policy, b.options, "brain.policy")
+        self._reactive = _policy(b.reactive_policy, b.reactive_options, "brain.reactive_policy")
+        self.services = {s.name: self._service_brain(s) for s in config.services}
         self._since = clock.now()
         self._seen_at_since: set[str] = set()
         self._last_tick: float | None = None
@@ -101,8 +100,16 @@ class LiveLoop:
             registry=registry,
         )
 
-    def _service_brain(self, service: ServiceConfig, guarded: Policy) -> ServiceBrain:
-        policy = Bounded(guarded, service.replicas.min, service.replicas.max)
+    def _service_brain(self, service: ServiceConfig) -> ServiceBrain:
+        b = self.brain
+        policy = guarded(
+            self._policy,
+            self._reactive,
+            target=b.slo_target,
+            max_changes=b.max_changes_per_minute,
+            low=service.replicas.min,
+            high=service.replicas.max,
+        )
         return ServiceBrain(service, policy, policy.initial())
 
     def __repr__(self) -> str:
@@ -154,7 +161,9 @@ class LiveLoop:
         queued = self.queue.jobs(service=name, state=JobState.QUEUED, limit=SCAN_LIMIT)
         leased = self.queue.jobs(service=name, state=JobState.LEASED, limit=SCAN_LIMIT)
         depth = self.queue.depth().get(name, {})
-        arrived = [j for j in (*queued, *leased, *done) if j.created_at > last]
+        # a job may move between the reads (queued, then leased, then done): count it once
+        seen = {j.id: j for j in (*done, *queued, *leased)}
+        arrived = [j for j in seen.values() if j.created_at > last]
         est = {j.id: sb.rate.estimate(job_units(j)) for j in (*queued, *leased, *arrived)}
         late = sum(1 for j in queued if now - j.created_at > self.brain.slo_wait_seconds)
         outcomes = [ok for _, ok in sb.outcomes]

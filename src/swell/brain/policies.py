@@ -133,6 +133,19 @@ class Swell:
     max_tracked: int = 256
     name: str = "swell"
 
+    def __post_init__(self) -> None:
+        # knobs come from YAML as floats (`brain.options` is dict[str, float]): make the counts ints
+        for knob in ("warm_models", "max_tracked"):
+            value = getattr(self, knob)
+            if value < 0 or value != int(value):
+                raise ValidationError(f"swell knob {knob} must be a whole number >= 0", field=knob)
+            object.__setattr__(self, knob, int(value))
+        object.__setattr__(self, "seasonal", bool(self.seasonal))
+        if self.keep_alive < 0 or self.grade < 0 or self.burst_margin < 0:
+            raise ValidationError(
+                "swell knobs keep_alive, grade and burst_margin must be >= 0", field="options"
+            )
+
     def initial(self) -> SwellState:
         return SwellState()
 

@@ -7,29 +7,37 @@ a torn file):
     refs/<file>/<index>     the hash of chunk <index> of a source file (<file>: hash of uri, path, size, etag)
     locks/<file>.<index>    flock'ed while a process fills that chunk: the origin is read once
     evict.lock              flock'ed by the one process enforcing the quota
+    stats                   the node's counters (every process adds to them under a flock)
 
 A reader holds a shared flock on each chunk file it has read until it is closed (its lease); eviction
 takes an exclusive non-blocking flock and skips chunks in use. Every chunk is hashed when read: a
 corrupted or truncated chunk is discarded and fetched again. Least recently used chunks (by mtime,
 touched on each hit) go first when the byte quota is exceeded.
+
+`statistics()` are the node's counters, summed over every process that used this cache directory (so
+the gateway can export what its workers did); `process_statistics()` are this process's alone.
+`open_node_cache(data_dir)` is the cache of a data directory, its quota from SWELL_CACHE_QUOTA.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import blake3
 
-from swell.core.errors import IntegrityError
+from swell.core.errors import ConfigError, IntegrityError
 from swell.data.sources import ObjectInfo, Source
 
 DEFAULT_CHUNK = 32 * 1024 * 1024
+QUOTA_ENV = "SWELL_CACHE_QUOTA"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,30 @@ class CacheStats:
     bytes_served: int = 0
     evictions: int = 0
     corrupt_chunks: int = 0
+
+
+_FIELDS = tuple(f.name for f in fields(CacheStats))
+_STATS = struct.Struct(f"<{len(_FIELDS)}Q")
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+_UNITS["ti"] = 2**40
+
+
+def parse_bytes(text: str) -> int:
+    """`"50G"`, `"512MiB"`, `"1e9"`, `"1000000"` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if not match:
+        raise ValueError(f"not a byte size: {text!r} (e.g. 50G, 512MiB, 1000000)")
+    return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+
+
+def open_node_cache(data_dir: str | Path, *, quota_bytes: int | None = None) -> NodeCache:
+    """The node cache of a data directory (`<data_dir>/cache`), its quota from SWELL_CACHE_QUOTA if unset."""
+    if quota_bytes is None and os.environ.get(QUOTA_ENV):
+        try:
+            quota_bytes = parse_bytes(os.environ[QUOTA_ENV])
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=QUOTA_ENV) from None
+    return NodeCache(Path(data_dir) / "cache", quota_bytes=quota_bytes)
 
 
 def digest(data: bytes | memoryview) -> str:
@@ -72,7 +104,16 @@ class NodeCache:
     # -- public ------------------------------------------------------------------------------------
 
     def statistics(self) -> CacheStats:
-        """This process's counters."""
+        """The node's counters: every process that used this cache directory, this one included."""
+        fd = os.open(self.root / "stats", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return CacheStats(*_unpack(os.pread(fd, _STATS.size, 0)))
+        finally:
+            os.close(fd)
+
+    def process_statistics(self) -> CacheStats:
+        """This process's counters alone."""
         with self._lock:
             return self._stats
 
@@ -97,16 +138,21 @@ class NodeCache:
         return total
 
     def usage(self) -> int:
-        return sum(p.stat().st_size for p in self._all_chunks())
+        return sum(size for _, size, _ in self._chunk_stats())
 
     def forget(self, uri: str, info: ObjectInfo) -> int:
-        """Drop one file's chunks that no reader holds; returns the bytes freed."""
+        """Drop one file's chunks that no reader holds; returns the bytes freed.
+
+        A chunk under a lease stays, and so does its ref: the file is still (partly) cached.
+        """
         fid, freed = self.file_id(uri, info), 0
         for idx in range(self.chunk_count(info.size)):
             h = self._ref(fid, idx)
             if h:
-                freed += self._evict_chunk(self._chunk_path(h))
-                (self.root / "refs" / fid / str(idx)).unlink(missing_ok=True)
+                evicted = self._evict_chunk(self._chunk_path(h))
+                if evicted is not None:
+                    freed += evicted
+                    (self.root / "refs" / fid / str(idx)).unlink(missing_ok=True)
         return freed
 
     def enforce_quota(self) -> None:
@@ -116,15 +162,12 @@ class NodeCache:
         with _flock(self.root / "evict.lock", fcntl.LOCK_EX | fcntl.LOCK_NB) as got:
             if not got:
                 return  # another process is at it
-            chunks = sorted(
-                ((p.stat().st_mtime_ns, p.stat().st_size, p) for p in self._all_chunks()),
-                key=lambda t: t[0],
-            )
+            chunks = sorted(self._chunk_stats(), key=lambda t: t[0])
             used = sum(size for _, size, _ in chunks)
             for _, _, path in chunks:
                 if used <= self.quota_bytes:
                     break
-                used -= self._evict_chunk(path)
+                used -= self._evict_chunk(path) or 0
 
     def __repr__(self) -> str:
         return f"NodeCache({str(self.root)!r}, quota_bytes={self.quota_bytes}, chunk_size={self.chunk_size})"
@@ -158,7 +201,7 @@ class NodeCache:
             fcntl.flock(fd, fcntl.LOCK_SH)
             leases[h] = fd
         if _pread_all(fd, out) != len(out) or digest(out) != h:
-            self._discard(h, leases)
+            self._discard(h, fd, leases)
             return False
         os.utime(fd)
         self._count(hits=1, bytes_served=len(out))
@@ -180,14 +223,22 @@ class NodeCache:
         atomic_write(self.root / "refs" / fid / str(idx), h.encode())
         self._count(misses=1, bytes_from_origin=len(data), bytes_served=len(data))
 
-    def _discard(self, h: str, leases: dict[str, int]) -> None:
-        fd = leases.pop(h, None)
-        if fd is not None:
+    def _discard(self, h: str, fd: int, leases: dict[str, int]) -> None:
+        """Drop the bad chunk read through `fd`, unless another process already published a good one."""
+        leases.pop(h, None)
+        path = self._chunk_path(h)
+        try:
+            held, now = os.fstat(fd), os.stat(path)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        finally:
             os.close(fd)
-        self._chunk_path(h).unlink(missing_ok=True)
         self._count(corrupt_chunks=1)
 
-    def _evict_chunk(self, path: Path) -> int:
+    def _evict_chunk(self, path: Path) -> int | None:
+        """Remove a chunk no reader holds: its size (0 if already gone), or None if it is leased."""
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -196,7 +247,7 @@ class NodeCache:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            return 0  # leased by a reader
+            return None  # leased by a reader
         size = os.fstat(fd).st_size
         path.unlink(missing_ok=True)
         os.close(fd)
@@ -220,10 +271,26 @@ class NodeCache:
             if not p.name.startswith("."):
                 yield p
 
+    def _chunk_stats(self) -> Iterator[tuple[int, int, Path]]:
+        """(mtime_ns, size, path) of every published chunk; one removed meanwhile is skipped."""
+        for p in self._all_chunks():
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            yield st.st_mtime_ns, st.st_size, p
+
     def _count(self, **delta: int) -> None:
         with self._lock:
             now = asdict(self._stats)
             self._stats = CacheStats(**{k: v + delta.get(k, 0) for k, v in now.items()})
+        fd = os.open(self.root / "stats", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # read-add-write, whole or not at all for other processes
+            values = zip(_FIELDS, _unpack(os.pread(fd, _STATS.size, 0)), strict=True)
+            os.pwrite(fd, _STATS.pack(*(v + delta.get(k, 0) for k, v in values)), 0)
+        finally:
+            os.close(fd)
 
 
 class CachedReader:
@@ -278,6 +345,10 @@ class CachedReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _unpack(raw: bytes) -> tuple[int, ...]:
+    return _STATS.unpack(raw) if len(raw) == _STATS.size else (0,) * len(_FIELDS)
 
 
 def _pread_all(fd: int, out: memoryview) -> int:

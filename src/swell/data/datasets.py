@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from swell.core.errors import IntegrityError, NotFound
-from swell.data.cache import NodeCache, atomic_write, digest
+from swell.data.cache import NodeCache, atomic_write, digest, open_node_cache
 from swell.data.config import DatasetConfig
 from swell.data.sources import ObjectInfo, Source, open_source
 
@@ -149,12 +149,19 @@ def dataset_path(
         raise NotFound(f"no dataset named {name!r} (known: {', '.join(sorted(datasets)) or 'none'})")
     config = datasets[name]
     if config.source.startswith("file://"):
-        return Path(config.source.removeprefix("file://"))
-    cache = cache or NodeCache(data_dir / "cache")
-    manifest = preload(name, config, cache)
+        root = Path(config.source.removeprefix("file://"))
+        if not root.is_dir():
+            raise NotFound(f"dataset {name!r}: no such directory {root}")
+        if timings is not None:
+            timings.fetch = time.perf_counter() - start
+        return root
+    cache = cache or open_node_cache(data_dir)
+    manifest = resolve(name, config, cache)
     tree = cache.root / "trees" / name / manifest.revision
-    if not tree.exists():
-        _write_tree(manifest, config, cache, tree)
+    if not (tree.exists() and all(f.sha256 for f in manifest.files)):  # else: verified when published
+        manifest = preload(name, config, cache)
+        if not tree.exists():
+            _write_tree(manifest, config, cache, tree)
     if timings is not None:
         timings.fetch = time.perf_counter() - start
     return tree

@@ -75,8 +75,10 @@ def parse_header(raw: bytes, file_size: int) -> Header:
     """Validate the JSON header `raw` of a file of `file_size` bytes."""
     data_start = PREFIX_BYTES + len(raw)
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except HeaderError:
+        raise
+    except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, ints past 4300 digits
         raise HeaderError(f"header is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise HeaderError("header must be a JSON object")
@@ -85,6 +87,16 @@ def parse_header(raw: bytes, file_size: int) -> Header:
     entries.sort(key=lambda e: (e.begin, e.end))
     _check_coverage(entries, data_start, file_size)
     return Header(data_start, file_size, tuple(entries), metadata)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose keys are all distinct: a repeated name would make the header ambiguous."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise HeaderError(f"header names {key!r} twice")
+        out[key] = value
+    return out
 
 
 def _metadata(value: object) -> dict[str, str]:

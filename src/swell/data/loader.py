@@ -86,6 +86,7 @@ def load_safetensors(
     """
     if mode not in MODES:
         raise ValidationError(f"mode must be one of {MODES}, not {mode!r}", field="mode")
+    device = str(_target(device))
     local = str(path).removeprefix("file://")
     chosen = _choose(local, mode, device)
     if chosen == "mmap":
@@ -96,6 +97,25 @@ def load_safetensors(
         return load_from_reader(reader, device, threads=threads, block=step, timings=timings)
     finally:
         reader.close()
+
+
+def _target(device: str) -> torch.device:
+    """`device` as a torch device, refused with a clear error unless it is the CPU or a usable GPU."""
+    import torch
+
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValidationError(f"unknown device {device!r}: {exc}", field="device") from None
+    if target.type not in ("cpu", "cuda"):
+        raise ValidationError(f"device must be 'cpu' or 'cuda[:N]', not {device!r}", field="device")
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValidationError(f"device {device!r} asked for, but CUDA is not available", field="device")
+        if target.index is not None and target.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ValidationError(f"device {device!r}: only {count} CUDA device(s) here", field="device")
+    return target
 
 
 def _choose(path: str, mode: str, device: str) -> str:
@@ -171,7 +191,7 @@ def load_from_reader(
     start = time.perf_counter()
     header = read_header(reader)
     t.header = time.perf_counter() - start
-    target = torch.device(device)
+    target = _target(device)
     cuda = target.type == "cuda"
     host = _host_buffer(header.file_size, pin=cuda)
     dev = torch.empty(header.file_size, dtype=torch.uint8, device=target) if cuda else None

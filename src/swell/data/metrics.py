@@ -1,4 +1,11 @@
-"""Export a node cache's `statistics()` to Prometheus (the gateway adds it to /metrics)."""
+"""Export the node cache's `statistics()` and the replicas' load phases to Prometheus (/metrics).
+
+The cache's counters are the node's (every process that used the cache directory: workers, `swell data
+preload`), so the gateway process exports what its workers fetched and served. `swell up` registers
+both on its registry:
+
+    register_metrics(registry, open_node_cache(settings.data_dir), replicas=supervisor)
+"""
 
 from __future__ import annotations
 
@@ -10,11 +17,12 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
 
+    from swell.core.replicas import ReplicaView
     from swell.data.cache import NodeCache
 
 
 class CacheCollector:
-    """Reads the cache's counters at scrape time."""
+    """`swell_cache_*_total` and `swell_cache_{quota,usage}_bytes`, read from the cache at scrape time."""
 
     def __init__(self, cache: NodeCache) -> None:
         self.cache = cache
@@ -27,11 +35,39 @@ class CacheCollector:
                 f"swell_cache_{key}", f"Node cache {key.replace('_', ' ')}", value=value
             )
         yield GaugeMetricFamily(
-            "swell_cache_quota_bytes", "Node cache quota", value=self.cache.quota_bytes or 0
+            "swell_cache_quota_bytes", "Node cache quota (0: none)", value=self.cache.quota_bytes or 0
         )
+        yield GaugeMetricFamily("swell_cache_usage_bytes", "Bytes in the node cache's chunks",
+                                value=self.cache.usage())
 
 
-def register_metrics(registry: CollectorRegistry, cache: NodeCache) -> CacheCollector:
+class PhaseCollector:
+    """`swell_replica_phase_seconds{service,replica,phase}`: seconds each replica spent per load phase
+    (fetch, load, warmup), as its worker reported them."""
+
+    def __init__(self, replicas: ReplicaView) -> None:
+        self.replicas = replicas
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "swell_replica_phase_seconds",
+            "Seconds a replica spent per load phase (fetch, load, warmup)",
+            labels=["service", "replica", "phase"],
+        )
+        for replica in self.replicas.replicas():
+            for phase, seconds in sorted(replica.phases.items()):
+                family.add_metric([replica.service, replica.id, phase], float(seconds))
+        yield family
+
+
+def register_metrics(
+    registry: CollectorRegistry, cache: NodeCache, *, replicas: ReplicaView | None = None
+) -> CacheCollector:
+    """Add the cache's counters (and, given `replicas`, their load phases) to `registry`."""
     collector = CacheCollector(cache)
     registry.register(collector)
+    if replicas is not None:
+        registry.register(PhaseCollector(replicas))
     return collector

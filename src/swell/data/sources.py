@@ -8,6 +8,7 @@ the source URI. Foreign errors are translated to Swell's at this boundary.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,13 +128,13 @@ def _s3(config: DatasetConfig) -> Source:
             options[key] = value
     if config.anonymous:
         options["skip_signature"] = True
-    allow_http = bool(config.endpoint and config.endpoint.startswith("http://"))
-    store = S3Store(
-        parts.netloc,
-        prefix=parts.path.strip("/") or None,
-        client_options={"allow_http": allow_http},
-        **options,
-    )
+    # obstore reads AWS_ENDPOINT_URL itself; a plain-http endpoint (MinIO, moto) must also be allowed
+    endpoint = config.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and not config.endpoint:
+        options["endpoint"] = endpoint
+    allow_http = bool(endpoint and endpoint.startswith("http://"))
+    prefix = parts.path.strip("/") or None
+    store = S3Store(parts.netloc, prefix=prefix, client_options={"allow_http": allow_http}, **options)
     return ObstoreSource(config.source, store)
 
 

@@ -31,6 +31,7 @@ from swell.core.errors import NotFound, QueueFull, ServiceNotFound, SwellError, 
 from swell.core.jobs import Job, JobSpec, JobState
 from swell.core.replicas import ReplicaView
 from swell.gateway.auth import bearer_key
+from swell.gateway.batching import GroupCommit
 from swell.gateway.errors import install_error_handlers
 from swell.gateway.limits import BodyLimit
 from swell.gateway.metrics import WAITED, AckTimer, GatewayMetrics
@@ -97,6 +98,7 @@ class JobsAPI:
         self.services = {service.name: service for service in config.services}
         self.max_wait = config.gateway.max_wait_seconds
         self.queue = queue
+        self.submits = GroupCommit(queue)
         self.metrics = metrics
         self.replicas = replicas
         self.extra_services = extra_services
@@ -122,7 +124,7 @@ class JobsAPI:
         service = self._service(body.service)
         await self._check(body, service)
         try:
-            job, created = self.queue.submit(self._spec(body, service), limit=service.queue_limit)
+            job, created = await self.submits.submit(self._spec(body, service), service.queue_limit)
         except QueueFull:
             self.metrics.rejections.labels(service.name, "queue_full").inc()
             raise

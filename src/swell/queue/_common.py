@@ -6,11 +6,15 @@ lifecycle itself lives in `swell.core.jobs`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 from swell.core.errors import LeaseLost
-from swell.core.jobs import Job, JobState
-from swell.queue.base import QueueStats
+from swell.core.jobs import Job, JobState, RetryPolicy
+from swell.queue.base import Outcome, QueueStats
+
+T = TypeVar("T")
 
 ADMISSION_WINDOW = 60.0  # seconds of completions that estimate a service's drain rate
 MAX_RETRY_AFTER = 30.0  # what a full queue with no recent completions asks clients to wait
@@ -21,6 +25,22 @@ def require_owner(job: Job, owner: str) -> None:
     """`LeaseLost` unless `owner` holds the lease on `job` now."""
     if job.state is not JobState.LEASED or job.lease_owner != owner:
         raise LeaseLost(f"job {job.id} is not leased to {owner} (it is {job.state.value})")
+
+
+def apply_outcome(job: Job, owner: str, outcome: Outcome, now: float, policy: RetryPolicy) -> Job:
+    """The job after `owner` reported `outcome` for it; `LeaseLost` unless `owner` holds it."""
+    require_owner(job, owner)
+    if outcome.error is None:
+        return job.succeed(outcome.result or {}, now)
+    return job.fail(outcome.error, now, retryable=outcome.retryable, policy=policy)
+
+
+def only(outcomes: Sequence[T | Exception]) -> T:
+    """The one outcome of a batch of one, raising it when it is an error."""
+    (outcome,) = outcomes
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def lease_expired(job: Job, now: float) -> bool:

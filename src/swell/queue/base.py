@@ -8,11 +8,28 @@ Every method is synchronous and safe to call from several threads and processes 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from swell.core.errors import QueueFull, SwellError
 from swell.core.jobs import Job, JobSpec, JobState
+
+Submitted = tuple[Job, bool]  # the job, and whether this submit created it
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a worker reports for one job it leased: its result, or the error it failed with."""
+
+    job_id: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    retryable: bool = True  # for an error: try again after back-off (False: the job fails for good)
+
+    @classmethod
+    def failure(cls, job_id: str, error: str, *, retryable: bool = True) -> Outcome:
+        return cls(job_id, error=error, retryable=retryable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +53,14 @@ class QueueBackend(Protocol):
         """Enqueue a job; returns (job, created). An idempotency key already used for the same
         service returns the existing job with created=False. Raises `QueueFull` (with retry_after)
         when the service already has `limit` jobs queued or leased."""
+        ...
+
+    def submit_many(
+        self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
+    ) -> list[Submitted | QueueFull]:
+        """`submit` for each spec in order, in one atomic step where the backend has one (SQLite:
+        one transaction), so a burst of submits costs one commit. `limits` maps a service to its
+        admission limit. A refused spec gets its `QueueFull` in its place; the others are stored."""
         ...
 
     def get(self, job_id: str) -> Job:
@@ -66,6 +91,12 @@ class QueueBackend(Protocol):
     def fail(self, job_id: str, owner: str, error: str, *, retryable: bool = True) -> Job:
         """Record a failed delivery: retry after back-off, dead when out of attempts, failed when
         not retryable."""
+        ...
+
+    def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Job | SwellError]:
+        """`complete` or `fail` for each outcome, in one atomic step where the backend has one, so
+        a batch costs one commit. A job `owner` no longer holds gets its `LeaseLost` (or
+        `JobNotFound`) in its place; the others are recorded."""
         ...
 
     def release(self, job_id: str, owner: str) -> Job:

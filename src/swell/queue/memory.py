@@ -15,22 +15,24 @@ import heapq
 import itertools
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from swell.core.clock import Clock, SystemClock
-from swell.core.errors import JobNotFound, LeaseLost, QueueFull
+from swell.core.errors import JobNotFound, LeaseLost, QueueFull, SwellError
 from swell.core.jobs import Job, JobSpec, JobState, RetryPolicy, WebhookState
 from swell.queue._common import (
     ACTIVE_STATES,
     ADMISSION_WINDOW,
     Counters,
+    apply_outcome,
     full_message,
     lease_expired,
+    only,
     require_owner,
     retry_after,
 )
-from swell.queue.base import QueueStats
+from swell.queue.base import Outcome, QueueStats, Submitted
 
 _Entry = tuple[float, float, int, int, str]  # (rank, available_at, submission number, token, job id)
 
@@ -108,21 +110,22 @@ class MemoryQueue:
 
     # -- the protocol -----------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, *, limit: int | None = None) -> tuple[Job, bool]:
+    def submit(self, spec: JobSpec, *, limit: int | None = None) -> Submitted:
+        return only(self.submit_many([spec], limits=None if limit is None else {spec.service: limit}))
+
+    def submit_many(
+        self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
+    ) -> list[Submitted | QueueFull]:
+        limits = limits or {}
         with self._lock:
             now = self._clock.now()
-            if spec.idempotency_key is not None:
-                existing = self._keys.get((spec.service, spec.idempotency_key))
-                if existing is not None:
-                    self._counts.deduplicated += 1
-                    return self._jobs[existing], False
-            if limit is not None:
-                self._admit(spec.service, limit, now)
-            job = self._store(Job.create(spec, now))
-            if spec.idempotency_key is not None:
-                self._keys[(spec.service, spec.idempotency_key)] = job.id
-            self._counts.submitted += 1
-            return job, True
+            outcomes: list[Submitted | QueueFull] = []
+            for spec in specs:
+                try:
+                    outcomes.append(self._submit(spec, limits.get(spec.service), now))
+                except QueueFull as exc:
+                    outcomes.append(exc)
+            return outcomes
 
     def get(self, job_id: str) -> Job:
         with self._lock:
@@ -160,14 +163,22 @@ class MemoryQueue:
                 raise LeaseLost(f"{owner} no longer holds the lease on {', '.join(lost)}")
 
     def complete(self, job_id: str, owner: str, result: dict[str, Any]) -> Job:
-        with self._lock:
-            job = self._owned(job_id, owner)
-            return self._finish(job.succeed(result, self._clock.now()))
+        return only(self.settle(owner, [Outcome(job_id, result=result)]))
 
     def fail(self, job_id: str, owner: str, error: str, *, retryable: bool = True) -> Job:
+        return only(self.settle(owner, [Outcome.failure(job_id, error, retryable=retryable)]))
+
+    def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Job | SwellError]:
         with self._lock:
-            job = self._owned(job_id, owner)
-            return self._finish(job.fail(error, self._clock.now(), retryable=retryable, policy=self._policy))
+            now = self._clock.now()
+            settled: list[Job | SwellError] = []
+            for outcome in outcomes:
+                try:
+                    job = self._get(outcome.job_id)
+                    settled.append(self._finish(apply_outcome(job, owner, outcome, now, self._policy)))
+                except (LeaseLost, JobNotFound) as exc:
+                    settled.append(exc)
+            return settled
 
     def release(self, job_id: str, owner: str) -> Job:
         with self._lock:
@@ -237,6 +248,20 @@ class MemoryQueue:
         job = self._get(job_id)
         require_owner(job, owner)
         return job
+
+    def _submit(self, spec: JobSpec, limit: int | None, now: float) -> Submitted:
+        if spec.idempotency_key is not None:
+            existing = self._keys.get((spec.service, spec.idempotency_key))
+            if existing is not None:
+                self._counts.deduplicated += 1
+                return self._jobs[existing], False
+        if limit is not None:
+            self._admit(spec.service, limit, now)
+        job = self._store(Job.create(spec, now))
+        if spec.idempotency_key is not None:
+            self._keys[(spec.service, spec.idempotency_key)] = job.id
+        self._counts.submitted += 1
+        return job, True
 
     def _admit(self, service: str, limit: int, now: float) -> None:
         active = sum(self._depth[(service, state)] for state in ACTIVE_STATES)

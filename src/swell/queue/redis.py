@@ -26,26 +26,28 @@ the injected clock and reach Redis as arguments, never from Redis TIME, so tests
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import redis
 
 from swell.core.clock import Clock, SystemClock
-from swell.core.errors import JobNotFound, LeaseLost, QueueFull
+from swell.core.errors import JobNotFound, LeaseLost, QueueFull, SwellError
 from swell.core.jobs import Job, JobSpec, JobState, Priority, RetryPolicy, WebhookState
 from swell.queue._common import (
     ACTIVE_STATES,
     ADMISSION_WINDOW,
     COUNTER_NAMES,
     Counters,
+    apply_outcome,
     full_message,
     lease_expired,
+    only,
     require_owner,
     retry_after,
 )
-from swell.queue.base import QueueStats
+from swell.queue.base import Outcome, QueueStats, Submitted
 
 CONFLICT_RETRIES = 50  # re-reads before an operation on one job gives up on a hot conflict
 LEASE_ROUNDS = 8  # candidate pages a lease tries while other workers keep taking its picks
@@ -210,7 +212,7 @@ class RedisQueue:
 
     # -- the protocol -----------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, *, limit: int | None = None) -> tuple[Job, bool]:
+    def submit(self, spec: JobSpec, *, limit: int | None = None) -> Submitted:
         now = self._clock.now()
         job = Job.create(spec, now)
         seq = int(self._redis.incr(self._key("seq")))
@@ -245,6 +247,19 @@ class RedisQueue:
             wait = retry_after(active - limit + 1, self._finished_recently(spec.service, now))
             raise QueueFull(full_message(spec.service, active, limit), retry_after=wait)
         return job, True
+
+    def submit_many(
+        self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
+    ) -> list[Submitted | QueueFull]:
+        """One script call per spec: each submit is atomic on its own, the batch is not."""
+        limits = limits or {}
+        outcomes: list[Submitted | QueueFull] = []
+        for spec in specs:
+            try:
+                outcomes.append(self.submit(spec, limit=limits.get(spec.service)))
+            except QueueFull as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def get(self, job_id: str) -> Job:
         return self._load(job_id).job
@@ -287,18 +302,24 @@ class RedisQueue:
             raise LeaseLost(f"{owner} no longer holds the lease on {', '.join(lost)}")
 
     def complete(self, job_id: str, owner: str, result: dict[str, Any]) -> Job:
-        def succeed(job: Job) -> Job:
-            require_owner(job, owner)
-            return job.succeed(result, self._clock.now())
-
-        return self._change(job_id, succeed)
+        return only(self.settle(owner, [Outcome(job_id, result=result)]))
 
     def fail(self, job_id: str, owner: str, error: str, *, retryable: bool = True) -> Job:
-        def fail(job: Job) -> Job:
-            require_owner(job, owner)
-            return job.fail(error, self._clock.now(), retryable=retryable, policy=self._policy)
+        return only(self.settle(owner, [Outcome.failure(job_id, error, retryable=retryable)]))
 
-        return self._change(job_id, fail)
+    def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Job | SwellError]:
+        """One checked write per outcome: each is atomic on its own, the batch is not."""
+        settled: list[Job | SwellError] = []
+        for outcome in outcomes:
+
+            def decide(job: Job, outcome: Outcome = outcome) -> Job:
+                return apply_outcome(job, owner, outcome, self._clock.now(), self._policy)
+
+            try:
+                settled.append(self._change(outcome.job_id, decide))
+            except (LeaseLost, JobNotFound) as exc:
+                settled.append(exc)
+        return settled
 
     def release(self, job_id: str, owner: str) -> Job:
         def release(job: Job) -> Job:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,13 @@ class Reporter:
             self.status["heartbeat"] = time.time()
             write_status(self.path, self.status)
 
-    def beat(self, stop: threading.Event) -> None:
+    def beat(self, stop: threading.Event, orphaned: Callable[[], None]) -> None:
+        """Heartbeat; and when the supervisor that started this worker is gone (killed, say),
+        call `orphaned` so the worker drains and exits instead of serving unwatched forever."""
+        parent = os.getppid()
         while not stop.wait(HEARTBEAT_SECONDS):
+            if os.getppid() != parent:
+                orphaned()
             self.update()
 
 
@@ -60,25 +67,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     service = ServiceConfig.model_validate(json.loads(args.service))
     reporter = Reporter(status_path(args.data_dir, args.replica_id))
-    stop_beat = threading.Event()
+    stopping, stop_beat = threading.Event(), threading.Event()
+
+    def drain(*_: object) -> None:
+        reporter.update(state="draining")
+        stopping.set()
+
+    def on_signal(signum: int, frame: object) -> None:
+        # A handler runs on the main thread between two of its bytecodes, perhaps while that thread
+        # holds the reporter's or the event's lock: taking them here could deadlock, so hand over.
+        threading.Thread(target=drain, name="drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     reporter.update(state="loading")
-    threading.Thread(target=reporter.beat, args=(stop_beat,), daemon=True).start()
+    threading.Thread(target=reporter.beat, args=(stop_beat, drain), daemon=True).start()
     engine = create_engine(service.engine, service.options, data_dir=args.data_dir)
     phases = engine.load()
     runner = Runner(
-        open_queue(args.queue), engine, service.name, args.replica_id, args.data_dir,
-        max_batch_size=service.max_batch_size, lease_seconds=service.lease_seconds,
+        open_queue(args.queue),
+        engine,
+        service.name,
+        args.replica_id,
+        args.data_dir,
+        max_batch_size=service.max_batch_size,
+        lease_seconds=service.lease_seconds,
+        stopping=stopping,
     )
     reporter.runner = runner
     runner.on_change = reporter.update
-
-    def drain(signum: int, frame: object) -> None:
-        reporter.update(state="draining")
-        runner.stopping.set()
-
-    signal.signal(signal.SIGTERM, drain)
-    signal.signal(signal.SIGINT, drain)
-    reporter.update(state="ready", phases=phases, model=engine.model)
+    if not stopping.is_set():
+        reporter.update(state="ready", phases=phases, model=engine.model)
     try:
         runner.serve()
     except BatchTimeout:

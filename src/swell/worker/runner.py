@@ -1,4 +1,4 @@
-"""The worker loop: lease a batch, run it in a thread while renewing leases, report each result.
+"""The worker loop: lease a batch, run it in a thread while renewing leases, report its results at once.
 
 A batch that outlives its jobs' timeout is failed (retryable) and the process exits, so the supervisor
 starts a clean worker: a Python thread cannot be killed. SIGTERM stops leasing; the running batch
@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from swell.core.errors import LeaseLost, ValidationError
-from swell.core.jobs import Job
+from swell.core.jobs import Job, JobState
 from swell.engines.base import Engine, RunContext
-from swell.queue.base import QueueBackend
+from swell.queue.base import Outcome, QueueBackend
 
 IDLE_SLEEP_MIN = 0.002
 IDLE_SLEEP_MAX = 0.05
 
-Outcome = dict[str, Any] | BaseException
+Result = dict[str, Any] | BaseException  # what the engine returned for one input
 
 
 class BatchTimeout(Exception):
@@ -63,6 +63,7 @@ class Runner:
                 model=self.engine.model,
             )
             if not jobs:
+                self._set_busy(False)
                 self.stopping.wait(idle)
                 idle = min(idle * 2, IDLE_SLEEP_MAX)
                 continue
@@ -70,27 +71,36 @@ class Runner:
             self.run_batch(jobs)
 
     def run_batch(self, jobs: list[Job]) -> None:
-        """Run `jobs` in a thread, renew their leases meanwhile, then report every outcome."""
-        self.counters.busy = True
-        self.on_change()
-        outcomes: list[list[Outcome]] = []
+        """Run `jobs` in a thread, renew their leases meanwhile, then report every outcome at once.
+
+        The worker stays busy from its first batch until a lease finds nothing, so a stream of
+        batches does not rewrite the status file twice per batch."""
+        self._set_busy(True)
+        results: list[list[Result]] = []
         context = RunContext([job.id for job in jobs], self.data_dir)
-        thread = threading.Thread(target=self._execute, args=(jobs, context, outcomes), daemon=True)
+        thread = threading.Thread(target=self._execute, args=(jobs, context, results), daemon=True)
         thread.start()
         live = self._wait(thread, jobs)
         if thread.is_alive():
-            for job in live:
-                self._fail(job, f"TimeoutError: job ran past its timeout of {job.timeout:g} s", True)
+            timeout = [
+                Outcome.failure(job.id, f"TimeoutError: job ran past its timeout of {job.timeout:g} s")
+                for job in live
+            ]
+            self._settle(timeout)
             raise BatchTimeout(f"batch of {len(jobs)} ran past its timeout")
-        for job, outcome in zip(jobs, outcomes[0], strict=True):
-            if job in live:
-                self._report(job, outcome)
-        self.counters.busy = False
-        self.on_change()
+        held = {job.id for job in live}
+        self._settle(
+            [_outcome(job, result) for job, result in zip(jobs, results[0], strict=True) if job.id in held]
+        )
 
-    def _execute(self, jobs: list[Job], context: RunContext, out: list[list[Outcome]]) -> None:
+    def _set_busy(self, busy: bool) -> None:
+        if self.counters.busy != busy:
+            self.counters.busy = busy
+            self.on_change()
+
+    def _execute(self, jobs: list[Job], context: RunContext, out: list[list[Result]]) -> None:
         try:
-            results: list[Outcome] = list(self.engine.run([job.input for job in jobs], context))
+            results: list[Result] = list(self.engine.run([job.input for job in jobs], context))
             if len(results) != len(jobs):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} inputs")
         except Exception as exc:
@@ -114,19 +124,19 @@ class Runner:
             return False
         return True
 
-    def _report(self, job: Job, outcome: Outcome) -> None:
-        if isinstance(outcome, BaseException):
-            self._fail(job, f"{type(outcome).__name__}: {outcome}", not isinstance(outcome, ValidationError))
-            return
-        try:
-            self.queue.complete(job.id, self.owner, outcome)
-            self.counters.jobs_done += 1
-        except LeaseLost:
-            pass
+    def _settle(self, outcomes: list[Outcome]) -> None:
+        """Record the batch's outcomes in one queue call; a job whose lease was lost ran elsewhere."""
+        for settled in self.queue.settle(self.owner, outcomes) if outcomes else []:
+            if isinstance(settled, Job):
+                if settled.state is JobState.SUCCEEDED:
+                    self.counters.jobs_done += 1
+                else:
+                    self.counters.jobs_failed += 1
 
-    def _fail(self, job: Job, error: str, retryable: bool) -> None:
-        try:
-            self.queue.fail(job.id, self.owner, error, retryable=retryable)
-            self.counters.jobs_failed += 1
-        except LeaseLost:
-            pass
+
+def _outcome(job: Job, result: Result) -> Outcome:
+    if isinstance(result, BaseException):
+        # bad input fails for good; anything else may pass on another try
+        error = f"{type(result).__name__}: {result}"
+        return Outcome.failure(job.id, error, retryable=not isinstance(result, ValidationError))
+    return Outcome(job.id, result=result)

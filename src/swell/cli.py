@@ -141,8 +141,7 @@ def status(
 ) -> None:
     """Services with their queue depth and replicas."""
     with _errors(), _client(url, api_key, data_dir, host, port) as client:
-        body = client.services()
-    services = body["services"] if isinstance(body, dict) and "services" in body else body
+        services = client.services()
     table = Table(
         "service", "engine", "queued", "leased", "succeeded", "failed", "dead", "replicas", "planned"
     )
@@ -188,12 +187,11 @@ class _errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if isinstance(exc, SwellError):
             _fail(str(exc))
         if isinstance(exc, KeyboardInterrupt):
             raise typer.Exit(130)
-        return False
 
 
 def _fail(message: str) -> None:

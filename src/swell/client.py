@@ -73,8 +73,10 @@ class SwellClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/v1/jobs/{job_id}")
 
-    def services(self) -> dict[str, Any]:
-        return self._call("GET", "/v1/services")
+    def services(self) -> list[dict[str, Any]]:
+        """Each service with its queue depth, replicas and (with the brain on) its plan."""
+        services: list[dict[str, Any]] = self._call("GET", "/v1/services")["services"]
+        return services
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/healthz")

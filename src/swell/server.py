@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from swell.core import heap
 from swell.core.clock import SystemClock
 from swell.core.config import Settings, SwellConfig
 from swell.core.replicas import ReplicaState
@@ -73,6 +74,7 @@ class Server:
         queue = open_queue(settings.database_url)
         supervisor = LocalSupervisor(config, settings.database_url, settings.data_dir, clock=self.clock)
         brain = self._brain(queue, supervisor)
+        self._register_data_metrics(supervisor)
         app = create_app(
             config,
             settings,
@@ -105,6 +107,7 @@ class Server:
             loops.append(asyncio.create_task(tick, name="brain"))
         progress = threading.Thread(target=self._show_loading, args=(supervisor, stop), daemon=True)
         progress.start()
+        heap.freeze()  # after the app, supervisor and loops exist; see swell.core.heap
         try:
             await server.serve()
         finally:
@@ -121,6 +124,15 @@ class Server:
         from swell.brain.live import LiveLoop
 
         return LiveLoop(self.config, queue, supervisor, clock=self.clock, registry=self.registry)
+
+    def _register_data_metrics(self, supervisor: Any) -> None:
+        """The node cache's counters and the replicas' load phases on /metrics (with the data extra)."""
+        try:
+            from swell.data.cache import open_node_cache
+            from swell.data.metrics import register_metrics
+        except ImportError:  # `swell[data]` is not installed: no cache to report on
+            return
+        register_metrics(self.registry, open_node_cache(self.settings.data_dir), replicas=supervisor)
 
     def _announce(self) -> None:
         s = self.settings

@@ -47,6 +47,10 @@ def test_cli_round_trip_with_a_generated_key(start_swell) -> None:
     listed = runner.invoke(app, ["jobs", "--state", "succeeded", *common], terminal_width=200)
     assert listed.exit_code == 0 and job["id"] in listed.output
 
+    metrics = httpx.get(f"{swell.base_url}/metrics", timeout=5).text
+    assert "swell_cache_hits_total" in metrics, "the node cache's counters are exported"
+    assert 'swell_replica_phase_seconds{phase="load"' in metrics, "and each replica's load phases"
+
     status = runner.invoke(app, ["status", *common], terminal_width=200)
     assert status.exit_code == 0 and "double" in status.output
 

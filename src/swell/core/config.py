@@ -3,7 +3,7 @@
     services:
       - name: embeddings
         engine: embeddings            # a registry name or "package.module:attr"
-        options: {model: all-MiniLM-L6-v2}
+        options: {model: all-MiniLM-L6-v2}   # or {dataset: NAME}, a key of `datasets`
         replicas: {min: 1, max: 2}
         max_batch_size: 32
         job_timeout: 60
@@ -24,6 +24,7 @@ from typing import Any
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from swell.brain.config import BrainConfig
 from swell.core.errors import ConfigError
@@ -38,8 +39,8 @@ class Strict(BaseModel):
 
 
 class Replicas(Strict):
-    min: int = Field(1, ge=0)
-    max: int = Field(1, ge=1)
+    min: int = Field(default=1, ge=0)
+    max: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> Replicas:
@@ -53,25 +54,25 @@ class ServiceConfig(Strict):
     engine: str
     options: dict[str, Any] = Field(default_factory=dict)
     replicas: Replicas = Field(default_factory=Replicas)
-    max_batch_size: int = Field(1, ge=1, le=4096)
-    job_timeout: float = Field(300.0, gt=0)
-    max_attempts: int = Field(3, ge=1, le=100)
-    queue_limit: int = Field(10_000, ge=1)  # queued + leased jobs before submit answers 429
-    lease_seconds: float = Field(30.0, gt=0)  # renewed by the worker while a job runs
+    max_batch_size: int = Field(default=1, ge=1, le=4096)
+    job_timeout: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    queue_limit: int = Field(default=10_000, ge=1)  # queued + leased jobs before submit answers 429
+    lease_seconds: float = Field(default=30.0, gt=0)  # renewed by the worker while a job runs
 
 
 class GatewayConfig(Strict):
-    max_body_bytes: int = Field(1_048_576, ge=1024)
-    max_wait_seconds: float = Field(300.0, gt=0)
-    webhook_max_attempts: int = Field(8, ge=1)
-    webhook_timeout: float = Field(10.0, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_wait_seconds: float = Field(default=300.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_timeout: float = Field(default=10.0, gt=0)
 
 
 class SwellConfig(Strict):
     services: list[ServiceConfig] = Field(default_factory=list)
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
-    brain: BrainConfig = Field(default_factory=BrainConfig)
+    brain: BrainConfig = Field(default_factory=lambda: BrainConfig.model_validate({}))  # typed for mypy
 
     @model_validator(mode="after")
     def _unique_services(self) -> SwellConfig:
@@ -79,6 +80,28 @@ class SwellConfig(Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"service names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _known_datasets(self) -> SwellConfig:
+        """An engine option `dataset: NAME` must name a key of `datasets` (the error is at that option)."""
+        for index, service in enumerate(self.services):
+            if "dataset" not in service.options:
+                continue
+            name = service.options["dataset"]
+            if not isinstance(name, str):
+                message = "must be the name of a dataset (a string)"
+            elif name not in self.datasets:
+                known = ", ".join(sorted(self.datasets)) or "none"
+                message = f"no dataset named {name!r} in datasets (known: {known})"
+            else:
+                continue
+            error = InitErrorDetails(
+                type=PydanticCustomError("unknown_dataset", message),
+                loc=("services", index, "options", "dataset"),
+                input=name,
+            )
+            raise pydantic.ValidationError.from_exception_data(type(self).__name__, [error])
         return self
 
     def service(self, name: str) -> ServiceConfig:
@@ -153,7 +176,7 @@ class Settings(BaseModel):
 
     data_dir: Path = Path(".swell")
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(default=8000, ge=0, le=65535)
     api_key: str | None = None
     auth: bool = True
     webhook_secret: str | None = None

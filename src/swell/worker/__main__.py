@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from swell.core import heap
 from swell.core.config import ServiceConfig
 from swell.engines.registry import create_engine
 from swell.queue.base import open_queue
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     reporter.runner = runner
     runner.on_change = reporter.update
+    heap.freeze()  # the model's objects live as long as the process: keep the collector off them
     if not stopping.is_set():
         reporter.update(state="ready", phases=phases, model=engine.model)
     try:

@@ -231,7 +231,10 @@ class Connection:
 
     async def post(self, body: bytes) -> int:
         self.writer.write(b"%sContent-Length: %d\r\n\r\n%s" % (self.head, len(body), body))
-        status = int((await self.reader.readline()).split()[1])
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionResetError("the server closed the connection")
+        status = int(status_line.split()[1])
         length = 0
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")
@@ -278,15 +281,16 @@ async def ack_latency(
     Returns the latencies of the accepted submits and the count of each kind of failure."""
     latencies: list[float] = []
     errors: collections.Counter[str] = collections.Counter()
-    idle = [await Connection.open(base, headers) for _ in range(16)]
+    # first in, first out: every connection is reused well within the server's keep-alive timeout
+    idle = collections.deque([await Connection.open(base, headers) for _ in range(16)])
 
     async def one(i: int) -> None:
         t0 = time.perf_counter()
-        connection = idle.pop() if idle else None
+        connection = idle.popleft() if idle else None
         try:
             connection = connection or await Connection.open(base, headers)
             status = await connection.post(job_body(i))
-        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError) as exc:
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             errors[type(exc).__name__] += 1
             if connection is not None:
                 connection.close()

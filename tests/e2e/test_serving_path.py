@@ -170,3 +170,36 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.mark.slow
+def test_the_serving_path_on_redis(start_swell) -> None:
+    """The same `swell up` with its queue on a real Redis server instead of SQLite."""
+    url = os.environ.get("SWELL_TEST_REDIS_URL")
+    if not url:
+        pytest.skip("SWELL_TEST_REDIS_URL is not set")
+    import redis
+
+    url = url.rsplit("/", 1)[0] + "/7"  # a database of its own, emptied before and after
+    redis.Redis.from_url(url).flushdb()
+    try:
+        swell = start_swell(
+            CONFIG.replace("min: 3, max: 3", "min: 2, max: 2"),
+            env={"SWELL_QUEUE_URL": url},
+            pythonpath=[HERE],
+        )
+        swell.wait_ready(2)
+        with swell.client() as client:
+            ids = [
+                client.post("/v1/jobs", json={"service": "double", "input": {"n": n}}).json()["id"]
+                for n in range(40)
+            ]
+            waited = client.post("/v1/jobs", json={"service": "double", "input": {"n": 50}, "wait": 30})
+            assert (waited.status_code, waited.json()["result"]) == (200, {"n": 100})
+            wait_for(lambda: _succeeded(client, ids) >= len(ids) + 1, 60, "every job on redis", interval=0.2)
+            assert [client.get(f"/v1/jobs/{i}").json()["result"]["n"] for i in ids] == [
+                2 * n for n in range(40)
+            ]
+        assert swell.stop(signal.SIGTERM) == 0
+    finally:
+        redis.Redis.from_url(url).flushdb()

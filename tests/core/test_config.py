@@ -97,3 +97,41 @@ def test_settings_from_environment_with_flags_winning() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"SWELL_PORT": "eighty"})
     assert caught.value.key == "SWELL_PORT"
+
+
+DATASET_SERVICE = """
+datasets:
+  minilm: {source: "file:///models/minilm"}
+services:
+  - name: other
+    engine: callable
+  - name: embed
+    engine: embeddings
+    options: {dataset: %s}
+"""
+
+
+def test_an_engine_dataset_names_a_known_dataset(tmp_path: Path) -> None:
+    file = tmp_path / "swell.yaml"
+    file.write_text(DATASET_SERVICE % "minilm")
+    assert load_config(file).service("embed").options == {"dataset": "minilm"}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("minlm", r"no dataset named 'minlm' in datasets \(known: minilm\)"), ("[a]", "a string")],
+)
+def test_an_unknown_dataset_is_named_with_its_key_and_file(tmp_path: Path, value: str, message: str) -> None:
+    file = tmp_path / "swell.yaml"
+    file.write_text(DATASET_SERVICE % value)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(file)
+    assert caught.value.key == "services[embed].options.dataset"
+    assert str(file) in str(caught.value)
+
+
+def test_a_dataset_without_a_datasets_section_is_refused() -> None:
+    raw = {"services": [{"engine": "embeddings", "name": "e", "options": {"dataset": "minilm"}}]}
+    with pytest.raises(ConfigError, match=r"known: none") as caught:
+        parse_config(raw)
+    assert caught.value.key == "services[e].options.dataset"

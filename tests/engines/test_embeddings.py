@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def test_similar_sentences_are_closer(engine: EmbeddingsEngine, tmp_path: Path) 
 
 
 def test_batch_is_split_back_per_job(engine: EmbeddingsEngine, tmp_path: Path) -> None:
-    jobs = [{"texts": ["one", "two"]}, {"texts": []}, {"texts": ["three"]}]
+    jobs: list[dict[str, Any]] = [{"texts": ["one", "two"]}, {"texts": []}, {"texts": ["three"]}]
     first, bad, second = engine.run(jobs, RunContext(["a", "b", "c"], tmp_path))
     [alone] = engine.run([{"texts": ["three"]}], RunContext(["d"], tmp_path))
     assert isinstance(first, dict) and len(first["embeddings"]) == 2

@@ -3,11 +3,14 @@
 Each worker is `python -m swell.worker` in its own process group; it publishes its state in an atomic
 status file (swell.worker.status) every second. The monitor restarts a worker that exits unexpectedly
 or whose heartbeat is older than `hang_seconds` (SIGKILL first), with an exponential restart back-off.
+The `datasets:` config reaches each worker as JSON in SWELL_DATASETS, never in argv, so that S3
+secrets do not show in `ps`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +25,8 @@ from swell.core.config import ServiceConfig, SwellConfig
 from swell.core.errors import ServiceNotFound
 from swell.core.replicas import ReplicaInfo, ReplicaState
 from swell.worker.status import read_status, status_path
+
+DATASETS_ENV = "SWELL_DATASETS"  # the datasets config as JSON, read by swell.worker
 
 HANG_SECONDS = 15.0
 BACKOFF_MIN = 0.5
@@ -163,8 +168,15 @@ class LocalSupervisor:
                 "--data-dir", str(self.data_dir),
             ],
             start_new_session=True,
+            env=self._worker_env(),
         )
         slot.started_at = now
+
+    def _worker_env(self) -> dict[str, str]:
+        """This process's environment plus the datasets (in the environment, so S3 secrets stay out of
+        `ps`: argv is world-readable, /proc/PID/environ only to the owner)."""
+        datasets = {name: spec.model_dump(mode="json") for name, spec in self.config.datasets.items()}
+        return {**os.environ, DATASETS_ENV: json.dumps(datasets)}
 
     def _remember_counts(self, slot: Slot) -> None:
         status = read_status(self._status_path(slot)) or {}

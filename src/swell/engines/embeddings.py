@@ -1,6 +1,9 @@
 """The `embeddings` engine: a sentence-transformers model, batched across jobs, offline.
 
-The weights are read through `swell.data.load_safetensors` (never pickle) and loaded into the model.
+The model comes from a bundled package (`model`), a local directory (`path`) or a dataset of
+swell.yaml (`dataset`), fetched into the node cache. Its weights are read once, through
+`swell.data.load_safetensors` (never pickle), and the model is built around them
+(swell.engines.sentence).
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from swell.core.errors import ConfigError, EngineError, MissingExtra
+from swell.core.errors import ConfigError, MissingExtra
+from swell.data.config import DatasetConfig
 from swell.engines.base import RunContext
 from swell.engines.registry import validate_texts
 
@@ -35,10 +39,24 @@ class EmbeddingsEngine:
     batches = True
 
     def __init__(
-        self, model: str = DEFAULT_MODEL, path: str | None = None, device: str | None = None
+        self,
+        model: str = DEFAULT_MODEL,
+        path: str | None = None,
+        device: str | None = None,
+        *,
+        dataset: str | None = None,
+        datasets: dict[str, DatasetConfig] | None = None,
+        data_dir: Path | None = None,
     ) -> None:
-        self.model: str | None = model if path is None else Path(path).name
+        if dataset is not None and path is not None:
+            raise ConfigError("give 'dataset' or 'path', not both", key="engine.options.dataset")
+        if dataset is not None and dataset not in (datasets or {}):
+            known = ", ".join(sorted(datasets or {})) or "none"
+            raise ConfigError(f"no dataset named {dataset!r} (known: {known})", key="engine.options.dataset")
+        self.model: str | None = dataset or (model if path is None else Path(path).name)
         self.path = Path(path) if path is not None else None
+        self.dataset, self.datasets = dataset, dict(datasets or {})
+        self.data_dir = Path(data_dir) if data_dir is not None else Path(".swell")
         self.device = device
         self._st: Any = None
 
@@ -46,28 +64,37 @@ class EmbeddingsEngine:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             import torch
-            from sentence_transformers import SentenceTransformer
+
+            from swell.engines.sentence import build
         except ImportError as exc:
             raise MissingExtra("the embeddings engine", "embeddings") from exc
         from swell.data import load_safetensors
 
-        start = time.perf_counter()
-        directory = self.path or bundled_model_dir(self.model or DEFAULT_MODEL)
+        directory, fetch = self._fetch()
         weights = directory / WEIGHTS
         if not weights.is_file():
             message = f"{weights} is missing; only safetensors weights are loaded"
             raise ConfigError(message, key="engine.options")
         fetched = time.perf_counter()
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self._st = SentenceTransformer(str(directory), device=device, local_files_only=True)
         state = load_safetensors(weights, device=device)
-        outcome = self._st[0].auto_model.load_state_dict(state, strict=False)  # position_ids: a buffer
-        if outcome.missing_keys:
-            raise EngineError(f"{weights} lacks tensors, e.g. {outcome.missing_keys[0]}")
+        self._st = build(directory, state, device)
         self._st.eval()
         loaded = time.perf_counter()
         self._st.encode(["warm up"])
-        return {"fetch": fetched - start, "load": loaded - fetched, "warmup": time.perf_counter() - loaded}
+        return {"fetch": fetch, "load": loaded - fetched, "warmup": time.perf_counter() - loaded}
+
+    def _fetch(self) -> tuple[Path, float]:
+        """The model's local directory (through the node cache for a dataset), and the seconds it took."""
+        from swell.data.datasets import PhaseTimings, dataset_path
+
+        start = time.perf_counter()
+        if self.dataset is not None:
+            timings = PhaseTimings()
+            directory = dataset_path(self.dataset, self.datasets, self.data_dir, timings=timings)
+            return directory, timings.fetch
+        directory = self.path or bundled_model_dir(self.model or DEFAULT_MODEL)
+        return directory, time.perf_counter() - start
 
     def run(self, inputs: list[dict[str, Any]], context: RunContext) -> list[dict[str, Any] | Exception]:
         results: list[dict[str, Any] | Exception] = []

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from swell.core.errors import ConfigError, ValidationError
+from swell.data.config import DatasetConfig
 from swell.engines.base import Engine
 
 MAX_TEXTS = 1024
@@ -14,9 +15,13 @@ MAX_TEXT_CHARS = 100_000
 
 
 def create_engine(
-    name: str, options: dict[str, Any], *, data_dir: Path, datasets: dict[str, Any] | None = None
+    name: str, options: dict[str, Any], *, data_dir: Path, datasets: dict[str, DatasetConfig] | None = None
 ) -> Engine:
-    """Build (not load) the engine `name` with its options; an unknown name is a ConfigError naming it."""
+    """Build (not load) the engine `name` with its options; an unknown name is a ConfigError naming it.
+
+    `datasets` (swell.yaml's section) is what an option `dataset: NAME` refers to; `data_dir` holds the
+    node cache such a dataset is fetched through.
+    """
     if name == "callable":
         from swell.engines.callable import CallableEngine
 
@@ -24,7 +29,12 @@ def create_engine(
     if name == "embeddings":
         from swell.engines.embeddings import EmbeddingsEngine
 
-        return EmbeddingsEngine(**_checked(options, {"model", "path", "device"}, name))
+        checked = _checked(options, {"model", "path", "dataset", "device"}, name)
+        if "dataset" in checked:
+            if "model" in checked:
+                raise ConfigError("give 'dataset' or 'model', not both", key="engine.options.dataset")
+            return EmbeddingsEngine(**checked, datasets=datasets or {}, data_dir=data_dir)
+        return EmbeddingsEngine(**checked)
     if ":" in name:
         from swell.engines.callable import import_attr
 

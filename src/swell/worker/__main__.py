@@ -9,18 +9,20 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from swell.core import heap
 from swell.core.config import ServiceConfig
+from swell.data.config import DatasetConfig
 from swell.engines.registry import create_engine
 from swell.queue.base import open_queue
 from swell.worker.runner import BatchTimeout, Runner
 from swell.worker.status import status_path, write_status
 
 HEARTBEAT_SECONDS = 1.0
+DATASETS_ENV = "SWELL_DATASETS"  # set by swell.cluster.local
 EXIT_TIMEOUT = 3
 
 
@@ -64,6 +66,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def datasets_from_env(environ: Mapping[str, str] | None = None) -> dict[str, DatasetConfig]:
+    """The `datasets:` config the supervisor passed in SWELL_DATASETS (JSON; not argv, for secrets)."""
+    raw = json.loads((os.environ if environ is None else environ).get(DATASETS_ENV) or "{}")
+    return {name: DatasetConfig.model_validate(spec) for name, spec in raw.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     service = ServiceConfig.model_validate(json.loads(args.service))
@@ -83,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     reporter.update(state="loading")
     threading.Thread(target=reporter.beat, args=(stop_beat, drain), daemon=True).start()
-    engine = create_engine(service.engine, service.options, data_dir=args.data_dir)
+    datasets = datasets_from_env()
+    engine = create_engine(service.engine, service.options, data_dir=args.data_dir, datasets=datasets)
     phases = engine.load()
     runner = Runner(
         open_queue(args.queue),

@@ -37,5 +37,7 @@ check: install-dev
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# The peers the benchmarks compare with (huey, runai-model-streamer, fastsafetensors); see docs/benchmarks.md.
 bench: install-dev
+	$(BIN)/pip install -q -e '.[embeddings,data,sim,redis,dev,bench]'
 	$(BIN)/python bench/gateway.py

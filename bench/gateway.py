@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+SETTLE_SECONDS = 3.0  # between the throughput burst and the steady load (WAL checkpoint, idle workers)
 
 
 @dataclass
@@ -324,6 +325,7 @@ def measure(system: str, server: Callable[[Path], Any], done: Done, args: argpar
         # warm up connections and the workers' first leases
         asyncio.run(throughput(base, headers, 200, 200, done))
         rate = asyncio.run(throughput(base, headers, args.jobs, 200 + args.jobs, done))
+        time.sleep(SETTLE_SECONDS)  # the steady load starts once the burst's aftermath is over
         latencies, errors = asyncio.run(ack_latency(base, headers, args.rate, args.duration))
     ms = [x * 1000 for x in latencies]
     return Result(

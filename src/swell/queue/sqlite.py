@@ -668,8 +668,8 @@ def _begin_immediate(db: sqlite3.Connection) -> None:
     """Take SQLite's write lock, trying again every 0.1 ms growing to 2 ms, for up to BUSY_TIMEOUT.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10 ... then 100 ms between tries, so under steady
-    contention with the workers' short transactions a wait of 1 ms became tens of milliseconds of
-    acknowledgement latency (the same reason Rails' SQLite adapter retries on its own). In WAL mode
+    contention with the workers' short transactions a lock free again after 1 ms can cost a submit
+    tens of milliseconds (Rails' SQLite adapter retries on its own for the same reason). In WAL mode
     BEGIN IMMEDIATE is the only statement of a write transaction that can meet the lock."""
     pause, deadline = 0.0001, time.monotonic() + BUSY_TIMEOUT
     while True:

@@ -654,14 +654,17 @@ class _Checkpointer:
             thread.join(timeout=5)
 
     def _run(self, stop: threading.Event) -> None:
-        db = self._connect()
+        db: sqlite3.Connection | None = None
         try:
             while not stop.wait(CHECKPOINT_EVERY):
-                # busy: another process is checkpointing; an error: the file is going away
+                # busy: another process is checkpointing; an error: the file cannot be opened now (the
+                # writes fail and say so); either way, try again next time
                 with contextlib.suppress(sqlite3.Error):
+                    db = db or self._connect()
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         finally:
-            db.close()
+            if db is not None:
+                db.close()
 
 
 def _begin_immediate(db: sqlite3.Connection) -> None:

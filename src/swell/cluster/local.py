@@ -24,9 +24,8 @@ from swell.core.clock import Clock, SystemClock
 from swell.core.config import ServiceConfig, SwellConfig
 from swell.core.errors import ServiceNotFound
 from swell.core.replicas import ReplicaInfo, ReplicaState
+from swell.worker import DATASETS_ENV
 from swell.worker.status import read_status, status_path
-
-DATASETS_ENV = "SWELL_DATASETS"  # the datasets config as JSON, read by swell.worker
 
 HANG_SECONDS = 15.0
 BACKOFF_MIN = 0.5

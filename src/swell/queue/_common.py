@@ -6,13 +6,13 @@ lifecycle itself lives in `swell.core.jobs`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from swell.core.errors import LeaseLost
-from swell.core.jobs import Job, JobState, RetryPolicy
-from swell.queue.base import Outcome, QueueStats
+from swell.core.errors import LeaseLost, QueueFull, SwellError
+from swell.core.jobs import Job, JobSpec, JobState, RetryPolicy
+from swell.queue.base import Outcome, QueueStats, Submitted
 
 T = TypeVar("T")
 
@@ -41,6 +41,28 @@ def only(outcomes: Sequence[T | Exception]) -> T:
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
+
+
+class OneAtATime:
+    """`submit`, `complete` and `fail` as batches of one, for a backend whose `submit_many` and
+    `settle` do the work (a backend may still override any of them)."""
+
+    def submit_many(
+        self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
+    ) -> list[Submitted | QueueFull]:
+        raise NotImplementedError
+
+    def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Job | SwellError]:
+        raise NotImplementedError
+
+    def submit(self, spec: JobSpec, *, limit: int | None = None) -> Submitted:
+        return only(self.submit_many([spec], limits=None if limit is None else {spec.service: limit}))
+
+    def complete(self, job_id: str, owner: str, result: dict[str, Any]) -> Job:
+        return only(self.settle(owner, [Outcome(job_id, result=result)]))
+
+    def fail(self, job_id: str, owner: str, error: str, *, retryable: bool = True) -> Job:
+        return only(self.settle(owner, [Outcome.failure(job_id, error, retryable=retryable)]))
 
 
 def lease_expired(job: Job, now: float) -> bool:

@@ -16,7 +16,6 @@ import itertools
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from swell.core.clock import Clock, SystemClock
 from swell.core.errors import JobNotFound, LeaseLost, QueueFull, SwellError
@@ -25,10 +24,10 @@ from swell.queue._common import (
     ACTIVE_STATES,
     ADMISSION_WINDOW,
     Counters,
+    OneAtATime,
     apply_outcome,
     full_message,
     lease_expired,
-    only,
     require_owner,
     retry_after,
 )
@@ -90,7 +89,7 @@ class _ReadyIndex:
             heapq.heapify(heap)
 
 
-class MemoryQueue:
+class MemoryQueue(OneAtATime):
     """A `QueueBackend` held in this process; safe across its threads, lost when it exits."""
 
     def __init__(self, *, clock: Clock = SystemClock(), policy: RetryPolicy = RetryPolicy()) -> None:
@@ -109,9 +108,6 @@ class MemoryQueue:
         self._counts = Counters()
 
     # -- the protocol -----------------------------------------------------------------------------
-
-    def submit(self, spec: JobSpec, *, limit: int | None = None) -> Submitted:
-        return only(self.submit_many([spec], limits=None if limit is None else {spec.service: limit}))
 
     def submit_many(
         self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
@@ -161,12 +157,6 @@ class MemoryQueue:
                     self._store(job.renew(owner, now, lease_seconds))
             if lost:
                 raise LeaseLost(f"{owner} no longer holds the lease on {', '.join(lost)}")
-
-    def complete(self, job_id: str, owner: str, result: dict[str, Any]) -> Job:
-        return only(self.settle(owner, [Outcome(job_id, result=result)]))
-
-    def fail(self, job_id: str, owner: str, error: str, *, retryable: bool = True) -> Job:
-        return only(self.settle(owner, [Outcome.failure(job_id, error, retryable=retryable)]))
 
     def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Job | SwellError]:
         with self._lock:

@@ -40,10 +40,10 @@ from swell.queue._common import (
     ADMISSION_WINDOW,
     COUNTER_NAMES,
     Counters,
+    OneAtATime,
     apply_outcome,
     full_message,
     lease_expired,
-    only,
     require_owner,
     retry_after,
 )
@@ -189,7 +189,7 @@ class _Writes:
         self.ops.append((command, key, *args))
 
 
-class RedisQueue:
+class RedisQueue(OneAtATime):
     """A `QueueBackend` on a Redis server; safe across threads, processes and machines."""
 
     def __init__(
@@ -300,12 +300,6 @@ class RedisQueue:
                 lost.append(job_id)
         if lost:
             raise LeaseLost(f"{owner} no longer holds the lease on {', '.join(lost)}")
-
-    def complete(self, job_id: str, owner: str, result: dict[str, Any]) -> Job:
-        return only(self.settle(owner, [Outcome(job_id, result=result)]))
-
-    def fail(self, job_id: str, owner: str, error: str, *, retryable: bool = True) -> Job:
-        return only(self.settle(owner, [Outcome.failure(job_id, error, retryable=retryable)]))
 
     def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Job | SwellError]:
         """One checked write per outcome: each is atomic on its own, the batch is not."""

@@ -37,9 +37,9 @@ from swell.queue._common import (
     ADMISSION_WINDOW,
     COUNTER_NAMES,
     Counters,
+    OneAtATime,
     apply_outcome,
     full_message,
-    only,
     require_owner,
     retry_after,
 )
@@ -265,7 +265,7 @@ class _Rejected:
     retry_after: float
 
 
-class SQLiteQueue:
+class SQLiteQueue(OneAtATime):
     """A `QueueBackend` in one SQLite file; safe across threads and processes."""
 
     def __init__(
@@ -287,9 +287,6 @@ class SQLiteQueue:
             self._baseline = self._counters(db)
 
     # -- the protocol -----------------------------------------------------------------------------
-
-    def submit(self, spec: JobSpec, *, limit: int | None = None) -> Submitted:
-        return only(self.submit_many([spec], limits=None if limit is None else {spec.service: limit}))
 
     def submit_many(
         self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
@@ -344,12 +341,6 @@ class SQLiteQueue:
         lost = sorted(set(job_ids) - {job.id for job in renewed})
         if lost:
             raise LeaseLost(f"{owner} no longer holds the lease on {', '.join(lost)}")
-
-    def complete(self, job_id: str, owner: str, result: dict[str, Any]) -> Job:
-        return only(self.settle(owner, [Outcome(job_id, result=result)]))
-
-    def fail(self, job_id: str, owner: str, error: str, *, retryable: bool = True) -> Job:
-        return only(self.settle(owner, [Outcome.failure(job_id, error, retryable=retryable)]))
 
     def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Job | SwellError]:
         with self._write() as db:

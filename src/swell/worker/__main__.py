@@ -18,11 +18,11 @@ from swell.core.config import ServiceConfig
 from swell.data.config import DatasetConfig
 from swell.engines.registry import create_engine
 from swell.queue.base import open_queue
+from swell.worker import DATASETS_ENV
 from swell.worker.runner import BatchTimeout, Runner
 from swell.worker.status import status_path, write_status
 
 HEARTBEAT_SECONDS = 1.0
-DATASETS_ENV = "SWELL_DATASETS"  # set by swell.cluster.local
 EXIT_TIMEOUT = 3
 
 

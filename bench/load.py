@@ -17,11 +17,13 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -34,6 +36,7 @@ LOADERS = (
     "fastsafetensors",
     "plain-read",
 )
+Run = dict[str, Any]  # one case's figures, as printed
 PACKAGES = {"runai": "runai_model_streamer", "fastsafetensors": "fastsafetensors"}  # optional peers
 SHAPES = [
     (4096, 4096, "BF16"),
@@ -51,12 +54,13 @@ def generate(path: Path, size_bytes: int) -> None:
     """A safetensors file of about `size_bytes` with transformer-like shapes and random bits."""
     import numpy as np
 
-    entries, offset, layer = {}, 0, 0
+    entries: dict[str, dict[str, object]] = {}
+    offset, layer = 0, 0
     while offset < size_bytes:
         for shape in SHAPES:
             if offset >= size_bytes:
                 break
-            dims, dtype = shape[:-1], str(shape[-1])
+            dims, dtype = [int(d) for d in shape[:-1]], str(shape[-1])
             nbytes = int(np.prod(dims)) * (2 if dtype == "BF16" else 4)
             name = f"model.layers.{layer}.w{len(entries)}"
             entries[name] = {"dtype": dtype, "shape": list(dims), "data_offsets": [offset, offset + nbytes]}
@@ -147,7 +151,7 @@ def _importer(loader: str):  # type: ignore[no-untyped-def]
 
         def plain(path: Path) -> dict:  # type: ignore[type-arg]
             buf = torch.empty(path.stat().st_size, dtype=torch.uint8)
-            view, done = memoryview(buf.numpy()), 0
+            view, done = buf.numpy().data, 0
             with open(path, "rb", buffering=0) as f:
                 while done < len(view):  # one read(2) returns at most about 2 GiB
                     done += f.readinto(view[done : done + (1 << 30)]) or len(view)
@@ -166,15 +170,28 @@ def run_case(loader: str, path: Path) -> dict[str, float]:
     return {"seconds": seconds, "gbps": path.stat().st_size / seconds / 1e9, "peak_rss": peak_rss()}
 
 
-def fresh_memory(size: int = 1 << 30) -> float:
-    """First-touch rate of new anonymous memory in a new process: what any copying loader pays."""
+def fresh_memory(size: int) -> float:
+    """How fast this machine hands out `size` bytes of new memory, touched by every core at once.
+
+    Every loader that returns the file's bytes needs that much new memory (private memory for the
+    copying loaders, page cache for the mapping ones), so on a VM where first touch is slow this, not
+    the disk, can be the ceiling.
+    """
     import mmap
+    from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
     mem = mmap.mmap(-1, size)
+    pages = np.frombuffer(mem, dtype=np.uint8)
+    step = 64 << 20
+
+    def touch(a: int) -> None:
+        pages[a : a + step : 4096] = 1  # numpy drops the GIL in the loop
+
     start = time.perf_counter()
-    np.frombuffer(mem, dtype=np.uint8)[::4096] = 1
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(touch, range(0, size, step)))
     return size / (time.perf_counter() - start) / 1e9
 
 
@@ -186,7 +203,7 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def in_subprocess(loader: str, path: Path) -> dict[str, float]:
+def in_subprocess(loader: str, path: Path) -> Run:
     cmd = [sys.executable, __file__, "--case", loader, "--file", str(path)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -195,17 +212,28 @@ def in_subprocess(loader: str, path: Path) -> dict[str, float]:
 # -- limits -----------------------------------------------------------------------------------------
 
 
+FIO_QUEUES = (("8M", 16), ("16M", 64), ("32M", 64))  # (block, depth): the best one is the limit
+
+
 def fio_limit(path: Path) -> float | None:
+    """The disk's limit for `path`: the best of deep-queued O_DIRECT reads at a few depths.
+
+    On the development VM the rate grows with the bytes in flight up to about 1 GiB, so one fixed
+    queue (QD16 of 8 MiB) is not a ceiling: loaders beat it.
+    """
     if not shutil.which("fio"):
         return None
-    drop_cache(path)
-    cmd = [
-        "fio", "--name=limit", f"--filename={path}", "--rw=read", "--bs=8M", "--direct=1",
-        "--ioengine=libaio", "--iodepth=16", "--numjobs=1", "--output-format=json", "--readonly",
-        f"--size={path.stat().st_size}",
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)["jobs"][0]["read"]["bw_bytes"] / 1e9
+    best = 0.0
+    for bs, depth in FIO_QUEUES:
+        drop_cache(path)
+        cmd = [
+            "fio", "--name=limit", f"--filename={path}", "--rw=read", f"--bs={bs}", "--direct=1",
+            "--ioengine=libaio", f"--iodepth={depth}", "--numjobs=1", "--output-format=json",
+            "--readonly", f"--size={path.stat().st_size}",
+        ]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        best = max(best, json.loads(out.stdout)["jobs"][0]["read"]["bw_bytes"] / 1e9)
+    return best
 
 
 def memcpy_limit(size: int = 1 << 30, rounds: int = 5) -> float:
@@ -279,46 +307,91 @@ def installed(loaders: list[str]) -> list[str]:
     return out
 
 
-def part1(sizes: list[float], loaders: list[str], repeat: int) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
+def part1(sizes: list[float], loaders: list[str], rounds: int) -> list[Run]:
+    """Every case once per round, the limits measured again in each round.
+
+    Rounds, rather than one case repeated, so that the machine's drift (the development VM's disk
+    moves by 2x within minutes) reaches every loader alike, and ratios compare runs of one round.
+    """
+    runs: list[Run] = []
     loaders = installed(loaders)
-    copy = memcpy_limit()
     for gb in sizes:
         path = OUT / f"model-{gb:g}gb.safetensors"
         if not path.exists():
             generate(path, int(gb * 1e9))
-        disk = max((fio_limit(path) or 0.0) for _ in range(repeat)) or None
-        for loader in loaders:
-            for mode in ("cold", "warm"):
-                runs = []
-                for _ in range(repeat):
-                    resident = drop_cache(path) if mode == "cold" else (warm(path), 0.0)[1]
-                    runs.append(in_subprocess(loader, path) | {"resident": resident})
-                best = max(runs, key=lambda r: r["gbps"])
-                limit = disk if mode == "cold" else copy
-                rows.append({"size_gb": gb, "loader": loader, "mode": mode, **best, "limit_gbps": limit})
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        for round_ in range(rounds):
+            limits = {"cold": fio_limit(path), "warm": memcpy_limit()}
+            memory = in_subprocess("fresh-memory", path)["gbps"]
+            for loader in loaders:
+                for mode in ("cold", "warm"):
+                    if mode == "cold":
+                        resident = drop_cache(path)
+                    else:
+                        warm(path)
+                        resident = 0.0
+                    run = in_subprocess(loader, path) | {"resident": resident}
+                    run |= {"size_gb": gb, "round": round_, "loader": loader, "mode": mode}
+                    runs.append(run | {"limit_gbps": limits[mode], "memory_gbps": memory})
+                    print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    return runs
+
+
+PEERS = ("safetensors", "runai", "fastsafetensors")
+
+
+def ratios(runs: list[Run]) -> list[Run]:
+    """Each run with its rate over the limits and over each peer's rate in the same round."""
+    rate = {(r["size_gb"], r["mode"], r["round"], r["loader"]): r["gbps"] for r in runs}
+    out = []
+    for r in runs:
+        peers = {peer: rate.get((r["size_gb"], r["mode"], r["round"], peer)) for peer in PEERS}
+        against = {"limit": r["limit_gbps"], "memory": r["memory_gbps"], **peers}
+        out.append(r | {f"x_{k}": r["gbps"] / v if v else None for k, v in against.items()})
+    return out
+
+
+def summary(runs: list[Run]) -> list[Run]:
+    """Per case: the median rate over rounds, and the median of each ratio taken within a round."""
+    cases: dict[tuple[object, ...], list[Run]] = {}
+    for r in ratios(runs):
+        cases.setdefault((r["size_gb"], r["mode"], r["loader"]), []).append(r)
+    rows = []
+    for (size, mode, loader), mine in cases.items():
+        row: Run = {"size_gb": size, "mode": mode, "loader": loader}
+        row["gbps"] = statistics.median(r["gbps"] for r in mine)
+        for key in ("x_limit", "x_memory", *(f"x_{peer}" for peer in PEERS)):
+            values = [r[key] for r in mine if r[key] is not None]
+            row[key] = statistics.median(values) if values else None
+        rows.append(row | {"peak_rss": max(r["peak_rss"] for r in mine)})
     return rows
 
 
-def table(rows: list[dict[str, object]]) -> str:
+def table(rows: list[Run]) -> str:
     lines = [
-        "| file | mode | loader | GB/s | x limit | x safetensors | x runai | x fastsafetensors "
-        "| peak RSS (GB) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| file | mode | loader | GB/s | x limit | x new memory | x safetensors | x runai "
+        "| x fastsafetensors | peak RSS (GB) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    index = {(r["size_gb"], r["mode"], r["loader"]): r for r in rows}
     for r in rows:
-        peers = []
-        for peer in ("safetensors", "runai", "fastsafetensors"):
-            other = index.get((r["size_gb"], r["mode"], peer))
-            peers.append(f"{r['gbps'] / other['gbps']:.2f}" if other else "-")  # type: ignore[operator]
-        limit = r["limit_gbps"]
-        ratio = f"{r['gbps'] / limit:.2f}" if limit else "-"  # type: ignore[operator]
+        figures = [r[k] for k in ("x_limit", "x_memory", *(f"x_{peer}" for peer in PEERS))]
+        cells = " | ".join(f"{x:.2f}" if x else "-" for x in figures)
         lines.append(
-            f"| {r['size_gb']:g} GB | {r['mode']} | {r['loader']} | {r['gbps']:.2f} | {ratio} | "
-            f"{' | '.join(peers)} | {r['peak_rss'] / 1e9:.2f} |"  # type: ignore[operator]
+            f"| {r['size_gb']:g} GB | {r['mode']} | {r['loader']} | {r['gbps']:.2f} | {cells} | "
+            f"{r['peak_rss'] / 1e9:.2f} |"
         )
+    return "\n".join(lines)
+
+
+def limits(runs: list[Run]) -> str:
+    lines = []
+    for size in dict.fromkeys(r["size_gb"] for r in runs):
+        of = [r for r in runs if r["size_gb"] == size and r["loader"] == runs[0]["loader"]]
+        for name, mode, key in (("cold: fio, best queue", "cold", "limit_gbps"),
+                                ("warm: memcpy into touched memory", "warm", "limit_gbps"),
+                                ("new memory, every core", "cold", "memory_gbps")):  # fmt: skip
+            values = [r[key] for r in of if r["mode"] == mode]
+            shown = ", ".join(f"{v:.2f}" if v else "not measured" for v in values)
+            lines.append(f"{size:g} GB, {name}: {shown} GB/s (by round)")
     return "\n".join(lines)
 
 
@@ -327,29 +400,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--sizes", default="2,8", help="file sizes in GB, comma-separated")
     parser.add_argument("--loaders", default=",".join(LOADERS))
-    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best is kept")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every case; medians are kept")
     parser.add_argument("--remote-mb", type=int, default=1024, help="part 2 file size (0: skip)")
     parser.add_argument("--rate-mbps", type=float, default=200.0, help="part 2 origin bandwidth, MB/s")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case == "fresh-memory":
-        print(json.dumps({"gbps": fresh_memory()}))
+        print(json.dumps({"gbps": fresh_memory(args.file.stat().st_size)}))
         return
     if args.case:
         print(json.dumps(run_case(args.case, args.file)))
         return
     OUT.mkdir(parents=True, exist_ok=True)
-    rows = part1([float(s) for s in args.sizes.split(",") if s], args.loaders.split(","), args.repeat)
-    print(table(rows))
-    for r in rows:
-        if r["mode"] == "cold":
-            limit = f"{r['limit_gbps']:.2f} GB/s" if r["limit_gbps"] else "not measured (no fio)"
-            print(f"cold limit (fio, O_DIRECT, QD16, 8 MiB), {r['size_gb']:g} GB: {limit}")
-            break
-    print(f"warm limit (memcpy into touched memory): {rows[-1]['limit_gbps']:.2f} GB/s")
-    fresh = in_subprocess("fresh-memory", Path("-"))["gbps"]
-    print(f"first touch of fresh anonymous memory (new process, 1 GiB): {fresh:.2f} GB/s")
+    runs = part1([float(s) for s in args.sizes.split(",") if s], args.loaders.split(","), args.rounds)
+    print(table(summary(runs)))
+    print(limits(runs))
     if args.remote_mb:
         remote = remote_part(args.remote_mb, args.rate_mbps * 1e6)
         print(json.dumps(remote))

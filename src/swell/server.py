@@ -93,9 +93,7 @@ class Server:
             allow_hosts=settings.callback_allow_hosts,
         )
         server = uvicorn.Server(
-            uvicorn.Config(
-                app, host=settings.host, port=settings.port, log_level="warning", access_log=False
-            )
+            uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
         )
         server.should_exit = self._stopping
         self._uvicorn = server

@@ -24,11 +24,21 @@ def test_a_dataset_service_serves_a_job_through_a_real_worker(tmp_path: Path) ->
     minilm = copy_minilm(tmp_path / "origin")
     queue_url = f"sqlite:///{tmp_path / 'q.db'}"
     with range_server(minilm) as (url, counter):
-        config = parse_config({
-            "datasets": {"minilm": {"source": url, "include": files_of(minilm), "secret_access_key": SECRET}},
-            "services": [{"name": "embed", "engine": "embeddings", "max_batch_size": 8,
-                          "options": {"dataset": "minilm", "device": "cpu"}}],
-        })
+        config = parse_config(
+            {
+                "datasets": {
+                    "minilm": {"source": url, "include": files_of(minilm), "secret_access_key": SECRET}
+                },
+                "services": [
+                    {
+                        "name": "embed",
+                        "engine": "embeddings",
+                        "max_batch_size": 8,
+                        "options": {"dataset": "minilm", "device": "cpu"},
+                    }
+                ],
+            }
+        )
         supervisor = LocalSupervisor(config, queue_url, tmp_path / "data", hang_seconds=60)
         supervisor.start()
         try:

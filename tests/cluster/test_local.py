@@ -24,10 +24,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
 
 @pytest.fixture
 def supervisor(tmp_path: Path) -> Iterator[LocalSupervisor]:
-    config = parse_config({"services": [{
-        "name": "svc", "engine": "callable", "options": {"function": "tests.worker.funcs:echo"},
-        "replicas": {"min": 2, "max": 3}, "max_batch_size": 4, "lease_seconds": 1.0,
-    }]})
+    config = parse_config(
+        {
+            "services": [
+                {
+                    "name": "svc",
+                    "engine": "callable",
+                    "options": {"function": "tests.worker.funcs:echo"},
+                    "replicas": {"min": 2, "max": 3},
+                    "max_batch_size": 4,
+                    "lease_seconds": 1.0,
+                }
+            ]
+        }
+    )
     sup = LocalSupervisor(config, f"sqlite:///{tmp_path / 'q.db'}", tmp_path, hang_seconds=2.0)
     sup.start()
     yield sup

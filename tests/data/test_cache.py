@@ -220,7 +220,12 @@ def test_quota_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     from swell.data.cache import open_node_cache, parse_bytes
 
     assert [parse_bytes(t) for t in ("1000", "50G", "512MiB", "1.5k", "2e3", "7 GB")] == [
-        1000, 50 * 10**9, 512 * 2**20, 1500, 2000, 7 * 10**9
+        1000,
+        50 * 10**9,
+        512 * 2**20,
+        1500,
+        2000,
+        7 * 10**9,
     ]
     monkeypatch.delenv("SWELL_CACHE_QUOTA", raising=False)
     assert open_node_cache(tmp_path).quota_bytes is None

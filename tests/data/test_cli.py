@@ -63,8 +63,10 @@ def test_metrics_export_the_replicas_phases(tmp_path: Path) -> None:
     class Replicas:
         def replicas(self) -> list[ReplicaInfo]:
             phases = {"fetch": 1.5, "load": 0.25, "warmup": 0.125}
-            return [ReplicaInfo("r1", "emb", ReplicaState.READY, phases=phases),
-                    ReplicaInfo("r2", "emb", ReplicaState.LOADING)]
+            return [
+                ReplicaInfo("r1", "emb", ReplicaState.READY, phases=phases),
+                ReplicaInfo("r2", "emb", ReplicaState.LOADING),
+            ]
 
     registry = CollectorRegistry()
     register_metrics(registry, NodeCache(tmp_path), replicas=Replicas())

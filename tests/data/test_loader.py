@@ -62,6 +62,16 @@ def test_equals_safetensors(model: Path, mode: str, block: int) -> None:
     assert timings.bytes == model.stat().st_size
 
 
+def test_mapping_pages_in_every_block(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from swell.data import loader
+    from swell.data.readers import drop_page_cache, resident_fraction
+
+    monkeypatch.setattr(loader, "PAGE_IN_BLOCK", 64 * 1024)  # about 20 blocks, more than read ahead
+    drop_page_cache(model)
+    _same(load_safetensors(model, mode="mmap", block=4096), load_file(model))
+    assert resident_fraction(model) == 1.0
+
+
 @pytest.mark.parametrize("mode", ["read", "mmap"])
 def test_unaligned_offsets_are_copied_not_broken(tmp_path: Path, mode: str) -> None:
     data = torch.arange(6, dtype=torch.float32)

@@ -115,4 +115,3 @@ def test_dataset_options_are_checked(tmp_path: Path) -> None:
         create_engine("embeddings", {"dataset": "minilm", "path": "/x"}, data_dir=tmp_path, datasets=datasets)
     with pytest.raises(ConfigError, match="not both"):
         create_engine("embeddings", {"dataset": "minilm", "model": "m"}, data_dir=tmp_path, datasets=datasets)
-

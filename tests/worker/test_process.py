@@ -15,13 +15,27 @@ from swell.worker.status import read_status, status_path
 
 def spawn(tmp_path: Path, function: str, replica: str = "w1") -> subprocess.Popen[bytes]:
     service = ServiceConfig(
-        name="svc", engine="callable", options={"function": f"tests.worker.funcs:{function}"},
-        max_batch_size=4, lease_seconds=1.0,
+        name="svc",
+        engine="callable",
+        options={"function": f"tests.worker.funcs:{function}"},
+        max_batch_size=4,
+        lease_seconds=1.0,
     )
-    return subprocess.Popen([
-        sys.executable, "-m", "swell.worker", "--queue", f"sqlite:///{tmp_path / 'q.db'}",
-        "--service", service.model_dump_json(), "--replica-id", replica, "--data-dir", str(tmp_path),
-    ])
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "swell.worker",
+            "--queue",
+            f"sqlite:///{tmp_path / 'q.db'}",
+            "--service",
+            service.model_dump_json(),
+            "--replica-id",
+            replica,
+            "--data-dir",
+            str(tmp_path),
+        ]
+    )
 
 
 def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]

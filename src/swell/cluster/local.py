@@ -52,7 +52,12 @@ class LocalSupervisor:
     """Keeps each service at its desired number of local worker processes."""
 
     def __init__(
-        self, config: SwellConfig, queue_url: str, data_dir: Path, *, clock: Clock = SystemClock(),
+        self,
+        config: SwellConfig,
+        queue_url: str,
+        data_dir: Path,
+        *,
+        clock: Clock = SystemClock(),
         hang_seconds: float = HANG_SECONDS,
     ) -> None:
         self.config = config
@@ -162,9 +167,17 @@ class LocalSupervisor:
         path.unlink(missing_ok=True)
         slot.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "swell.worker", "--queue", self.queue_url,
-                "--service", slot.service.model_dump_json(), "--replica-id", slot.id,
-                "--data-dir", str(self.data_dir),
+                sys.executable,
+                "-m",
+                "swell.worker",
+                "--queue",
+                self.queue_url,
+                "--service",
+                slot.service.model_dump_json(),
+                "--replica-id",
+                slot.id,
+                "--data-dir",
+                str(self.data_dir),
             ],
             start_new_session=True,
             env=self._worker_env(),
@@ -189,11 +202,16 @@ class LocalSupervisor:
         if slot.draining:
             state = ReplicaState.DRAINING if alive else ReplicaState.STOPPED
         return ReplicaInfo(
-            id=slot.id, service=slot.service.name, state=state,
-            pid=slot.proc.pid if slot.proc is not None else None, model=status.get("model"),
+            id=slot.id,
+            service=slot.service.name,
+            state=state,
+            pid=slot.proc.pid if slot.proc is not None else None,
+            model=status.get("model"),
             jobs_done=slot.jobs["done"] + int(status.get("jobs_done", 0)),
             jobs_failed=slot.jobs["failed"] + int(status.get("jobs_failed", 0)),
-            restarts=slot.restarts, started_at=slot.started_at, last_heartbeat=status.get("heartbeat"),
+            restarts=slot.restarts,
+            started_at=slot.started_at,
+            last_heartbeat=status.get("heartbeat"),
             phases=dict(status.get("phases", {})),
         )
 

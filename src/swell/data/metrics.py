@@ -37,8 +37,9 @@ class CacheCollector:
         yield GaugeMetricFamily(
             "swell_cache_quota_bytes", "Node cache quota (0: none)", value=self.cache.quota_bytes or 0
         )
-        yield GaugeMetricFamily("swell_cache_usage_bytes", "Bytes in the node cache's chunks",
-                                value=self.cache.usage())
+        yield GaugeMetricFamily(
+            "swell_cache_usage_bytes", "Bytes in the node cache's chunks", value=self.cache.usage()
+        )
 
 
 class PhaseCollector:

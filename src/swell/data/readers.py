@@ -39,6 +39,11 @@ class FileReader:
         self._direct_fd = _open_direct(self.path) if direct else None
 
     @property
+    def fd(self) -> int:
+        """The buffered descriptor (for hints such as posix_fadvise)."""
+        return self._fd
+
+    @property
     def direct(self) -> bool:
         return self._direct_fd is not None
 

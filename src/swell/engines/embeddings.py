@@ -113,7 +113,7 @@ class EmbeddingsEngine:
         vectors = self._st.encode(texts, convert_to_numpy=True).tolist() if texts else []
         for index, span in enumerate(spans):
             if span is not None:
-                rows = vectors[span[0]:span[1]]
+                rows = vectors[span[0] : span[1]]
                 results[index] = {"embeddings": rows, "model": self.model, "dimensions": len(rows[0])}
         return results
 

@@ -40,8 +40,9 @@ def create_engine(
 
         factory: Callable[..., Engine] = import_attr(name, key="engine")
         return factory(**options)
-    raise ConfigError(f"unknown engine {name!r} (built in: callable, embeddings; or 'package.module:attr')",
-                      key="engine")
+    raise ConfigError(
+        f"unknown engine {name!r} (built in: callable, embeddings; or 'package.module:attr')", key="engine"
+    )
 
 
 def validate_input(engine: str, options: dict[str, Any], payload: dict[str, Any]) -> None:

@@ -79,8 +79,9 @@ def transformer_ref(directory: Path) -> str:
     """The `modules.json` type of the model's one Transformer module, checked to sit at the root."""
     file = directory / "modules.json"
     if not file.is_file():
-        raise ConfigError(f"{directory} is not a sentence-transformers model (no modules.json)",
-                          key="engine.options")
+        raise ConfigError(
+            f"{directory} is not a sentence-transformers model (no modules.json)", key="engine.options"
+        )
     modules = json.loads(file.read_text())
     for entry in modules:
         _refuse_pickles(directory / entry.get("path", ""))
@@ -108,8 +109,10 @@ def _is_transformer(class_ref: str) -> bool:
 
 def _check_backbone(config: PretrainedConfig, task: str, backend: str, is_peft: bool) -> None:
     if backend != "torch" or is_peft or task != "feature-extraction":
-        raise EngineError(f"preloaded weights need a torch feature-extraction model, not {backend}/{task}"
-                          + (" (PEFT)" if is_peft else ""))
+        raise EngineError(
+            f"preloaded weights need a torch feature-extraction model, not {backend}/{task}"
+            + (" (PEFT)" if is_peft else "")
+        )
     if getattr(config, "is_encoder_decoder", False) or getattr(config, "auto_map", None):
         raise EngineError(f"{config.model_type}: encoder-decoder or remote-code backbones are not supported")
 

@@ -1,13 +1,15 @@
 """Model-loading benchmark: Swell's loader against its peers and the hardware, cold and warm.
 
-    flock /tmp/swell-bench.lock .venv/bin/python bench/load.py --sizes 2,8 --remote-mb 1024
+    flock /tmp/swell-bench.lock .venv/bin/python bench/load.py --sizes 2,8 --rounds 3 --remote-mb 1024
 
 Part 1 loads the same generated safetensors files with every loader, each case in a fresh process
 (so peak RSS is the case's own), cold (page cache dropped for the file: posix_fadvise DONTNEED, checked
-with fincore) and warm, next to the limits measured in the same run: fio deep-queued O_DIRECT reads
-(cold) and a memcpy into already-touched memory (warm). Part 2 starts 4 processes that load one remote
-file through a bandwidth-limited HTTP origin on loopback via the node cache, and counts origin bytes.
-Every loaded tensor is materialised the same way: one byte of every page is summed.
+with fincore) and warm. Each round runs every case once and measures the limits again: fio's best of
+a few deep-queued O_DIRECT reads (cold), a memcpy into already-touched memory (warm), and how fast the
+machine hands out the file's size of new memory. Rates are medians over rounds; each ratio is taken
+within a round, then its median. Part 2 starts 4 processes that load one remote file through a
+bandwidth-limited HTTP origin on loopback via the node cache, and counts origin bytes. Every loaded
+tensor is materialised the same way: one byte of every page is summed.
 """
 
 from __future__ import annotations

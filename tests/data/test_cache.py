@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import random
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
@@ -143,6 +144,30 @@ def test_quota_evicts_least_recently_used_but_never_leased(tmp_path: Path) -> No
     assert cache.usage() <= 3 * CHUNK
     assert cache.cached_bytes(source.uri, source.info("c")) == CHUNK
     assert cache.cached_bytes(source.uri, source.info("a")) < 2 * CHUNK  # a was least recently used
+
+
+def test_filling_walks_the_cache_only_when_the_quota_may_be_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = MemorySource("memory://w", {"big": os.urandom(20 * CHUNK), "more": os.urandom(4 * CHUNK)})
+    cache = NodeCache(tmp_path, quota_bytes=22 * CHUNK, chunk_size=CHUNK)
+    walks = 0
+    chunk_stats = cache._chunk_stats
+
+    def counted() -> Iterator[tuple[int, int, Path]]:
+        nonlocal walks
+        walks += 1
+        return chunk_stats()
+
+    monkeypatch.setattr(cache, "_chunk_stats", counted)
+    held = cache.reader(source, "big")
+    held.preload()  # held open: its chunks stay leased
+    assert walks == 1  # the first fill counted the cache; the other 19 knew they fitted
+    with cache.reader(source, "more") as reader:
+        reader.preload()  # over the quota from the third chunk: a walk per fill from there, one at close
+    assert 4 <= walks <= 6  # more only if a second passed
+    assert cache.usage() == 22 * CHUNK  # "big" is leased, so two of "more"'s chunks went
+    held.close()
 
 
 def test_manifest_pins_revision_and_evict_frees(tmp_path: Path) -> None:

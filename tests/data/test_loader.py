@@ -72,6 +72,42 @@ def test_mapping_pages_in_every_block(model: Path, monkeypatch: pytest.MonkeyPat
     assert resident_fraction(model) == 1.0
 
 
+@pytest.mark.parametrize(("threads", "slots", "block"), [(4, 2, 4096), (1, 1, 1000), (8, 12, 1 << 16)])
+def test_the_staging_ring_delivers_every_block(model: Path, threads: int, slots: int, block: int) -> None:
+    """The GPU path's ring, run on the CPU: fewer slots than threads, blocks that are not whole pages."""
+    from swell.data.loader import _stream
+    from swell.data.readers import FileReader
+
+    size = model.stat().st_size
+    dst = torch.zeros(size, dtype=torch.uint8)
+    reader = FileReader(model, direct=True)
+    try:
+        _stream(reader, dst, size, threads, block, slots=slots)
+    finally:
+        reader.close()
+    assert dst.numpy().tobytes() == model.read_bytes()
+
+
+def test_a_failed_read_stops_the_ring(model: Path) -> None:
+    from swell.core.errors import DataError
+    from swell.data.loader import _stream
+    from swell.data.readers import FileReader
+
+    class Failing(FileReader):
+        calls = 0
+
+        def readinto(self, buf: memoryview, offset: int) -> None:
+            Failing.calls += 1
+            if offset >= 8 * 4096:
+                raise DataError("disk gone")
+            super().readinto(buf, offset)
+
+    size = model.stat().st_size
+    with pytest.raises(DataError, match="disk gone"):
+        _stream(Failing(model), torch.zeros(size, dtype=torch.uint8), size, 2, 4096, slots=2)
+    assert Failing.calls < size // 4096  # what had not begun was dropped
+
+
 @pytest.mark.parametrize("mode", ["read", "mmap"])
 def test_unaligned_offsets_are_copied_not_broken(tmp_path: Path, mode: str) -> None:
     data = torch.arange(6, dtype=torch.float32)

@@ -26,6 +26,7 @@ import os
 import re
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -38,6 +39,7 @@ from swell.data.sources import ObjectInfo, Source
 
 DEFAULT_CHUNK = 32 * 1024 * 1024
 QUOTA_ENV = "SWELL_CACHE_QUOTA"
+QUOTA_RECHECK_S = 1.0  # how old this process's count of the cache's usage may get (enforce_quota)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ class NodeCache:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._stats = CacheStats()
+        self._walked: tuple[float, int] | None = None  # (monotonic time, bytes) of the last quota walk
+        self._filled = 0  # bytes this process published since
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -155,10 +159,21 @@ class NodeCache:
                     (self.root / "refs" / fid / str(idx)).unlink(missing_ok=True)
         return freed
 
-    def enforce_quota(self) -> None:
-        """Evict least recently used chunks not in use until usage fits the quota."""
+    def enforce_quota(self, *, now: bool = False) -> None:
+        """Evict least recently used chunks not in use until usage fits the quota.
+
+        The walk over every chunk is skipped while this process's last count, plus what it published
+        since, fits the quota and is under `QUOTA_RECHECK_S` old: filling a file of thousands of chunks
+        walks the cache a few times, not once per chunk. Other processes' fills are seen at the next
+        walk, so the quota can be overshot by about a second of their filling. `now=True` walks anyway.
+        """
         if self.quota_bytes is None:
             return
+        with self._lock:
+            if not now and self._walked is not None:
+                at, used = self._walked
+                if used + self._filled <= self.quota_bytes and time.monotonic() - at < QUOTA_RECHECK_S:
+                    return
         with _flock(self.root / "evict.lock", fcntl.LOCK_EX | fcntl.LOCK_NB) as got:
             if not got:
                 return  # another process is at it
@@ -168,6 +183,8 @@ class NodeCache:
                 if used <= self.quota_bytes:
                     break
                 used -= self._evict_chunk(path) or 0
+        with self._lock:
+            self._walked, self._filled = (time.monotonic(), used), 0
 
     def __repr__(self) -> str:
         return f"NodeCache({str(self.root)!r}, quota_bytes={self.quota_bytes}, chunk_size={self.chunk_size})"
@@ -222,6 +239,8 @@ class NodeCache:
         leases[h] = fd
         atomic_write(self.root / "refs" / fid / str(idx), h.encode())
         self._count(misses=1, bytes_from_origin=len(data), bytes_served=len(data))
+        with self._lock:
+            self._filled += len(data)
 
     def _discard(self, h: str, fd: int, leases: dict[str, int]) -> None:
         """Drop the bad chunk read through `fd`, unless another process already published a good one."""
@@ -338,7 +357,7 @@ class CachedReader:
             for fd in self._leases.values():
                 os.close(fd)
             self._leases.clear()
-        self.cache.enforce_quota()
+        self.cache.enforce_quota(now=True)
 
     def __enter__(self) -> CachedReader:
         return self

@@ -3,25 +3,28 @@
 The whole file (header included, so that offsets stay page-aligned for O_DIRECT) is read into one
 page-aligned buffer by `threads` workers in `block`-sized reads; every tensor is a view of that buffer
 with its dtype and shape. Nothing is ever unpickled, and the header is validated before anything large
-is allocated. With CUDA, the buffer is pinned and each block is copied to the device as soon as it lands.
+is allocated. With CUDA, blocks pass through a ring of pinned staging buffers and are copied to the
+device as they land, so host memory stays at a few blocks whatever the model's size (`_stream`).
 
-Modes for a local file on the CPU: `read` (parallel buffered reads into the buffer), `direct` (the
-same with O_DIRECT) and `mmap`: a copy-on-write mapping of the file, read into the page cache about a
-GiB ahead and mapped 64 MiB at a time by up to four workers (`_page_in`); tensors are views of the page
-cache, with no copy when the file is cached. `auto` is `mmap` on the CPU and `read` for CUDA
-(into pinned memory). On the development VM, first-touch of fresh anonymous memory costs about as much
-as the disk read itself, so `mmap` beats the copying modes cold and warm (docs/benchmarks.md). Like
-safetensors' own mapping, a mapped tensor would see a later in-place rewrite of the file; the node
-cache and `dataset_path` only ever publish files by rename, never rewrite them.
+Modes for a local file: `read` (parallel buffered reads), `direct` (the same with O_DIRECT) and, on
+the CPU only, `mmap`: a copy-on-write mapping of the file, read into the page cache about a GiB ahead
+and mapped 64 MiB at a time by up to four workers (`_page_in`); tensors are views of the page cache,
+with no copy when the file is cached. `auto` is `mmap` on the CPU and `read` for CUDA. On the
+development VM, first-touch of fresh anonymous memory costs about as much as the disk read itself, so
+`mmap` beats the copying modes cold and warm (docs/benchmarks.md). Like safetensors' own mapping, a
+mapped tensor would see a later in-place rewrite of the file; the node cache and `dataset_path` only
+ever publish files by rename, never rewrite them.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +45,7 @@ PAGE = 4096
 PAGE_IN_BLOCK = 64 * 1024 * 1024
 PAGE_IN_AHEAD = 16  # blocks asked for ahead of the mapping: 1 GiB in flight
 PAGE_IN_WORKERS = 4
+RING_SPARE = 4  # staging buffers of a GPU load beyond one per reader thread
 MODES = ("auto", "read", "direct", "mmap")
 
 
@@ -210,26 +214,16 @@ def load_from_reader(
     header = read_header(reader)
     t.header = time.perf_counter() - start
     target = _target(device)
-    cuda = target.type == "cuda"
-    host = _host_buffer(header.file_size, pin=cuda)
-    dev = torch.empty(header.file_size, dtype=torch.uint8, device=target) if cuda else None
-    _fill(reader, host, header.file_size, threads, block, dev)
-    if dev is not None:
-        torch.cuda.current_stream(target).synchronize()
+    if target.type == "cuda":
+        base = torch.empty(header.file_size, dtype=torch.uint8, device=target)
+        _stream(reader, base, header.file_size, threads, block, slots=threads + RING_SPARE)
+    else:
+        base = torch.frombuffer(aligned_buffer(header.file_size), dtype=torch.uint8)[: header.file_size]
+        _fill(reader, base, header.file_size, threads, block)
     t.read = time.perf_counter() - start - t.header
-    base = dev if dev is not None else host[: header.file_size]
     out = {e.name: _view(base, e) for e in header.tensors}
     t.total, t.bytes = time.perf_counter() - start, header.file_size
     return out
-
-
-def _host_buffer(size: int, *, pin: bool) -> torch.Tensor:
-    """One page-aligned buffer for the whole file (torch.frombuffer keeps the mapping alive)."""
-    import torch
-
-    if pin:
-        return torch.empty(size, dtype=torch.uint8, pin_memory=True)
-    return torch.frombuffer(aligned_buffer(size), dtype=torch.uint8)
 
 
 def _blocks(end: int, block: int) -> Iterator[tuple[int, int]]:
@@ -238,28 +232,75 @@ def _blocks(end: int, block: int) -> Iterator[tuple[int, int]]:
         yield a, min(a + block, end)
 
 
-def _fill(
-    reader: RangeReader,
-    host: torch.Tensor,
-    end: int,
-    threads: int,
-    block: int,
-    dev: torch.Tensor | None,
-) -> None:
-    view = memoryview(host.numpy().data)
+def _read_block(reader: RangeReader, view: memoryview, a: int, b: int) -> None:
+    """Bytes [a, b) of the file into `view`, padded to whole pages where `view` has room (O_DIRECT)."""
+    padded = _round_up(b - a)
+    reader.readinto(view[: padded if padded <= len(view) else b - a], a)
 
-    def read(a: int, b: int) -> tuple[int, int]:
-        padded = a + _round_up(b - a)  # whole pages where the buffer allows, so O_DIRECT can serve it
-        reader.readinto(view[a : padded if padded <= len(view) else b], a)
-        return a, b
+
+def _each_block(read: Callable[[int, int], None], end: int, threads: int, block: int) -> None:
+    """`read(a, b)` for every block, from `threads` threads; after the first error, no block begins."""
+    failed = threading.Event()
+
+    def guarded(a: int, b: int) -> None:
+        if failed.is_set():
+            return
+        try:
+            read(a, b)
+        except BaseException:
+            failed.set()
+            raise
 
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="swell-load") as pool:
-        blocks = _blocks(end, block)
-        futures: list[Future[tuple[int, int]]] = [pool.submit(read, a, b) for a, b in blocks]
-        for fut in as_completed(futures):
-            a, b = fut.result()
-            if dev is not None:
-                dev[a:b].copy_(host[a:b], non_blocking=True)
+        for fut in as_completed([pool.submit(guarded, a, b) for a, b in _blocks(end, block)]):
+            fut.result()
+
+
+def _fill(reader: RangeReader, host: torch.Tensor, end: int, threads: int, block: int) -> None:
+    """Read the file straight into `host`, the buffer the tensors will be views of."""
+    view = memoryview(host.numpy().data)
+    _each_block(lambda a, b: _read_block(reader, view[a:], a, b), end, threads, block)
+
+
+def _stream(
+    reader: RangeReader, dst: torch.Tensor, end: int, threads: int, block: int, *, slots: int
+) -> None:
+    """Read the file into `dst` (on a GPU) through a ring of `slots` staging buffers of `block` bytes.
+
+    Each reader thread takes a free slot, fills it and queues its copy to the device, non-blocking from
+    pinned memory, so copies overlap the reads; a slot is taken again only once the copy out of it has
+    finished (a CUDA event). Host memory stays at `slots` blocks whatever the model's size: no pinned
+    copy of the whole file. On the CPU (used by the tests) the copy is a plain synchronous one.
+    """
+    import torch
+
+    cuda = dst.device.type == "cuda"
+    size = _round_up(block)
+    ring = [torch.empty(size, dtype=torch.uint8, pin_memory=cuda) for _ in range(max(1, slots))]
+    views = [memoryview(buf.numpy().data) for buf in ring]
+    copied: list[torch.cuda.Event | None] = [None] * len(ring)
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for slot in range(len(ring)):
+        free.put(slot)
+    stream = torch.cuda.current_stream(dst.device) if cuda else None
+
+    def read(a: int, b: int) -> None:
+        slot = free.get()
+        try:
+            done = copied[slot]
+            if done is not None:
+                done.synchronize()  # the slot's last copy to the device has finished
+            _read_block(reader, views[slot], a, b)
+            dst[a:b].copy_(ring[slot][: b - a], non_blocking=cuda)
+            if stream is not None:
+                copied[slot] = event = torch.cuda.Event()
+                event.record(stream)
+        finally:
+            free.put(slot)
+
+    _each_block(read, end, threads, block)
+    if stream is not None:
+        stream.synchronize()
 
 
 def _round_up(n: int) -> int:

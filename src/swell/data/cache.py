@@ -162,17 +162,20 @@ class NodeCache:
     def enforce_quota(self, *, now: bool = False) -> None:
         """Evict least recently used chunks not in use until usage fits the quota.
 
-        The walk over every chunk is skipped while this process's last count, plus what it published
-        since, fits the quota and is under `QUOTA_RECHECK_S` old: filling a file of thousands of chunks
-        walks the cache a few times, not once per chunk. Other processes' fills are seen at the next
-        walk, so the quota can be overshot by about a second of their filling. `now=True` walks anyway.
+        The walk over every chunk is skipped while this process's last count is under
+        `QUOTA_RECHECK_S` old and either it, plus what this process published since, fits the quota or
+        that walk already left all it could not evict (chunks being read; only a reader's close frees
+        more, and closing walks with `now=True`). So filling a file of thousands of chunks walks the
+        cache a few times, not once per chunk. Other processes' fills are seen at the next walk: the
+        quota can be overshot by about a second of their filling.
         """
         if self.quota_bytes is None:
             return
         with self._lock:
             if not now and self._walked is not None:
                 at, used = self._walked
-                if used + self._filled <= self.quota_bytes and time.monotonic() - at < QUOTA_RECHECK_S:
+                settled = used + self._filled <= self.quota_bytes or used > self.quota_bytes
+                if settled and time.monotonic() - at < QUOTA_RECHECK_S:
                     return
         with _flock(self.root / "evict.lock", fcntl.LOCK_EX | fcntl.LOCK_NB) as got:
             if not got:

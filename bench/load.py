@@ -10,6 +10,10 @@ machine hands out the file's size of new memory. Rates are medians over rounds; 
 within a round, then its median. Part 2 starts 4 processes that load one remote file through a
 bandwidth-limited HTTP origin on loopback via the node cache, and counts origin bytes. Every loaded
 tensor is materialised the same way: one byte of every page is summed.
+
+With `--device cuda`, part 1 loads to the GPU (the warm limit is then a pinned host-to-device copy):
+
+    .venv/bin/python bench/load.py --device cuda --sizes 2,8 --rounds 1 --remote-mb 0
 """
 
 from __future__ import annotations
@@ -104,9 +108,14 @@ def warm(path: Path) -> None:
 
 
 def touch(tensors: dict) -> int:  # type: ignore[type-arg]
-    """Materialise every page of every tensor (one byte per 4 KiB page)."""
+    """Materialise every page of every tensor (one byte per 4 KiB page); on a GPU, wait for the copies."""
     import torch
 
+    if any(t.is_cuda for t in tensors.values()):
+        torch.cuda.synchronize()
+        if not all(t.is_cuda for t in tensors.values()):
+            raise SystemExit("a loader left tensors off the GPU")
+        return 0
     total = 0
     for t in tensors.values():
         if t.numel():
@@ -115,28 +124,33 @@ def touch(tensors: dict) -> int:  # type: ignore[type-arg]
     return total
 
 
-def _importer(loader: str):  # type: ignore[no-untyped-def]
-    """Import the loader's package outside the timed region; return a function path -> tensors."""
+def _importer(loader: str, device: str):  # type: ignore[no-untyped-def]
+    """Import the loader's package outside the timed region; return a function path -> tensors.
+
+    For a GPU, each loader does what its users do: swell, safetensors and fastsafetensors load to the
+    device themselves; runai streams to the host and each tensor is moved as it comes (vLLM's way);
+    the plain read moves its one buffer.
+    """
     import torch
 
     if loader.startswith("swell"):
         from swell.data import load_safetensors
 
         mode = "read" if loader == "swell-read" else "auto"
-        return lambda path: load_safetensors(path, mode=mode)
+        return lambda path: load_safetensors(path, device, mode=mode)
     if loader.startswith("safetensors"):
         from safetensors.torch import load_file
 
         if loader == "safetensors-clone":  # private memory, like the loaders that copy
             return lambda path: {k: t.clone() for k, t in load_file(path).items()}
-        return load_file
+        return lambda path: load_file(path, device=device)
     if loader == "runai":
         from runai_model_streamer import SafetensorsStreamer
 
         def runai(path: Path) -> dict:  # type: ignore[type-arg]
             with SafetensorsStreamer() as streamer:
                 streamer.stream_file(str(path))
-                tensors = dict(streamer.get_tensors())
+                tensors = {k: t.to(device) for k, t in streamer.get_tensors()}
                 touch(tensors)
                 return tensors
 
@@ -145,7 +159,7 @@ def _importer(loader: str):  # type: ignore[no-untyped-def]
         from fastsafetensors import fastsafe_open
 
         def fast(path: Path) -> dict:  # type: ignore[type-arg]
-            with fastsafe_open(filenames=[str(path)], device="cpu", nogds=True) as f:
+            with fastsafe_open(filenames=[str(path)], device=device, nogds=True) as f:
                 return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
 
         return fast
@@ -157,14 +171,14 @@ def _importer(loader: str):  # type: ignore[no-untyped-def]
             with open(path, "rb", buffering=0) as f:
                 while done < len(view):  # one read(2) returns at most about 2 GiB
                     done += f.readinto(view[done : done + (1 << 30)]) or len(view)
-            return {"all": buf}
+            return {"all": buf.to(device)}
 
         return plain
     raise SystemExit(f"unknown loader {loader}")
 
 
-def run_case(loader: str, path: Path) -> dict[str, float]:
-    load = _importer(loader)
+def run_case(loader: str, path: Path, device: str) -> dict[str, float]:
+    load = _importer(loader, device)
     start = time.perf_counter()
     tensors = load(path)
     touch(tensors)
@@ -205,8 +219,8 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def in_subprocess(loader: str, path: Path) -> Run:
-    cmd = [sys.executable, __file__, "--case", loader, "--file", str(path)]
+def in_subprocess(loader: str, path: Path, device: str = "cpu") -> Run:
+    cmd = [sys.executable, __file__, "--case", loader, "--file", str(path), "--device", device]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -246,6 +260,22 @@ def memcpy_limit(size: int = 1 << 30, rounds: int = 5) -> float:
     for _ in range(rounds):
         t = time.perf_counter()
         np.copyto(dst, src)
+        best = max(best, size / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def h2d_limit(device: str, size: int = 1 << 30, rounds: int = 5) -> float:
+    """Host-to-device copies from pinned memory: the warm limit of loading to a GPU."""
+    import torch
+
+    src = torch.ones(size, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(size, dtype=torch.uint8, device=device)
+    best = 0.0
+    for _ in range(rounds):
+        torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize(device)
         best = max(best, size / (time.perf_counter() - t) / 1e9)
     return best
 
@@ -309,7 +339,7 @@ def installed(loaders: list[str]) -> list[str]:
     return out
 
 
-def part1(sizes: list[float], loaders: list[str], rounds: int) -> list[Run]:
+def part1(sizes: list[float], loaders: list[str], rounds: int, device: str = "cpu") -> list[Run]:
     """Every case once per round, the limits measured again in each round.
 
     Rounds, rather than one case repeated, so that the machine's drift (the development VM's disk
@@ -317,12 +347,17 @@ def part1(sizes: list[float], loaders: list[str], rounds: int) -> list[Run]:
     """
     runs: list[Run] = []
     loaders = installed(loaders)
+    if device != "cpu":  # a clone on the host says nothing about loading to a GPU
+        loaders = [loader for loader in loaders if loader != "safetensors-clone"]
     for gb in sizes:
         path = OUT / f"model-{gb:g}gb.safetensors"
         if not path.exists():
             generate(path, int(gb * 1e9))
         for round_ in range(rounds):
-            limits = {"cold": fio_limit(path), "warm": memcpy_limit()}
+            limits = {
+                "cold": fio_limit(path),
+                "warm": memcpy_limit() if device == "cpu" else h2d_limit(device),
+            }
             memory = in_subprocess("fresh-memory", path)["gbps"]
             for loader in loaders:
                 for mode in ("cold", "warm"):
@@ -331,7 +366,7 @@ def part1(sizes: list[float], loaders: list[str], rounds: int) -> list[Run]:
                     else:
                         warm(path)
                         resident = 0.0
-                    run = in_subprocess(loader, path) | {"resident": resident}
+                    run = in_subprocess(loader, path, device) | {"resident": resident}
                     run |= {"size_gb": gb, "round": round_, "loader": loader, "mode": mode}
                     runs.append(run | {"limit_gbps": limits[mode], "memory_gbps": memory})
                     print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
@@ -384,13 +419,16 @@ def table(rows: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def limits(runs: list[Run]) -> str:
+def limits(runs: list[Run], device: str = "cpu") -> str:
+    warm = "memcpy into touched memory" if device == "cpu" else "pinned host-to-device copy"
     lines = []
     for size in dict.fromkeys(r["size_gb"] for r in runs):
         of = [r for r in runs if r["size_gb"] == size and r["loader"] == runs[0]["loader"]]
-        for name, mode, key in (("cold: fio, best queue", "cold", "limit_gbps"),
-                                ("warm: memcpy into touched memory", "warm", "limit_gbps"),
-                                ("new memory, every core", "cold", "memory_gbps")):  # fmt: skip
+        for name, mode, key in (
+            ("cold: fio, best queue", "cold", "limit_gbps"),
+            (f"warm: {warm}", "warm", "limit_gbps"),
+            ("new memory, every core", "cold", "memory_gbps"),
+        ):
             values = [r[key] for r in of if r["mode"] == mode]
             shown = ", ".join(f"{v:.2f}" if v else "not measured" for v in values)
             lines.append(f"{size:g} GB, {name}: {shown} GB/s (by round)")
@@ -405,19 +443,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds of every case; medians are kept")
     parser.add_argument("--remote-mb", type=int, default=1024, help="part 2 file size (0: skip)")
     parser.add_argument("--rate-mbps", type=float, default=200.0, help="part 2 origin bandwidth, MB/s")
+    parser.add_argument("--device", default="cpu", help="where tensors go: cpu, or cuda[:N] (part 1)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.case == "fresh-memory":
         print(json.dumps({"gbps": fresh_memory(args.file.stat().st_size)}))
         return
     if args.case:
-        print(json.dumps(run_case(args.case, args.file)))
+        print(json.dumps(run_case(args.case, args.file, args.device)))
         return
     OUT.mkdir(parents=True, exist_ok=True)
-    runs = part1([float(s) for s in args.sizes.split(",") if s], args.loaders.split(","), args.rounds)
+    sizes = [float(s) for s in args.sizes.split(",") if s]
+    runs = part1(sizes, args.loaders.split(","), args.rounds, args.device)
     print(table(summary(runs)))
-    print(limits(runs))
+    print(limits(runs, args.device))
     if args.remote_mb:
         remote = remote_part(args.remote_mb, args.rate_mbps * 1e6)
         print(json.dumps(remote))

@@ -165,23 +165,12 @@ class LocalSupervisor:
     def _spawn(self, slot: Slot, now: float) -> None:
         path = self._status_path(slot)
         path.unlink(missing_ok=True)
-        slot.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "swell.worker",
-                "--queue",
-                self.queue_url,
-                "--service",
-                slot.service.model_dump_json(),
-                "--replica-id",
-                slot.id,
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            start_new_session=True,
-            env=self._worker_env(),
-        )
+        argv = [
+            sys.executable, "-m", "swell.worker", "--queue", self.queue_url,
+            "--service", slot.service.model_dump_json(), "--replica-id", slot.id,
+            "--data-dir", str(self.data_dir),
+        ]  # fmt: skip
+        slot.proc = subprocess.Popen(argv, start_new_session=True, env=self._worker_env())
         slot.started_at = now
 
     def _worker_env(self) -> dict[str, str]:

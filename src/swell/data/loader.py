@@ -164,8 +164,9 @@ def _page_in(mapping: mmap.mmap, fd: int, size: int, workers: int, block: int) -
 
     Reads are asked for `PAGE_IN_AHEAD` blocks ahead of the mapping (posix_fadvise WILLNEED queues them
     and returns), so the disk has about a GiB in flight, as deep as fio's best queue on the development
-    VM; `workers` threads then fault each block in, one byte per page. On the development VM this
-    doubled the cold rate of faulting alone; MADV_POPULATE_READ mapped no faster cold and slower warm.
+    VM; `workers` threads then fault each block in, one byte per page. On the development VM it read
+    4-5 % faster cold than faulting alone in an A/B run, and 1.5-1.7 against 0.8-1.4 GB/s in a faster
+    window (docs/benchmarks.md); MADV_POPULATE_READ mapped no faster cold and slower warm.
     """
     import numpy as np
 
@@ -291,8 +292,11 @@ def _stream(
             if done is not None:
                 done.synchronize()  # the slot's last copy to the device has finished
             _read_block(reader, views[slot], a, b)
-            dst[a:b].copy_(ring[slot][: b - a], non_blocking=cuda)
-            if stream is not None:
+            if stream is None:
+                dst[a:b].copy_(ring[slot][: b - a])
+                return
+            with torch.cuda.stream(stream):  # the caller's stream: a thread's own current one is the default
+                dst[a:b].copy_(ring[slot][: b - a], non_blocking=True)
                 copied[slot] = event = torch.cuda.Event()
                 event.record(stream)
         finally:

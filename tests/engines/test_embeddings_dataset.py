@@ -4,6 +4,7 @@ sentence-transformers."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 from pathlib import Path
@@ -77,6 +78,27 @@ def test_http_dataset_goes_through_the_node_cache(
     assert np.allclose(embed(engine, tmp_path), reference, atol=1e-6)
 
 
+def test_a_backbone_in_a_folder_of_its_own(minilm: Path, tmp_path: Path) -> None:
+    """The older layout: the Transformer module's files in `0_Transformer/`, named by modules.json."""
+    model = copy_minilm(tmp_path / "legacy")
+    backbone = model / "0_Transformer"
+    backbone.mkdir()
+    for name in ("config.json", "model.safetensors", "sentence_bert_config.json", "special_tokens_map.json",
+                 "tokenizer.json", "tokenizer_config.json", "vocab.txt"):  # fmt: skip
+        (model / name).rename(backbone / name)
+    modules = json.loads((model / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    (model / "modules.json").write_text(json.dumps(modules))
+    engine = EmbeddingsEngine(path=str(model), device="cpu")
+    engine.load()
+    assert np.allclose(embed(engine, tmp_path), reference_embeddings(model), atol=1e-6)
+
+    modules[0]["path"] = "../elsewhere"
+    (model / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ConfigError, match="leaves the model's directory"):
+        EmbeddingsEngine(path=str(model), device="cpu").load()
+
+
 class Trap:
     """Unpickling this writes a marker file: proof that a pickle was loaded."""
 
@@ -93,9 +115,12 @@ def test_pickled_weights_are_refused_unread(minilm: Path, tmp_path: Path) -> Non
     marker = tmp_path / "unpickled"
     (model / "pytorch_model.bin").write_bytes(pickle.dumps(Trap(marker)))
     engine = EmbeddingsEngine(path=str(model), device="cpu")
-    with pytest.raises(ConfigError, match="only safetensors"):
+    with pytest.raises(ConfigError, match="only pickled weights"):
         engine.load()
     assert not marker.exists()
+    (model / "pytorch_model.bin").unlink()
+    with pytest.raises(ConfigError, match="only safetensors"):
+        engine.load()
 
 
 def test_a_module_folder_with_only_pickles_is_refused(minilm: Path, tmp_path: Path) -> None:

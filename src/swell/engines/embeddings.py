@@ -65,13 +65,13 @@ class EmbeddingsEngine:
         try:
             import torch
 
-            from swell.engines.sentence import build
+            from swell.engines.sentence import build, transformer_module
         except ImportError as exc:
             raise MissingExtra("the embeddings engine", "embeddings") from exc
         from swell.data import load_safetensors
 
         directory, fetch = self._fetch()
-        weights = directory / WEIGHTS
+        weights = transformer_module(directory)[1] / WEIGHTS
         if not weights.is_file():
             message = f"{weights} is missing; only safetensors weights are loaded"
             raise ConfigError(message, key="engine.options")

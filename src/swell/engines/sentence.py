@@ -8,8 +8,9 @@ state dict", which builds the skeleton without weights, takes the tensors from `
 the dtypes match) and reports missing, unexpected and mismatched keys, all refused here. Everything
 else (tokenizer, pooling, normalisation, prompts) loads as sentence-transformers loads it.
 
-Supported: the usual layout, one Transformer module at the directory's root, a torch encoder (not
-encoder-decoder, not remote code, not PEFT). Anything else is refused with a clear error, never loaded
+Supported: one Transformer module, at the directory's root (the usual layout) or in a folder of its
+own (`0_Transformer/`, the older one), whose backbone is a torch encoder (not encoder-decoder, not
+remote code, not PEFT). Anything else is refused with a clear error, never loaded
 the slow way. Nothing is unpickled: a module folder with only `pytorch_model.bin` is refused.
 
 Imports sentence-transformers and transformers: import this module only when loading.
@@ -61,7 +62,7 @@ class PreloadedTransformer(Transformer):
 
 def build(directory: Path, state: dict[str, torch.Tensor], device: str) -> SentenceTransformer:
     """The SentenceTransformer in `directory`, its backbone's weights taken from `state`."""
-    class_ref = transformer_ref(directory)
+    class_ref, _ = transformer_module(directory)
     loader = getattr(SentenceTransformer, "_load_with_module_classes", None)
     if loader is None:
         raise EngineError("this sentence-transformers cannot take preloaded weights; the engine needs 6.x")
@@ -75,8 +76,8 @@ def build(directory: Path, state: dict[str, torch.Tensor], device: str) -> Sente
     return model
 
 
-def transformer_ref(directory: Path) -> str:
-    """The `modules.json` type of the model's one Transformer module, checked to sit at the root."""
+def transformer_module(directory: Path) -> tuple[str, Path]:
+    """The `modules.json` type of the model's one Transformer module, and its folder (in `directory`)."""
     file = directory / "modules.json"
     if not file.is_file():
         raise ConfigError(
@@ -86,9 +87,14 @@ def transformer_ref(directory: Path) -> str:
     for entry in modules:
         _refuse_pickles(directory / entry.get("path", ""))
     found = [m for m in modules if _is_transformer(m.get("type", ""))]
-    if len(found) != 1 or found[0].get("path", "") != "":
-        raise EngineError(f"{file}: only one Transformer module, at the directory's root, is supported")
-    return str(found[0]["type"])
+    if len(found) != 1:
+        raise EngineError(f"{file}: one Transformer module is supported, not {len(found)}")
+    folder = (directory / found[0].get("path", "")).resolve()
+    if not folder.is_relative_to(directory.resolve()):
+        raise ConfigError(
+            f"{file}: the Transformer module's path leaves the model's directory", key="engine.options"
+        )
+    return str(found[0]["type"]), folder
 
 
 def _refuse_pickles(folder: Path) -> None:

@@ -6,6 +6,7 @@ lifecycle itself lives in `swell.core.jobs`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -43,15 +44,17 @@ def only(outcomes: Sequence[T | Exception]) -> T:
     return outcome
 
 
-class OneAtATime:
+class OneAtATime(ABC):
     """`submit`, `complete` and `fail` as batches of one, for a backend whose `submit_many` and
     `settle` do the work (a backend may still override any of them)."""
 
+    @abstractmethod
     def submit_many(
         self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
     ) -> list[Submitted | QueueFull]:
         raise NotImplementedError
 
+    @abstractmethod
     def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Job | SwellError]:
         raise NotImplementedError
 

@@ -16,6 +16,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+PIECE = 1 << 20  # bytes sent per paced step
 
 
 class Counter:
@@ -34,8 +35,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
     """GET/HEAD of files under the directory, honouring one `Range: bytes=a-b`."""
 
     counter: Counter
-    rate: float | None  # bytes per second for the whole server, None = unlimited
-    pacer: threading.Lock
+    link: Link
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -78,27 +78,45 @@ class RangeHandler(SimpleHTTPRequestHandler):
 
     def _send(self, path: Path, start: int, length: int) -> None:
         with open(path, "rb") as f:
-            f.seek(start)
             while length > 0:
-                piece = f.read(min(length, 1 << 20))
-                if not piece:
+                n = min(length, PIECE)
+                self.link.wait_for(n)
+                sent = self.connection.sendfile(f, start, n)  # zero-copy: the server is not the bottleneck
+                if not sent:
                     break
-                self._pace(len(piece))
-                self.wfile.write(piece)
-                self.counter.add(len(piece))
-                length -= len(piece)
+                self.counter.add(sent)
+                start, length = start + sent, length - sent
 
-    def _pace(self, n: int) -> None:
-        if self.rate:
-            with self.pacer:  # one shared link: pieces go out one after another at `rate`
-                time.sleep(n / self.rate)
+
+class Link:
+    """One shared link of `rate` bytes/s (None: unlimited), with a small buffer of `burst` bytes.
+
+    Each piece reserves the next free slot of the link under the lock and sleeps outside it, so the
+    pieces of all connections go out one after another at `rate` without the sleeps adding up to less.
+    """
+
+    def __init__(self, rate: float | None, burst: int = 4 * PIECE) -> None:
+        self.rate, self.burst = rate, burst
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    def wait_for(self, n: int) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._free_at = max(self._free_at, now - self.burst / self.rate) + n / self.rate
+            wait = self._free_at - now
+        if wait > 0:
+            time.sleep(wait)
 
 
 @contextmanager
 def range_server(root: Path, rate: float | None = None) -> Iterator[tuple[str, Counter]]:
-    """Serve `root` over HTTP on loopback; yields (base URL, byte counter)."""
+    """Serve `root` over HTTP on loopback, all connections sharing one link of `rate` bytes/s (None:
+    unlimited); yields (base URL, byte counter)."""
     counter = Counter()
-    handler = type("Handler", (RangeHandler,), {"counter": counter, "rate": rate, "pacer": threading.Lock()})
+    handler = type("Handler", (RangeHandler,), {"counter": counter, "link": Link(rate)})
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)

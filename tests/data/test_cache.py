@@ -127,6 +127,29 @@ def test_corrupted_and_truncated_chunks_are_fetched_again(tmp_path: Path) -> Non
     assert cache.cached_bytes(source.uri, ObjectInfo("f", len(data))) == len(data)
 
 
+def test_what_a_crash_leaves_unsynced_is_fetched_again(tmp_path: Path) -> None:
+    """Chunks and refs are not fsync'ed: after a crash either may hold zeros (or nothing) at full length."""
+    data = os.urandom(3 * CHUNK)
+    source = MemorySource("memory://crash", {"f": data})
+    cache = NodeCache(tmp_path, chunk_size=CHUNK)
+    with cache.reader(source, "f") as reader:
+        reader.preload()
+    refs = [next((tmp_path / "refs").iterdir()) / str(i) for i in range(3)]
+    h = refs[0].read_text()
+    (tmp_path / "chunks" / h[:2] / h).write_bytes(bytes(CHUNK))  # chunk 0: its zeros
+    refs[1].write_bytes(bytes(64))  # the ref of chunk 1: zeros
+    refs[2].write_bytes(b"")  # the ref of chunk 2: nothing
+    out = bytearray(len(data))
+    with cache.reader(source, "f") as reader:
+        reader.readinto(memoryview(out), 0)
+    assert bytes(out) == data
+    stats = cache.statistics()
+    assert (stats.corrupt_chunks, stats.bytes_from_origin) == (1, 6 * CHUNK)
+    assert [r.read_text() for r in refs] == [
+        blake3.blake3(data[i * CHUNK : (i + 1) * CHUNK]).hexdigest() for i in range(3)
+    ]
+
+
 def test_quota_evicts_least_recently_used_but_never_leased(tmp_path: Path) -> None:
     sizes = {"a": 2 * CHUNK, "b": 2 * CHUNK, "c": CHUNK}
     source = MemorySource("memory://q", {name: os.urandom(size) for name, size in sizes.items()})

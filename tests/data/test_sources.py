@@ -10,7 +10,7 @@ import pytest
 
 from swell.core.errors import ConfigError, DataError, NotFound
 from swell.data.config import DatasetConfig
-from swell.data.sources import MemorySource, Source, open_source
+from swell.data.sources import MemorySource, Source, open_source, read_range
 from tests.data.servers import range_server, s3_server
 
 FILES = {"model.safetensors": bytes(range(256)) * 4099, "sub/config.json": b'{"a": 1}', "empty.bin": b""}
@@ -66,18 +66,27 @@ MODEL = FILES["model.safetensors"]
 
 @pytest.mark.parametrize(("start", "length"), [(0, 10), (1000, 70_000), (len(MODEL) - 5, 5)])
 def test_read_range(source: Source, start: int, length: int) -> None:
-    assert source.read_range("model.safetensors", start, length) == MODEL[start : start + length]
+    assert read_range(source, "model.safetensors", start, length) == MODEL[start : start + length]
 
 
 def test_read_range_of_nothing(source: Source) -> None:
-    assert source.read_range("model.safetensors", 10, 0) == b""
+    assert read_range(source, "model.safetensors", 10, 0) == b""
+
+
+def test_read_into_fills_the_buffer_and_is_short_only_at_the_end(source: Source) -> None:
+    buf = bytearray(b"x" * 100_000)
+    assert source.read_into("model.safetensors", 500, memoryview(buf)[10:80_010]) == 80_000
+    assert buf[10:80_010] == MODEL[500:80_500] and buf[:10] == b"x" * 10 and buf[80_010:] == b"x" * 19_990
+    tail = bytearray(64)
+    assert source.read_into("model.safetensors", len(MODEL) - 16, memoryview(tail)[:16]) == 16
+    assert tail[:16] == MODEL[-16:]
 
 
 def test_missing_file_is_not_found(source: Source) -> None:
     with pytest.raises(NotFound):
         source.info("nope.bin")
     with pytest.raises((NotFound, DataError)):
-        source.read_range("nope.bin", 0, 10)
+        read_range(source, "nope.bin", 0, 10)
 
 
 def test_list_or_refuse(source: Source) -> None:
@@ -108,5 +117,5 @@ def test_s3_endpoint_and_credentials_from_the_aws_variables(monkeypatch: pytest.
         src = open_source(DatasetConfig(source="s3://envbucket/org/m"))  # nothing but the URI
         _put_all(src)
         assert src.info("model.safetensors").size == len(MODEL)
-        assert src.read_range("model.safetensors", 7, 9) == MODEL[7:16]
+        assert read_range(src, "model.safetensors", 7, 9) == MODEL[7:16]
         assert {o.path for o in src.list()} == set(FILES)

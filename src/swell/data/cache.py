@@ -1,7 +1,7 @@
 """The node cache: chunked, content-addressed files on local disk, shared by every process of a node.
 
-Layout under `root` (every file is published by write-temp + fsync + os.replace, so no reader ever sees
-a torn file):
+Layout under `root` (every file is published by write-temp + os.replace, so no running process ever
+sees a torn file; chunks and refs are not fsync'ed, because what a crash tore fails its hash check):
 
     chunks/<h[:2]>/<h>      the bytes of one chunk, named by their blake3 hash h
     refs/<file>/<index>     the hash of chunk <index> of a source file (<file>: hash of uri, path, size, etag)
@@ -56,6 +56,7 @@ _FIELDS = tuple(f.name for f in fields(CacheStats))
 _STATS = struct.Struct(f"<{len(_FIELDS)}Q")
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30}
 _UNITS["ti"] = 2**40
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_bytes(text: str) -> int:
@@ -80,14 +81,19 @@ def digest(data: bytes | memoryview) -> str:
     return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
 
 
-def atomic_write(path: Path, data: bytes | memoryview) -> None:
-    """Publish `data` at `path` whole or not at all."""
+def atomic_write(path: Path, data: bytes | memoryview, *, durable: bool = True) -> None:
+    """Publish `data` at `path` whole or not at all: no reader ever sees a part of it.
+
+    `durable=False` skips the fsync, for files whose readers check them against a hash: after a crash
+    such a file may hold zeros, never a part another process could take for whole.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -230,20 +236,19 @@ class NodeCache:
     def _fill(
         self, source: Source, info: ObjectInfo, fid: str, idx: int, out: memoryview, leases: dict[str, int]
     ) -> None:
-        start = idx * self.chunk_size
-        data = source.read_range(info.path, start, len(out))
-        if len(data) != len(out):
-            raise IntegrityError(f"{info.path}: origin gave {len(data)} bytes for a {len(out)}-byte chunk")
-        out[:] = data
-        h = digest(data)
-        atomic_write(self._chunk_path(h), data)
+        got = source.read_into(info.path, idx * self.chunk_size, out)
+        if got != len(out):
+            raise IntegrityError(f"{info.path}: origin gave {got} bytes for a {len(out)}-byte chunk")
+        h = digest(out)
+        # not fsync'ed: every read checks a chunk against its name, so one a crash tore is fetched again
+        atomic_write(self._chunk_path(h), out, durable=False)
         fd = os.open(self._chunk_path(h), os.O_RDONLY)
         fcntl.flock(fd, fcntl.LOCK_SH)  # leased before anyone can evict it
         leases[h] = fd
-        atomic_write(self.root / "refs" / fid / str(idx), h.encode())
-        self._count(misses=1, bytes_from_origin=len(data), bytes_served=len(data))
+        atomic_write(self.root / "refs" / fid / str(idx), h.encode(), durable=False)
+        self._count(misses=1, bytes_from_origin=got, bytes_served=got)
         with self._lock:
-            self._filled += len(data)
+            self._filled += got
 
     def _discard(self, h: str, fd: int, leases: dict[str, int]) -> None:
         """Drop the bad chunk read through `fd`, unless another process already published a good one."""
@@ -278,9 +283,10 @@ class NodeCache:
 
     def _ref(self, fid: str, idx: int) -> str | None:
         try:
-            return (self.root / "refs" / fid / str(idx)).read_text().strip() or None
+            text = (self.root / "refs" / fid / str(idx)).read_bytes().decode("ascii", "replace").strip()
         except FileNotFoundError:
             return None
+        return text if _HASH.fullmatch(text) else None  # empty or zeros: torn by a crash
 
     def _chunk_path(self, h: str) -> Path:
         return self.root / "chunks" / h[:2] / h

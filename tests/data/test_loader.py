@@ -119,11 +119,20 @@ def test_unaligned_offsets_are_copied_not_broken(tmp_path: Path, mode: str) -> N
     _same(load_safetensors(path, mode=mode), load_file(path))
 
 
-def test_mode_choice() -> None:
+def test_mode_choice(model: Path) -> None:
     from swell.data.loader import _choose
+    from swell.data.readers import drop_page_cache, resident_fraction
 
-    assert _choose("/x.safetensors", "auto", "cpu") == "mmap"
-    assert _choose("/x.safetensors", "auto", "cuda") == "read"
+    model.read_bytes()
+    if resident_fraction(model) == 1.0:  # a filesystem without a page cache to tell has none to use
+        assert (_choose(str(model), "auto", "cpu"), _choose(str(model), "auto", "cuda")) == ("mmap", "read")
+    drop_page_cache(model)
+    if resident_fraction(model) == 0.0:
+        assert (_choose(str(model), "auto", "cpu"), _choose(str(model), "auto", "cuda")) == (
+            "direct",
+            "direct",
+        )
+    assert _choose("/no/such.safetensors", "auto", "cpu") == "read"
     assert _choose("http://h/x.safetensors", "mmap", "cpu") == "read"
     with pytest.raises(ValidationError, match="mmap"):
         _choose("/x.safetensors", "mmap", "cuda")

@@ -12,7 +12,7 @@ import pytest
 from swell.core.clock import ManualClock
 from swell.core.errors import IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from swell.core.jobs import Job, JobSpec, JobState, Priority, WebhookState
-from swell.queue.base import Outcome, QueueBackend, QueueStats
+from swell.queue.base import JobTimes, Outcome, QueueBackend, QueueStats
 from tests.queue.conftest import POLICY, OpenQueue
 
 
@@ -553,6 +553,15 @@ def test_finished_since_uses_finish_time_oldest_first(queue: QueueBackend, clock
     assert [j.id for j in queue.finished_since(0)] == [late.id, early.id, open_.id]
     assert [j.id for j in queue.finished_since(since)] == [early.id, open_.id]
     assert [j.id for j in queue.finished_since(since, limit=1)] == [early.id]
+    for start, limit in ((0, 1000), (since, 1000), (since, 1)):
+        assert queue.finished_times_since(start, limit) == [
+            JobTimes.of(j) for j in queue.finished_since(start, limit)
+        ]
+    assert [(t.state, t.started_at is None) for t in queue.finished_times_since(0)] == [
+        (JobState.CANCELLED, True),
+        (JobState.CANCELLED, True),
+        (JobState.SUCCEEDED, False),
+    ]
 
 
 def test_depth_and_statistics(queue: QueueBackend, clock: ManualClock) -> None:

@@ -30,7 +30,7 @@ from hypothesis.stateful import (
 from swell.core.clock import ManualClock
 from swell.core.errors import QueueFull, SwellError
 from swell.core.jobs import Job, JobSpec, Priority
-from swell.queue.base import QueueBackend
+from swell.queue.base import JobTimes, QueueBackend
 from swell.queue.memory import MemoryQueue
 from swell.queue.sqlite import SQLiteQueue
 from tests.queue.conftest import POLICY, START, drop_redis_keys
@@ -84,7 +84,7 @@ class BackendsAgree(RuleBasedStateMachine):
             return type(error).__name__
 
     def _number(self, backend: int, value: Any) -> Any:
-        if isinstance(value, Job):
+        if isinstance(value, Job | JobTimes):
             numbers = self.numbers[backend]
             if value.id not in numbers:
                 numbers[value.id] = len(self.ids[backend])
@@ -189,6 +189,7 @@ class BackendsAgree(RuleBasedStateMachine):
     def everything_agrees(self) -> None:
         self.on_all(lambda _, q: q.jobs(limit=1000))
         self.on_all(lambda _, q: q.finished_since(START))
+        self.on_all(lambda _, q: q.finished_times_since(START))
         self.on_all(lambda _, q: q.due_webhooks())
         self.on_all(lambda _, q: (q.depth(), q.statistics()))
 

@@ -1,8 +1,9 @@
 """Prometheus metrics of the serving path, on a registry other parts can add their collectors to.
 
 Workers are separate processes, so the gateway learns about finished jobs from the queue:
-`collect_finished()` reads `queue.finished_since(...)` and feeds the wait, run and latency
-histograms. Depth and replica gauges are read at scrape time by custom collectors.
+`collect_finished()` reads `queue.finished_times_since(...)` (the times alone: no input or result is
+decoded) and feeds the wait, run and latency histograms. Depth and replica gauges are read at scrape
+time by custom collectors.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from swell.core.clock import Clock, SystemClock
-from swell.core.jobs import Job
 from swell.core.replicas import ReplicaView
-from swell.queue.base import QueueBackend
+from swell.queue.base import JobTimes, QueueBackend
 
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
@@ -102,17 +102,17 @@ class GatewayMetrics:
         since = self._cursor - self.lag
         new = 0
         while True:
-            jobs = self.queue.finished_since(since, limit=batch)
+            jobs = self.queue.finished_times_since(since, limit=batch)
             new += sum(self._observe(job) for job in jobs)
             if len(jobs) < batch or jobs[-1].finished_at == since:
                 break
-            since = jobs[-1].finished_at or since
+            since = jobs[-1].finished_at
         horizon = self._cursor - self.lag
         self._seen = {job_id: at for job_id, at in self._seen.items() if at >= horizon}
         return new
 
-    def _observe(self, job: Job) -> bool:
-        if job.id in self._seen or job.finished_at is None:
+    def _observe(self, job: JobTimes) -> bool:
+        if job.id in self._seen:
             return False
         self._seen[job.id] = job.finished_at
         self._cursor = max(self._cursor, job.finished_at)

@@ -33,6 +33,25 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class JobTimes:
+    """When one finished job was submitted, last started and finished: a job without its input,
+    result or error, for readers (the gateway's metrics) that would otherwise decode them for nothing."""
+
+    id: str
+    service: str
+    state: JobState
+    created_at: float
+    started_at: float | None
+    finished_at: float
+
+    @classmethod
+    def of(cls, job: Job) -> JobTimes:
+        if job.finished_at is None:
+            raise ValueError(f"job {job.id} has not finished")
+        return cls(job.id, job.service, job.state, job.created_at, job.started_at, job.finished_at)
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """Counters since the backend was opened, plus depth by service and state now."""
 
@@ -118,7 +137,11 @@ class QueueBackend(Protocol):
         ...
 
     def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
-        """Jobs that reached a final state at or after `since`, oldest first (metrics, the brain)."""
+        """Jobs that reached a final state at or after `since`, oldest first (the brain)."""
+        ...
+
+    def finished_times_since(self, since: float, limit: int = 1000) -> list[JobTimes]:
+        """The times of the same jobs as `finished_since`, in the same order, reading nothing else."""
         ...
 
     def depth(self) -> dict[str, dict[str, int]]:

@@ -31,7 +31,7 @@ from swell.queue._common import (
     require_owner,
     retry_after,
 )
-from swell.queue.base import Outcome, QueueStats, Submitted
+from swell.queue.base import JobTimes, Outcome, QueueStats, Submitted
 
 _Entry = tuple[float, float, int, int, str]  # (rank, available_at, submission number, token, job id)
 
@@ -199,6 +199,9 @@ class MemoryQueue(OneAtATime):
         with self._lock:
             start = bisect.bisect_left(self._finished, (since, -1))
             return [self._jobs[self._ids[n]] for _, n in self._finished[start : start + limit]]
+
+    def finished_times_since(self, since: float, limit: int = 1000) -> list[JobTimes]:
+        return [JobTimes.of(job) for job in self.finished_since(since, limit)]
 
     def depth(self) -> dict[str, dict[str, int]]:
         with self._lock:

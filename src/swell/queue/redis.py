@@ -47,7 +47,7 @@ from swell.queue._common import (
     require_owner,
     retry_after,
 )
-from swell.queue.base import Outcome, QueueStats, Submitted
+from swell.queue.base import JobTimes, Outcome, QueueStats, Submitted
 
 CONFLICT_RETRIES = 50  # re-reads before an operation on one job gives up on a hot conflict
 LEASE_ROUNDS = 8  # candidate pages a lease tries while other workers keep taking its picks
@@ -127,6 +127,7 @@ _ENUMS: dict[str, Callable[[str], Any]] = {
     "webhook_state": WebhookState,
 }
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
+_TIMES_FIELDS = ("id", "service", "state", "created_at", "started_at", "finished_at")
 
 
 def _encode(value: Any, name: str) -> str:
@@ -149,6 +150,14 @@ def _decode(name: str, text: str) -> Any:
     if name in _INTS:
         return int(text)
     return text
+
+
+def _times(values: list[str | None]) -> JobTimes | None:
+    id_, service, state, created_at, started_at, finished_at = values
+    if not (id_ and service and state and created_at and finished_at):
+        return None  # removed since the index was read
+    started = float(started_at) if started_at is not None else None
+    return JobTimes(id_, service, JobState(state), float(created_at), started, float(finished_at))
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +360,13 @@ class RedisQueue(OneAtATime):
     def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
         members = self._redis.zrangebyscore(self._key("finished"), since, "+inf", start=0, num=limit)
         return self._load_many(_member_id(m) for m in members)
+
+    def finished_times_since(self, since: float, limit: int = 1000) -> list[JobTimes]:
+        members = self._redis.zrangebyscore(self._key("finished"), since, "+inf", start=0, num=limit)
+        pipe = self._redis.pipeline(transaction=False)
+        for member in members:
+            pipe.hmget(self._key("job", _member_id(member)), _TIMES_FIELDS)
+        return [times for times in map(_times, pipe.execute()) if times is not None]
 
     def depth(self) -> dict[str, dict[str, int]]:
         depth: dict[str, dict[str, int]] = {}

@@ -43,7 +43,7 @@ from swell.queue._common import (
     require_owner,
     retry_after,
 )
-from swell.queue.base import Outcome, QueueStats, Submitted
+from swell.queue.base import JobTimes, Outcome, QueueStats, Submitted
 
 BUSY_TIMEOUT = 30.0  # seconds a connection waits for another process's write lock
 CHECKPOINT_EVERY = 0.5  # seconds between background WAL checkpoints
@@ -129,6 +129,10 @@ COLUMNS = (
     "result, error, webhook_state, webhook_attempts, webhook_next_at, webhook_error"
 )
 SELECT = f"SELECT {COLUMNS} FROM jobs"
+FINISHED_TIMES = (
+    "SELECT id, service, state, created_at, started_at, finished_at FROM jobs "
+    "WHERE finished_at >= ? ORDER BY finished_at, rowid LIMIT ?"
+)
 INSERT = f"INSERT INTO jobs (rank, {COLUMNS}) VALUES ({', '.join('?' * 25)})"
 UPDATE = (
     "UPDATE jobs SET state = ?, rank = ?, available_at = ?, attempts = ?, started_at = ?, finished_at = ?, "
@@ -386,6 +390,11 @@ class SQLiteQueue(OneAtATime):
         query = f"{SELECT} WHERE finished_at >= ? ORDER BY finished_at, rowid LIMIT ?"
         with self._read() as db:
             return [_job(row) for row in db.execute(query, (since, limit))]
+
+    def finished_times_since(self, since: float, limit: int = 1000) -> list[JobTimes]:
+        with self._read() as db:
+            rows = db.execute(FINISHED_TIMES, (since, limit)).fetchall()
+        return [JobTimes(i, service, JobState(state), c, s, f) for i, service, state, c, s, f in rows]
 
     def depth(self) -> dict[str, dict[str, int]]:
         with self._read() as db:

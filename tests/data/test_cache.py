@@ -104,12 +104,25 @@ def test_no_torn_chunk_is_ever_visible(tmp_path: Path) -> None:
     assert seen[0] > 0 and bad == []
 
 
-def test_corrupted_and_truncated_chunks_are_fetched_again(tmp_path: Path) -> None:
-    data = os.urandom(4 * CHUNK)
+def _cached(root: Path, chunks: int) -> tuple[bytes, MemorySource, NodeCache]:
+    """A file of `chunks` random chunks in a memory source, preloaded into a cache at `root`."""
+    data = os.urandom(chunks * CHUNK)
     source = MemorySource("memory://c", {"f": data})
-    cache = NodeCache(tmp_path, chunk_size=CHUNK)
+    cache = NodeCache(root, chunk_size=CHUNK)
     with cache.reader(source, "f") as reader:
         reader.preload()
+    return data, source, cache
+
+
+def _read_back(cache: NodeCache, source: MemorySource, size: int) -> bytes:
+    out = bytearray(size)
+    with cache.reader(source, "f") as reader:
+        reader.readinto(memoryview(out), 0)
+    return bytes(out)
+
+
+def test_corrupted_and_truncated_chunks_are_fetched_again(tmp_path: Path) -> None:
+    data, source, cache = _cached(tmp_path, 4)
     chunks = sorted((tmp_path / "chunks").glob("*/*"))
     with open(chunks[0], "r+b") as f:
         f.seek(100)
@@ -117,11 +130,8 @@ def test_corrupted_and_truncated_chunks_are_fetched_again(tmp_path: Path) -> Non
     with open(chunks[1], "r+b") as f:
         f.truncate(CHUNK // 2)
     before = cache.statistics()
-    out = bytearray(len(data))
-    with cache.reader(source, "f") as reader:
-        reader.readinto(memoryview(out), 0)
+    assert _read_back(cache, source, len(data)) == data
     after = cache.statistics()
-    assert bytes(out) == data
     assert after.corrupt_chunks - before.corrupt_chunks == 2
     assert after.bytes_from_origin - before.bytes_from_origin == 2 * CHUNK
     assert cache.cached_bytes(source.uri, ObjectInfo("f", len(data))) == len(data)
@@ -129,20 +139,13 @@ def test_corrupted_and_truncated_chunks_are_fetched_again(tmp_path: Path) -> Non
 
 def test_what_a_crash_leaves_unsynced_is_fetched_again(tmp_path: Path) -> None:
     """Chunks and refs are not fsync'ed: after a crash either may hold zeros (or nothing) at full length."""
-    data = os.urandom(3 * CHUNK)
-    source = MemorySource("memory://crash", {"f": data})
-    cache = NodeCache(tmp_path, chunk_size=CHUNK)
-    with cache.reader(source, "f") as reader:
-        reader.preload()
+    data, source, cache = _cached(tmp_path, 3)
     refs = [next((tmp_path / "refs").iterdir()) / str(i) for i in range(3)]
     h = refs[0].read_text()
     (tmp_path / "chunks" / h[:2] / h).write_bytes(bytes(CHUNK))  # chunk 0: its zeros
     refs[1].write_bytes(bytes(64))  # the ref of chunk 1: zeros
     refs[2].write_bytes(b"")  # the ref of chunk 2: nothing
-    out = bytearray(len(data))
-    with cache.reader(source, "f") as reader:
-        reader.readinto(memoryview(out), 0)
-    assert bytes(out) == data
+    assert _read_back(cache, source, len(data)) == data
     stats = cache.statistics()
     assert (stats.corrupt_chunks, stats.bytes_from_origin) == (1, 6 * CHUNK)
     assert [r.read_text() for r in refs] == [

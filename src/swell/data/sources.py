@@ -3,7 +3,8 @@
 A source needs only three primitives: `info(path)`, `read_into(path, start, out)` (a ranged read into
 the caller's buffer) and `list(prefix)`. The s3://, http(s):// and file:// sources are obstore stores
 (one well-kept client for every protocol); `memory://` ships in the package for tests and the
-simulator. Paths are relative to the source URI. Foreign errors are translated to Swell's at this boundary.
+simulator. Paths are relative to the source URI. Foreign errors are translated to Swell's at this
+boundary.
 """
 
 from __future__ import annotations
@@ -65,13 +66,12 @@ class ObstoreSource:
 
         if not out:
             return 0
-        end = start + len(out)
-        return int(
-            _call(
-                path,
-                lambda: _stream_into(obstore.get(self._store, path, options={"range": (start, end)}), out),
-            )
-        )
+
+        def stream() -> int:
+            result = obstore.get(self._store, path, options={"range": (start, start + len(out))})
+            return _stream_into(result, out)
+
+        return int(_call(path, stream))
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         import obstore

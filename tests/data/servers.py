@@ -91,8 +91,8 @@ class RangeHandler(SimpleHTTPRequestHandler):
 class Link:
     """One shared link of `rate` bytes/s (None: unlimited), with a small buffer of `burst` bytes.
 
-    Each piece reserves the next free slot of the link under the lock and sleeps outside it, so the
-    pieces of all connections go out one after another at `rate` without the sleeps adding up to less.
+    Each piece reserves the link's next free slot under the lock and sleeps until it outside the lock,
+    so all connections together get `rate`, and the time a piece takes to send does not slow the link.
     """
 
     def __init__(self, rate: float | None, burst: int = 4 * PIECE) -> None:

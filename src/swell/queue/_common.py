@@ -52,11 +52,11 @@ class OneAtATime(ABC):
     def submit_many(
         self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
     ) -> list[Submitted | QueueFull]:
-        raise NotImplementedError
+        """As `QueueBackend.submit_many`: one answer per spec, in order."""
 
     @abstractmethod
     def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Job | SwellError]:
-        raise NotImplementedError
+        """As `QueueBackend.settle`: one settled job or error per outcome, in order."""
 
     def submit(self, spec: JobSpec, *, limit: int | None = None) -> Submitted:
         return only(self.submit_many([spec], limits=None if limit is None else {spec.service: limit}))

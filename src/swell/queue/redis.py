@@ -358,14 +358,12 @@ class RedisQueue(OneAtATime):
         return found[:limit]
 
     def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
-        members = self._redis.zrangebyscore(self._key("finished"), since, "+inf", start=0, num=limit)
-        return self._load_many(_member_id(m) for m in members)
+        return self._load_many(self._finished_ids(since, limit))
 
     def finished_times_since(self, since: float, limit: int = 1000) -> list[JobTimes]:
-        members = self._redis.zrangebyscore(self._key("finished"), since, "+inf", start=0, num=limit)
         pipe = self._redis.pipeline(transaction=False)
-        for member in members:
-            pipe.hmget(self._key("job", _member_id(member)), _TIMES_FIELDS)
+        for job_id in self._finished_ids(since, limit):
+            pipe.hmget(self._key("job", job_id), _TIMES_FIELDS)
         return [times for times in map(_times, pipe.execute()) if times is not None]
 
     def depth(self) -> dict[str, dict[str, int]]:
@@ -415,6 +413,10 @@ class RedisQueue(OneAtATime):
         if stored is None:
             raise JobNotFound(f"no job {job_id!r}", field="id")
         return stored
+
+    def _finished_ids(self, since: float, limit: int) -> list[str]:
+        members = self._redis.zrangebyscore(self._key("finished"), since, "+inf", start=0, num=limit)
+        return [_member_id(m) for m in members]
 
     def _load_many(self, job_ids: Iterable[str]) -> list[Job]:
         return [s.job for s in self._load_stored(job_ids)]

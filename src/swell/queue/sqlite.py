@@ -129,10 +129,8 @@ COLUMNS = (
     "result, error, webhook_state, webhook_attempts, webhook_next_at, webhook_error"
 )
 SELECT = f"SELECT {COLUMNS} FROM jobs"
-FINISHED_TIMES = (
-    "SELECT id, service, state, created_at, started_at, finished_at FROM jobs "
-    "WHERE finished_at >= ? ORDER BY finished_at, rowid LIMIT ?"
-)
+FINISHED = "WHERE finished_at >= ? ORDER BY finished_at, rowid LIMIT ?"  # finished_since and its times
+FINISHED_TIMES = f"SELECT id, service, state, created_at, started_at, finished_at FROM jobs {FINISHED}"
 INSERT = f"INSERT INTO jobs (rank, {COLUMNS}) VALUES ({', '.join('?' * 25)})"
 UPDATE = (
     "UPDATE jobs SET state = ?, rank = ?, available_at = ?, attempts = ?, started_at = ?, finished_at = ?, "
@@ -387,9 +385,8 @@ class SQLiteQueue(OneAtATime):
             return [_job(row) for row in db.execute(query, [*(v for _, v in terms), limit])]
 
     def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
-        query = f"{SELECT} WHERE finished_at >= ? ORDER BY finished_at, rowid LIMIT ?"
         with self._read() as db:
-            return [_job(row) for row in db.execute(query, (since, limit))]
+            return [_job(row) for row in db.execute(f"{SELECT} {FINISHED}", (since, limit))]
 
     def finished_times_since(self, since: float, limit: int = 1000) -> list[JobTimes]:
         with self._read() as db:

@@ -193,14 +193,13 @@ def fresh_memory(size: int) -> float:
     copying loaders, page cache for the mapping ones), so on a VM where first touch is slow this, not
     the disk, can be the ceiling.
     """
-    import mmap
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
-    mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # as aligned_buffer's
-    mem.madvise(mmap.MADV_HUGEPAGE)
-    pages = np.frombuffer(mem, dtype=np.uint8)
+    from swell.data.readers import aligned_buffer
+
+    pages = np.frombuffer(aligned_buffer(size), dtype=np.uint8)  # the memory swell's loader reads into
     step = 64 << 20
 
     def touch(a: int) -> None:

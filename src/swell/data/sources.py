@@ -41,12 +41,6 @@ class Source(Protocol):
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
 
 
-def read_range(source: Source, path: str, start: int, length: int) -> bytes:
-    """Bytes [start, start + length) of one file of `source` (fewer at the end of the file)."""
-    buf = bytearray(max(0, length))
-    return bytes(buf[: source.read_into(path, start, memoryview(buf))])
-
-
 class ObstoreSource:
     """Any obstore store rooted at `uri`."""
 

@@ -8,8 +8,9 @@ with fincore) and warm. Each round runs every case once and measures the limits 
 a few deep-queued O_DIRECT reads (cold), a memcpy into already-touched memory (warm), and how fast the
 machine hands out the file's size of new memory. Rates are medians over rounds; each ratio is taken
 within a round, then its median. Part 2 starts 4 processes that load one remote file through a
-bandwidth-limited HTTP origin on loopback via the node cache, and counts origin bytes. Every loaded
-tensor is materialised the same way: one byte of every page is summed.
+bandwidth-limited HTTP origin on loopback, via the node cache and then each streaming its own copy, and
+counts the origin's bytes and the time until all four are loaded. Every loaded tensor is materialised
+the same way: one byte of every page is summed.
 
 With `--device cuda`, part 1 loads to the GPU (the warm limit is then a pinned host-to-device copy):
 

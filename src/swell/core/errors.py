@@ -12,6 +12,7 @@ SwellError                      (status 500)
 │   ├── IllegalTransition       a job state machine refused an event
 │   └── LeaseLost               a worker's lease expired or was taken over
 ├── QueueFull                   admission refused; carries retry_after seconds (429)
+├── Unavailable                 cannot serve now (storage, a failing service, overload); retry_after (503)
 ├── EngineError                 an engine failed to load or to run a batch
 │   └── MissingExtra            an optional dependency is not installed; names the extra
 └── DataError                   datasets, sources, cache and loader
@@ -90,6 +91,17 @@ class QueueFull(SwellError):
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(SwellError):
+    """The request is fine but cannot be served now: storage is failing, the service's replicas keep
+    crashing, or the gateway is shedding load. Answered 503 with `Retry-After`."""
+
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, field: str | None = None) -> None:
+        super().__init__(message, field=field)
         self.retry_after = retry_after
 
 

@@ -30,6 +30,8 @@ class ReplicaInfo:
     started_at: float | None = None
     last_heartbeat: float | None = None
     phases: dict[str, float] = field(default_factory=dict)  # seconds in fetch / load / warmup
+    last_error: str | None = None  # why the latest process of this replica failed (load or run)
+    crash_streak: int = 0  # exits without ever becoming ready, since it was last ready
 
     def to_public(self) -> dict[str, Any]:
         return {
@@ -43,7 +45,24 @@ class ReplicaInfo:
             "started_at": self.started_at,
             "last_heartbeat": self.last_heartbeat,
             "phases": dict(self.phases),
+            "last_error": self.last_error,
+            "crash_streak": self.crash_streak,
         }
+
+
+CRASH_LOOP = 3  # consecutive failed starts after which a service with no ready replica refuses submits
+
+
+def unavailable_reason(replicas: list[ReplicaInfo], service: str, *, crash_loop: int = CRASH_LOOP) -> str | None:
+    """Why `service` cannot run jobs now, or None: it has replicas, none is ready or busy, and every one
+    has failed `crash_loop` starts in a row (a misconfigured engine, a model that does not load)."""
+    mine = [r for r in replicas if r.service == service and r.state not in (ReplicaState.STOPPED,)]
+    if not mine or any(r.state in (ReplicaState.READY, ReplicaState.BUSY) for r in mine):
+        return None
+    if any(r.crash_streak < crash_loop for r in mine):
+        return None
+    error = next((r.last_error for r in mine if r.last_error), "no error was reported")
+    return f"service {service!r} is failing: its replicas crashed {crash_loop}+ times in a row ({error})"
 
 
 class ReplicaView(Protocol):

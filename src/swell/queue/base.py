@@ -26,10 +26,17 @@ class Outcome:
     result: dict[str, Any] | None = None
     error: str | None = None
     retryable: bool = True  # for an error: try again after back-off (False: the job fails for good)
+    split: int | None = None  # hand the job back untouched, to be leased in batches of at most this
 
     @classmethod
     def failure(cls, job_id: str, error: str, *, retryable: bool = True) -> Outcome:
         return cls(job_id, error=error, retryable=retryable)
+
+    @classmethod
+    def handback(cls, job_id: str, error: str, *, batch_limit: int) -> Outcome:
+        """The job's batch failed as a whole (timed out, crashed): not the job's own failure, so the
+        attempt does not count; it goes back to be leased with at most `batch_limit` jobs."""
+        return cls(job_id, error=error, split=max(1, batch_limit))
 
 
 @dataclass(frozen=True, slots=True)

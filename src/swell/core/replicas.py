@@ -53,10 +53,12 @@ class ReplicaInfo:
 CRASH_LOOP = 3  # consecutive failed starts after which a service with no ready replica refuses submits
 
 
-def unavailable_reason(replicas: list[ReplicaInfo], service: str, *, crash_loop: int = CRASH_LOOP) -> str | None:
+def unavailable_reason(
+    replicas: list[ReplicaInfo], service: str, *, crash_loop: int = CRASH_LOOP
+) -> str | None:
     """Why `service` cannot run jobs now, or None: it has replicas, none is ready or busy, and every one
     has failed `crash_loop` starts in a row (a misconfigured engine, a model that does not load)."""
-    mine = [r for r in replicas if r.service == service and r.state not in (ReplicaState.STOPPED,)]
+    mine = [r for r in replicas if r.service == service and r.state is not ReplicaState.STOPPED]
     if not mine or any(r.state in (ReplicaState.READY, ReplicaState.BUSY) for r in mine):
         return None
     if any(r.crash_streak < crash_loop for r in mine):

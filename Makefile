@@ -28,10 +28,10 @@ install-dev: $(VENV)/.installed-dev
 up: install
 	$(BIN)/swell up
 
-test: install-dev
-	$(BIN)/ruff check src tests bench
+test: check
 	$(BIN)/python -m pytest -n 2 -q
 
+# Lint, format and types: part of `make test`, so CI runs them too.
 check: install-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench

@@ -18,6 +18,24 @@ from tests.support import SwellProcess, free_port, wait_for
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+REQUIRED_SERVICES = {"SWELL_TEST_REDIS_URL": "a Redis server (redis://host:port/db)"}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With SWELL_REQUIRE_SERVICES=1 (CI), a missing or unreachable service stops the run instead of
+    letting the tests that need it skip."""
+    if os.environ.get("SWELL_REQUIRE_SERVICES") != "1":
+        return
+    for name, what in REQUIRED_SERVICES.items():
+        if not os.environ.get(name):
+            pytest.exit(f"SWELL_REQUIRE_SERVICES=1 but {name} is not set: it must name {what}", returncode=3)
+    import redis
+
+    try:
+        redis.Redis.from_url(os.environ["SWELL_TEST_REDIS_URL"], socket_timeout=5).ping()
+    except redis.RedisError as exc:
+        pytest.exit(f"the Redis at SWELL_TEST_REDIS_URL does not answer: {exc}", returncode=3)
+
 
 @pytest.fixture
 def start_swell(tmp_path: Path) -> Iterator[Callable[..., SwellProcess]]:

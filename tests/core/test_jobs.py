@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from swell.core.errors import IllegalTransition, LeaseLost
@@ -15,6 +17,7 @@ from swell.core.jobs import (
     RetryPolicy,
     WebhookState,
     next_state,
+    request_fingerprint,
 )
 
 POLICY = RetryPolicy(backoff_base=1.0, backoff_cap=30.0, aging_seconds=60.0)
@@ -118,3 +121,124 @@ def test_webhook_bookkeeping() -> None:
     assert done.webhook_delivered().webhook_state is WebhookState.DELIVERED
     assert done.to_public()["webhook"] == {"state": "pending", "attempts": 0, "error": None}
     assert "webhook" not in job().to_public()
+
+
+# -- batches that fail as a whole ------------------------------------------------------------------
+
+
+def batch_job(leased_with: int, **spec: object) -> Job:
+    return job(**spec).lease("w", now=100, lease_seconds=10, batch=leased_with)
+
+
+def test_a_lease_records_its_batch_size() -> None:
+    assert batch_job(8).leased_with == 8
+    assert job().lease("w", now=100, lease_seconds=10).leased_with == 1
+
+
+def test_a_handback_that_splits_the_batch_does_not_count() -> None:
+    back = batch_job(8, max_attempts=1).handback("TimeoutError: batch", now=105, batch_limit=4, policy=POLICY)
+    assert (back.state, back.attempts, back.batch_limit, back.available_at) == (JobState.QUEUED, 0, 4, 105)
+    assert (back.error, back.lease_owner, back.lease_expires_at) == ("TimeoutError: batch", None, None)
+
+
+def test_a_handback_that_splits_nothing_is_the_jobs_own_failure() -> None:
+    alone = job(max_attempts=2).lease("w", now=100, lease_seconds=10)
+    retried = alone.handback("crashed", now=105, batch_limit=1, policy=POLICY)
+    assert (retried.state, retried.attempts, retried.available_at) == (JobState.QUEUED, 1, 106.0)
+    dead = retried.lease("w", now=106, lease_seconds=10).handback(
+        "crashed", now=107, batch_limit=1, policy=POLICY
+    )
+    assert (dead.state, dead.error) == (JobState.DEAD, "crashed")
+    not_smaller = batch_job(4).handback("slow", now=105, batch_limit=4, policy=POLICY)
+    assert (not_smaller.attempts, not_smaller.batch_limit) == (1, 4)
+
+
+def test_a_batch_limit_only_tightens() -> None:
+    back = batch_job(8).handback("x", now=101, batch_limit=2, policy=POLICY)
+    again = back.lease("w", now=102, lease_seconds=10, batch=2).handback(
+        "x", now=103, batch_limit=8, policy=POLICY
+    )
+    assert again.batch_limit == 2
+    assert batch_job(8).handback("x", now=101, batch_limit=0, policy=POLICY).batch_limit == 1
+
+
+def test_repeated_handbacks_end_alone_then_count() -> None:
+    """However a worker hands back, a job is handed back uncounted at most log2(batch) times."""
+    j, uncounted = batch_job(32, max_attempts=1), 0
+    while j.state is JobState.LEASED:
+        j = j.handback("crash", now=101, batch_limit=j.leased_with // 2, policy=POLICY)
+        if j.state is JobState.QUEUED:
+            uncounted += 1
+            j = j.lease("w", now=101, lease_seconds=10, batch=j.batch_limit or 1)
+    assert (j.state, uncounted) == (JobState.DEAD, 5)
+
+
+def test_an_expired_batch_lease_splits_without_counting() -> None:
+    back = batch_job(5, max_attempts=1).expire(now=111, policy=POLICY)
+    assert (back.state, back.attempts, back.batch_limit, back.available_at) == (JobState.QUEUED, 0, 2, 111)
+    assert "batch of 5" in (back.error or "")
+    alone = job(max_attempts=1).lease("w", now=100, lease_seconds=10).expire(now=111, policy=POLICY)
+    assert alone.state is JobState.DEAD
+
+
+# -- re-drive --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("end", ["dead", "failed", "cancelled"])
+def test_redrive_starts_a_finished_job_over(end: str) -> None:
+    j = job(max_attempts=1, callback_url="https://hooks.example.com/x")
+    ended = {
+        "dead": lambda: (
+            j.lease("w", now=100, lease_seconds=10, batch=3)
+            .handback("x", now=101, batch_limit=1, policy=POLICY)
+            .lease("w", now=101, lease_seconds=10)
+            .fail("boom", now=102, retryable=True, policy=POLICY)
+        ),
+        "failed": lambda: j.lease("w", now=100, lease_seconds=10).fail(
+            "bad", now=102, retryable=False, policy=POLICY
+        ),
+        "cancelled": lambda: j.cancel(now=102),
+    }[end]()
+    assert ended.state.value == end and ended.webhook_state is WebhookState.PENDING
+    again = ended.redrive(now=200)
+    assert (again.state, again.attempts, again.available_at, again.finished_at) == (
+        JobState.QUEUED,
+        0,
+        200,
+        None,
+    )
+    assert (again.batch_limit, again.result, again.error) == (None, None, ended.error)
+    assert (again.webhook_state, again.webhook_attempts, again.webhook_next_at) == (
+        WebhookState.WAITING,
+        0,
+        None,
+    )
+
+
+def test_redrive_refuses_live_and_succeeded_jobs() -> None:
+    for live in (job(), job().lease("w", now=100, lease_seconds=10)):
+        with pytest.raises(IllegalTransition, match="cannot redrive"):
+            live.redrive(now=101)
+    with pytest.raises(IllegalTransition):
+        job().lease("w", now=100, lease_seconds=10).succeed({}, now=101).redrive(now=102)
+
+
+# -- idempotency -----------------------------------------------------------------------------------
+
+
+def test_request_fingerprint_is_canonical() -> None:
+    a = request_fingerprint({"x": 1, "y": [1, 2.5, "ü"]}, "m")
+    assert a == request_fingerprint({"y": [1, 2.5, "ü"], "x": 1}, "m")
+    assert a != request_fingerprint({"x": 1, "y": [1, 2.5, "ü"]}, None)
+    assert a != request_fingerprint({"x": 1, "y": [2.5, 1, "ü"]}, "m")
+    assert len(a) == 64
+
+
+def test_only_a_keyed_job_stores_its_fingerprint_and_old_jobs_still_compare() -> None:
+    keyed = job(idempotency_key="k", model="m")
+    assert keyed.fingerprint == request_fingerprint({"n": 1}, "m") and job().fingerprint is None
+    same = JobSpec(service="s", input={"n": 1}, idempotency_key="k", model="m")
+    other = JobSpec(service="s", input={"n": 2}, idempotency_key="k", model="m")
+    assert keyed.same_request(same) and not keyed.same_request(other)
+    legacy = dataclasses.replace(keyed, fingerprint=None)  # stored before fingerprints were kept
+    assert legacy.same_request(same) and not legacy.same_request(other)

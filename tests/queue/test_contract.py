@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from swell.core.clock import ManualClock
-from swell.core.errors import IllegalTransition, JobNotFound, LeaseLost, QueueFull
+from swell.core.errors import Conflict, IllegalTransition, JobNotFound, LeaseLost, QueueFull, ValidationError
 from swell.core.jobs import Job, JobSpec, JobState, Priority, WebhookState
 from swell.queue.base import JobTimes, Outcome, QueueBackend, QueueStats
 from tests.queue.conftest import POLICY, OpenQueue
@@ -324,16 +324,32 @@ def test_lease_prefers_jobs_for_the_model_it_holds(queue: QueueBackend, clock: M
 
 
 def test_the_same_idempotency_key_returns_the_existing_job(queue: QueueBackend) -> None:
-    first = submit(queue, idempotency_key="k1")
-    again, created = queue.submit(spec(idempotency_key="k1", input={"n": 2}))
-    assert (again, created) == (first, False)
-    other_service = submit(queue, "other", idempotency_key="k1")
+    first = submit(queue, idempotency_key="k1", input={"b": 1, "a": [1, 2]}, model="m")
+    again, created = queue.submit(spec(idempotency_key="k1", input={"a": [1, 2], "b": 1}, model="m"))
+    assert (again, created) == (first, False), "the same request, keys in another order"
+    other_service = submit(queue, "other", idempotency_key="k1", input={"n": 2})
     assert other_service.id != first.id
     lease_one(queue)
     queue.complete(first.id, "w1", {})
-    after, created = queue.submit(spec(idempotency_key="k1"))
+    after, created = queue.submit(spec(idempotency_key="k1", input={"a": [1, 2], "b": 1}, model="m"))
     assert (after.id, after.state, created) == (first.id, JobState.SUCCEEDED, False)
     assert queue.statistics().deduplicated == 2
+
+
+@pytest.mark.parametrize(
+    "changes", [{"input": {"b": 2, "a": [1, 2]}}, {"model": "other"}, {"model": None}], ids=str
+)
+def test_a_reused_idempotency_key_with_another_request_is_a_conflict(
+    queue: QueueBackend, changes: dict[str, object]
+) -> None:
+    first = submit(queue, idempotency_key="k1", input={"b": 1, "a": [1, 2]}, model="m")
+    request = {"input": {"b": 1, "a": [1, 2]}, "model": "m", **changes}
+    with pytest.raises(Conflict) as conflict:
+        queue.submit(spec(idempotency_key="k1", **request))
+    assert conflict.value.field == "idempotency_key" and conflict.value.status_code == 409
+    assert first.id in conflict.value.message
+    assert queue.jobs() == [first], "nothing stored"
+    assert queue.statistics().deduplicated == 0
 
 
 def test_concurrent_submits_with_one_key_make_one_job(open_queue: OpenQueue) -> None:
@@ -343,7 +359,7 @@ def test_concurrent_submits_with_one_key_make_one_job(open_queue: OpenQueue) -> 
 
     def submit_once(i: int) -> None:
         barrier.wait()
-        results.append(queues[i % 2].submit(spec(idempotency_key="race", input={"i": i})))
+        results.append(queues[i % 2].submit(spec(idempotency_key="race", input={"same": True})))
 
     threads = [threading.Thread(target=submit_once, args=(i,)) for i in range(8)]
     for thread in threads:
@@ -423,13 +439,14 @@ def test_submit_many_stores_in_order_with_idempotency_and_admission_per_spec(que
         [
             spec(input={"n": 1}),
             spec(input={"n": 2}, idempotency_key="k"),
-            spec(input={"n": 3}, idempotency_key="k"),  # the same key in the same batch
+            spec(input={"n": 2}, idempotency_key="k"),  # the same key in the same batch
+            spec(input={"n": 3}, idempotency_key="k"),  # ... for another request
             spec(input={"n": 4}),  # the service's third active job: over its limit
             spec("other", input={"n": 5}),  # another service, no limit given
         ],
         limits={"svc": 2},
     )
-    first, keyed, repeat, refused, other = outcomes
+    first, keyed, repeat, conflict, refused, other = outcomes
     assert isinstance(first, tuple) and isinstance(keyed, tuple) and isinstance(other, tuple)
     assert [(job.input, created) for job, created in (first, keyed, other)] == [
         ({"n": 1}, True),
@@ -437,6 +454,7 @@ def test_submit_many_stores_in_order_with_idempotency_and_admission_per_spec(que
         ({"n": 5}, True),
     ]
     assert repeat == (keyed[0], False), "a key repeated within a batch maps to one job"
+    assert isinstance(conflict, Conflict) and conflict.field == "idempotency_key"
     assert isinstance(refused, QueueFull) and refused.retry_after > 0
     assert [job.input for job in queue.jobs(service="svc")] == [{"n": 2}, {"n": 1}]
     stats = queue.statistics()
@@ -572,7 +590,7 @@ def test_depth_and_statistics(queue: QueueBackend, clock: ManualClock) -> None:
     queue.submit(spec("b", idempotency_key="k"))
     with pytest.raises(QueueFull):
         queue.submit(spec("a"), limit=5)
-    leased = queue.lease("a", "w1", max_jobs=4, lease_seconds=5)
+    leased = [lease_one(queue, "w1", "a", lease_seconds=5) for _ in range(4)]  # each alone
     queue.complete(leased[0].id, "w1", {})
     queue.fail(leased[1].id, "w1", "bad", retryable=False)
     queue.fail(leased[2].id, "w1", "flaky")  # max_attempts=1: dead
@@ -597,6 +615,247 @@ def test_depth_and_statistics(queue: QueueBackend, clock: ManualClock) -> None:
     )
 
 
+# -- batches that fail as a whole ------------------------------------------------------------------
+
+
+def test_a_lease_records_its_batch_size(queue: QueueBackend) -> None:
+    for _ in range(3):
+        submit(queue)
+    assert [j.leased_with for j in queue.lease("svc", "w1", max_jobs=2)] == [2, 2]
+    assert [j.leased_with for j in queue.lease("svc", "w1", max_jobs=5)] == [1]
+
+
+def test_a_handed_back_batch_goes_back_split_and_uncounted(queue: QueueBackend, clock: ManualClock) -> None:
+    jobs = [submit(queue, max_attempts=1) for _ in range(4)]
+    batch = queue.lease("svc", "w1", max_jobs=4)
+    clock.advance(3)
+    done, *rest = batch
+    settled = queue.settle(
+        "w1",
+        [Outcome(done.id, result={"ok": 1})]
+        + [Outcome.handback(j.id, "TimeoutError: the batch ran past 60 s", batch_limit=2) for j in rest],
+    )
+    assert [s.state for s in settled if isinstance(s, Job)] == [JobState.SUCCEEDED] + [JobState.QUEUED] * 3
+    for job in rest:
+        back = queue.get(job.id)
+        assert (back.attempts, back.batch_limit, back.available_at) == (0, 2, clock.now())
+        assert back.error == "TimeoutError: the batch ran past 60 s"
+    assert queue.get(jobs[0].id).result == {"ok": 1}, "a job finished in the batch is settled"
+    assert [len(queue.lease("svc", "w2", max_jobs=4)) for _ in range(3)] == [2, 1, 0]
+    stats = queue.statistics()
+    assert (stats.split, stats.succeeded, stats.dead) == (3, 1, 0)
+
+
+def test_a_handback_of_a_job_leased_alone_counts_as_its_own_failure(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    job = submit(queue, max_attempts=2)
+    lease_one(queue)
+    (retried,) = queue.settle("w1", [Outcome.handback(job.id, "crashed", batch_limit=1)])
+    assert isinstance(retried, Job)
+    assert (retried.state, retried.attempts, retried.available_at) == (
+        JobState.QUEUED,
+        1,
+        clock.now() + POLICY.backoff(1),
+    )
+    clock.advance(POLICY.backoff(1))
+    lease_one(queue)
+    (dead,) = queue.settle("w1", [Outcome.handback(job.id, "crashed again", batch_limit=1)])
+    assert isinstance(dead, Job) and (dead.state, dead.error) == (JobState.DEAD, "crashed again")
+    assert queue.statistics().split == 0
+
+
+def test_a_handback_that_does_not_shrink_the_batch_counts(queue: QueueBackend) -> None:
+    first, second = submit(queue), submit(queue)
+    queue.lease("svc", "w1", max_jobs=2)
+    queue.settle("w1", [Outcome.handback(j.id, "slow", batch_limit=8) for j in (first, second)])
+    assert [queue.get(j.id).attempts for j in (first, second)] == [1, 1], "a limit of 8 splits nothing"
+    assert [queue.get(j.id).batch_limit for j in (first, second)] == [8, 8]
+
+
+def test_an_expired_batch_lease_splits_the_batch_without_counting(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    jobs = [submit(queue, max_attempts=1) for _ in range(5)]
+    queue.lease("svc", "w1", max_jobs=5, lease_seconds=10)
+    clock.advance(10)
+    assert queue.reap() == 5
+    for job in jobs:
+        back = queue.get(job.id)
+        assert (back.state, back.attempts, back.batch_limit) == (JobState.QUEUED, 0, 2)
+        assert back.error is not None and "w1" in back.error and "batch of 5" in back.error
+    assert [len(queue.lease("svc", "w2", max_jobs=5)) for _ in range(4)] == [2, 2, 1, 0]
+    assert queue.statistics().expired == 5 and queue.statistics().split == 5
+
+
+def test_a_poisonous_job_ends_alone_and_dead_while_its_batch_mates_succeed(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    """A worker whose batch never finishes while it holds the poisonous job (its lease runs out)."""
+    jobs = [submit(queue, input={"n": n}, max_attempts=2) for n in range(8)]
+    poison = jobs[5].id
+    for _ in range(40):
+        batch = queue.lease("svc", "w1", max_jobs=8, lease_seconds=10)
+        if not batch and not queue.depth()["svc"].get("queued"):
+            break
+        if any(job.id == poison for job in batch):
+            clock.advance(10)
+            queue.reap()
+        else:
+            queue.settle("w1", [Outcome(job.id, result={"n": job.input["n"]}) for job in batch])
+        clock.advance(POLICY.backoff_cap)
+    final = {job.id: queue.get(job.id) for job in jobs}
+    assert final[poison].state is JobState.DEAD and final[poison].attempts == 2
+    others = [job for job_id, job in final.items() if job_id != poison]
+    assert all(job.state is JobState.SUCCEEDED and job.attempts == 1 for job in others), others
+
+
+def test_lease_never_exceeds_a_batch_limit_and_skips_what_does_not_fit(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    a, b, c, d = (submit(queue, input={"n": n}) for n in range(4))
+    queue.lease("svc", "w0", max_jobs=4)
+    queue.settle("w0", [Outcome.handback(b.id, "split", batch_limit=1)])
+    queue.settle("w0", [Outcome.handback(j.id, "split", batch_limit=3) for j in (a, c, d)])
+    assert [j.id for j in queue.lease("svc", "w1", max_jobs=4)] == [a.id, c.id, d.id], "b needs a lease alone"
+    assert [j.id for j in queue.lease("svc", "w1", max_jobs=4)] == [b.id]
+    clock.advance(1)
+    e = submit(queue)
+    queue.settle("w1", [Outcome.handback(b.id, "again", batch_limit=1)])  # alone: counted, backs off
+    clock.advance(POLICY.backoff(1))
+    assert [j.id for j in queue.lease("svc", "w1", max_jobs=4)] == [e.id], "b may not join e"
+    assert [j.id for j in queue.lease("svc", "w1", max_jobs=4)] == [b.id]
+
+
+def test_a_batch_limit_caps_the_jobs_before_it(queue: QueueBackend) -> None:
+    first, second, third = submit(queue), submit(queue), submit(queue)
+    queue.lease("svc", "w0", max_jobs=3)
+    queue.settle("w0", [Outcome.handback(j.id, "split", batch_limit=2) for j in (first, second, third)])
+    assert [j.id for j in queue.lease("svc", "w1", max_jobs=3)] == [first.id, second.id]
+
+
+# -- re-drive and bulk cancel ----------------------------------------------------------------------
+
+
+def test_retry_re_drives_a_dead_job_from_the_start(queue: QueueBackend, clock: ManualClock) -> None:
+    job = submit(queue, max_attempts=1, callback_url="https://example.com/hook")
+    lease_one(queue)
+    dead = queue.fail(job.id, "w1", "RuntimeError: out of memory")
+    queue.save_webhook(dead.webhook_delivered())
+    clock.advance(5)
+    again = queue.retry(job.id)
+    assert (again.state, again.attempts, again.available_at, again.finished_at) == (
+        JobState.QUEUED,
+        0,
+        clock.now(),
+        None,
+    )
+    assert (again.webhook_state, again.webhook_attempts) == (WebhookState.WAITING, 0)
+    assert again.error == "RuntimeError: out of memory", "the last error stays until replaced"
+    assert queue.get(job.id) == again
+    assert queue.finished_since(0) == [] and queue.due_webhooks() == []
+    assert queue.depth() == {"svc": {"queued": 1}}
+    lease_one(queue)
+    done = queue.complete(job.id, "w1", {"ok": True})
+    assert [j.id for j in queue.finished_since(0)] == [job.id] and queue.finished_since(0)[0] == done
+    assert [j.id for j in queue.due_webhooks()] == [job.id]
+    stats = queue.statistics()
+    assert (stats.redriven, stats.dead, stats.succeeded) == (1, 1, 1)
+
+
+def test_retry_re_drives_failed_and_cancelled_jobs(queue: QueueBackend) -> None:
+    failed, cancelled = submit(queue), submit(queue)
+    lease_one(queue)
+    queue.fail(failed.id, "w1", "bad input", retryable=False)
+    queue.cancel(cancelled.id)
+    assert queue.retry(failed.id).state is JobState.QUEUED
+    assert queue.retry(cancelled.id).state is JobState.QUEUED
+    assert {j.id for j in queue.lease("svc", "w1", max_jobs=5)} == {failed.id, cancelled.id}
+
+
+def test_retry_refuses_a_job_that_is_not_finished_for_good(queue: QueueBackend) -> None:
+    queued, leased, done = submit(queue), submit(queue), submit(queue)
+    queue.lease("svc", "w1")  # queued is first in line
+    lease_one(queue)
+    queue.lease("svc", "w1")
+    queue.complete(done.id, "w1", {})
+    for job in (queued, leased, done):
+        state = queue.get(job.id)
+        with pytest.raises(IllegalTransition):
+            queue.retry(job.id)
+        assert queue.get(job.id) == state
+    with pytest.raises(JobNotFound):
+        queue.retry("no-such-job")
+
+
+def test_cancel_many_cancels_what_is_queued(queue: QueueBackend, clock: ManualClock) -> None:
+    queued = [submit(queue) for _ in range(3)]
+    running = lease_one(queue)
+    other = submit(queue, "other")
+    assert queue.cancel_many(service="svc") == 2
+    assert queue.get(running.id).state is JobState.LEASED
+    assert [queue.get(j.id).state for j in queued[1:]] == [JobState.CANCELLED] * 2
+    assert queue.get(other.id).state is JobState.QUEUED
+    assert queue.cancel_many(service="svc") == 0
+    assert queue.cancel_many(service="nothing") == 0
+    assert queue.cancel_many() == 1
+    assert queue.depth() == {"svc": {"leased": 1, "cancelled": 2}, "other": {"cancelled": 1}}
+
+
+# -- paging ----------------------------------------------------------------------------------------
+
+
+def pages(queue: QueueBackend, size: int, **filters: object) -> list[list[str]]:
+    found: list[list[str]] = []
+    cursor: str | None = None
+    while page := queue.jobs(limit=size, before=cursor, **filters):  # type: ignore[arg-type]
+        found.append([j.id for j in page])
+        cursor = page[-1].id
+    return found
+
+
+def test_jobs_page_newest_first_with_a_cursor(queue: QueueBackend, clock: ManualClock) -> None:
+    made = []
+    for n in range(7):
+        made.append(submit(queue, "a" if n % 3 else "b"))
+        if n % 2:
+            clock.advance(1)  # some share a creation time: then newest submitted first
+    newest = [j.id for j in reversed(made)]
+    assert pages(queue, 3) == [newest[:3], newest[3:6], newest[6:]]
+    paged = [job_id for page in pages(queue, 2, service="a") for job_id in page]
+    assert paged == [j.id for j in reversed(made) if j.service == "a"]
+    assert pages(queue, 100) == [newest]
+
+
+def test_a_cursor_stays_valid_when_its_job_changes_state(queue: QueueBackend, clock: ManualClock) -> None:
+    made = []
+    for _ in range(4):
+        made.append(submit(queue))
+        clock.advance(1)
+    first_page = queue.jobs(state=JobState.QUEUED, limit=2)
+    assert [j.id for j in first_page] == [made[3].id, made[2].id]
+    queue.cancel(made[2].id)
+    rest = queue.jobs(state=JobState.QUEUED, limit=2, before=first_page[-1].id)
+    assert [j.id for j in rest] == [made[1].id, made[0].id]
+
+
+def test_an_unknown_cursor_is_a_validation_error(queue: QueueBackend) -> None:
+    submit(queue)
+    with pytest.raises(ValidationError) as error:
+        queue.jobs(before="no-such-job")
+    assert error.value.field == "cursor"
+
+
+# -- health ----------------------------------------------------------------------------------------
+
+
+def test_probe_passes_on_healthy_storage_and_changes_no_job(queue: QueueBackend) -> None:
+    job = submit(queue)
+    queue.probe()
+    queue.probe()
+    assert queue.jobs() == [job] and queue.statistics().submitted == 1
+
+
 # -- durability ------------------------------------------------------------------------------------
 
 
@@ -610,6 +869,9 @@ def test_reopening_keeps_every_job(open_queue: OpenQueue, backend_name: str, clo
     assert lease_one(queue, "w1", lease_seconds=30).id == running.id
     assert lease_one(queue, "w1").id == done.id
     finished = queue.complete(done.id, "w1", {"ok": True})
+    split = submit(queue, "other")
+    lease_one(queue, "w1", "other")
+    queue.settle("w1", [Outcome.handback(split.id, "crashed", batch_limit=1)])
     before = {j.id: j for j in queue.jobs()}
     queue.close()
 
@@ -617,7 +879,10 @@ def test_reopening_keeps_every_job(open_queue: OpenQueue, backend_name: str, clo
     assert {j.id: j for j in reopened.jobs()} == before
     assert reopened.get(finished.id).result == {"ok": True}
     assert reopened.submit(spec(idempotency_key="q"))[0].id == queued.id
-    assert reopened.depth() == {"svc": {"queued": 1, "leased": 1, "succeeded": 1}}
+    with pytest.raises(Conflict):
+        reopened.submit(spec(idempotency_key="q", input={"n": 2}))
+    assert reopened.get(split.id).batch_limit == 1 and reopened.get(running.id).leased_with == 1
+    assert reopened.depth() == {"svc": {"queued": 1, "leased": 1, "succeeded": 1}, "other": {"queued": 1}}
     assert [j.id for j in reopened.due_webhooks()] == [done.id]
     clock.advance(30)
     assert reopened.reap() == 1

@@ -2,8 +2,9 @@
 
 A hypothesis state machine drives the memory queue (the reference) and SQLite (and Redis, when
 `SWELL_TEST_REDIS_URL` is set) with the same operations on one manual clock, and after each step
-checks that every job, listing, depth and counter agrees. Job ids are random, so jobs are
-compared by their submission number.
+checks that every job, listing (paged by cursor too), depth and counter agrees. Job ids are random,
+so jobs are compared by their submission number. The operations include batches handed back split,
+re-drives, bulk cancels and idempotency keys reused for the same and for another request.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -30,7 +32,7 @@ from hypothesis.stateful import (
 from swell.core.clock import ManualClock
 from swell.core.errors import QueueFull, SwellError
 from swell.core.jobs import Job, JobSpec, Priority
-from swell.queue.base import JobTimes, QueueBackend
+from swell.queue.base import JobTimes, Outcome, QueueBackend
 from swell.queue.memory import MemoryQueue
 from swell.queue.sqlite import SQLiteQueue
 from tests.queue.conftest import POLICY, START, drop_redis_keys
@@ -100,6 +102,13 @@ class BackendsAgree(RuleBasedStateMachine):
 
     # -- rules ------------------------------------------------------------------------------------
 
+    @initialize(service=SERVICES, count=st.integers(2, 6), max_attempts=st.integers(1, 2))
+    def some_jobs(self, service: str, count: int, max_attempts: int) -> None:
+        """A queue that starts with work in it, so batches form from the first steps."""
+        for n in range(count):
+            spec = JobSpec(service=service, input={"v": n % 2}, max_attempts=max_attempts)
+            self.on_all(lambda _, q, spec=spec: q.submit(spec))
+
     @rule(
         service=SERVICES,
         priority=st.sampled_from(list(Priority)),
@@ -108,6 +117,7 @@ class BackendsAgree(RuleBasedStateMachine):
         limit=st.sampled_from([None, 2, 4]),
         max_attempts=st.integers(1, 3),
         callback=st.booleans(),
+        value=st.integers(0, 1),
     )
     def submit(
         self,
@@ -118,10 +128,11 @@ class BackendsAgree(RuleBasedStateMachine):
         limit: int | None,
         max_attempts: int,
         callback: bool,
+        value: int,
     ) -> None:
         spec = JobSpec(
             service=service,
-            input={"n": len(self.ids[0])},
+            input={"v": value},
             priority=priority,
             model=model,
             idempotency_key=key,
@@ -146,9 +157,16 @@ class BackendsAgree(RuleBasedStateMachine):
     @rule(
         n=st.integers(0, 50),
         owner=OWNERS,
-        action=st.sampled_from(["complete", "fail", "fail_permanent", "release", "cancel", "renew"]),
+        action=st.sampled_from(
+            ["complete", "fail", "fail_permanent", "release", "cancel", "renew", "retry", "handback"]
+        ),
+        batch_limit=st.integers(1, 3),
     )
-    def act(self, n: int, owner: str, action: str) -> None:
+    def act(self, n: int, owner: str, action: str, batch_limit: int) -> None:
+        def handback(q: QueueBackend, job_id: str) -> list[Any]:
+            settled = q.settle(owner, [Outcome.handback(job_id, "batch failed", batch_limit=batch_limit)])
+            return [x if isinstance(x, Job) else type(x).__name__ for x in settled]
+
         operations: dict[str, Callable[[QueueBackend, str], Any]] = {
             "complete": lambda q, job_id: q.complete(job_id, owner, {"by": owner}),
             "fail": lambda q, job_id: q.fail(job_id, owner, "flaky"),
@@ -156,8 +174,36 @@ class BackendsAgree(RuleBasedStateMachine):
             "release": lambda q, job_id: q.release(job_id, owner),
             "cancel": lambda q, job_id: q.cancel(job_id),
             "renew": lambda q, job_id: q.renew([job_id], owner, 10.0),
+            "retry": lambda q, job_id: q.retry(job_id),
+            "handback": handback,
         }
         self.on_all(lambda b, q: operations[action](q, self.job_id(b, n)))
+
+    @rule(
+        service=SERVICES,
+        owner=OWNERS,
+        max_jobs=st.integers(2, 4),
+        limit=st.integers(1, 3),
+        expire=st.booleans(),
+    )
+    def batch_fails(self, service: str, owner: str, max_jobs: int, limit: int, expire: bool) -> None:
+        """A batch that fails as a whole: handed back by its worker, or left to its lease's expiry."""
+
+        def handback(_: int, q: QueueBackend) -> list[Any]:
+            batch = q.lease(service, owner, max_jobs=max_jobs, lease_seconds=2.0)
+            if expire:
+                return batch
+            outcomes = [Outcome.handback(job.id, "batch timed out", batch_limit=limit) for job in batch]
+            return [x if isinstance(x, Job) else type(x).__name__ for x in q.settle(owner, outcomes)]
+
+        self.on_all(handback)
+        if expire:
+            self.clock.advance(2.0)
+            self.on_all(lambda _, q: q.reap())
+
+    @rule(service=st.sampled_from([None, "a", "b"]))
+    def cancel_many(self, service: str | None) -> None:
+        self.on_all(lambda _, q: q.cancel_many(service=service))
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 3.0, 11.0, 61.0]))
     def advance(self, seconds: float) -> None:
@@ -188,10 +234,19 @@ class BackendsAgree(RuleBasedStateMachine):
     @invariant()
     def everything_agrees(self) -> None:
         self.on_all(lambda _, q: q.jobs(limit=1000))
+        self.on_all(lambda _, q: _pages(q, service="a", size=3))
         self.on_all(lambda _, q: q.finished_since(START))
         self.on_all(lambda _, q: q.finished_times_since(START))
         self.on_all(lambda _, q: q.due_webhooks())
         self.on_all(lambda _, q: (q.depth(), q.statistics()))
+
+
+def _pages(queue: QueueBackend, service: str, size: int) -> list[list[Job]]:
+    """Every page of the service's listing, each after the previous page's last job."""
+    found: list[list[Job]] = []
+    while page := queue.jobs(service=service, limit=size, before=found[-1][-1].id if found else None):
+        found.append(page)
+    return found
 
 
 def test_backends_agree_with_the_memory_queue() -> None:

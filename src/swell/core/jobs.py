@@ -3,18 +3,28 @@
 The lifecycle is one transition table (as h11 keeps HTTP's states) and one `apply`:
 
     queued ──lease──▶ leased ──succeed──▶ succeeded
-      │                 │ ├───fail──────▶ failed      (a permanent error: bad input)
-      │                 │ ├───bury──────▶ dead        (out of attempts; kept with its last error)
-      │                 │ └─retry/release/expire─▶ queued
+      │  ▲              │ ├───fail──────▶ failed      (a permanent error: bad input)
+      │  │              │ ├───bury──────▶ dead        (out of attempts; kept with its last error)
+      │  │              │ ├─retry/release/expire─▶ queued
+      │  │              │ └─handback───▶ queued       (its batch failed as a whole: split, not counted)
+      │  └──redrive──── dead | failed | cancelled     (an operator tries it again from the start)
       └──cancel──▶ cancelled
 
 Backends only persist what `apply` decides; an event the table does not hold raises
 `IllegalTransition` instead of overwriting anything.
+
+Batches. A job leased together with others remembers how many (`leased_with`). When the batch
+fails as a whole (it ran past its deadline, the worker crashed or its lease expired), the failure is
+not the job's own: it goes back untouched with `batch_limit` halved, so a slow or poisonous job ends
+up alone and then fails only itself. Each such hand-back must shrink the batch the job may be leased
+with, so a job is handed back at most log2(batch size) times before its attempts count again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
@@ -48,6 +58,8 @@ class Event(StrEnum):
     RELEASE = "release"  # a draining worker hands the job back untouched
     EXPIRE = "expire"  # the lease ran out (the worker died or hung)
     CANCEL = "cancel"  # the client gave up on a job no worker holds
+    HANDBACK = "handback"  # the job's batch failed as a whole: back untouched, to a smaller batch
+    REDRIVE = "redrive"  # an operator re-drives a dead, failed or cancelled job
 
 
 TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
@@ -59,6 +71,10 @@ TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
     (JobState.LEASED, Event.BURY): JobState.DEAD,
     (JobState.LEASED, Event.RELEASE): JobState.QUEUED,
     (JobState.LEASED, Event.EXPIRE): JobState.QUEUED,
+    (JobState.LEASED, Event.HANDBACK): JobState.QUEUED,
+    (JobState.DEAD, Event.REDRIVE): JobState.QUEUED,
+    (JobState.FAILED, Event.REDRIVE): JobState.QUEUED,
+    (JobState.CANCELLED, Event.REDRIVE): JobState.QUEUED,
 }
 
 
@@ -102,6 +118,15 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+def request_fingerprint(input: dict[str, Any], model: str | None) -> str:
+    """sha256 of the canonical JSON of what a job asks for (its input and model): two submits with
+    one idempotency key are the same request exactly when their fingerprints are equal."""
+    canonical = json.dumps(
+        {"input": input, "model": model}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """What a client asks for; validated by the gateway before it reaches a queue."""
@@ -115,6 +140,9 @@ class JobSpec:
     model: str | None = None  # the checkpoint the job needs, for model-affine leasing
     max_attempts: int = 3
     timeout: float = 300.0  # seconds a single delivery may run
+
+    def fingerprint(self) -> str:
+        return request_fingerprint(self.input, self.model)
 
 
 class WebhookState(StrEnum):
@@ -153,6 +181,9 @@ class Job:
     webhook_attempts: int = 0
     webhook_next_at: float | None = None
     webhook_error: str | None = None
+    batch_limit: int | None = None  # the most jobs this job may be leased together with (None: no cap)
+    leased_with: int = 0  # how many jobs were in the lease that took it last (itself included)
+    fingerprint: str | None = None  # `request_fingerprint` of a job with an idempotency key
 
     @classmethod
     def create(cls, spec: JobSpec, now: float, job_id: str | None = None) -> Job:
@@ -171,14 +202,22 @@ class Job:
             tenant=spec.tenant,
             model=spec.model,
             webhook_state=WebhookState.WAITING if spec.callback_url else WebhookState.NONE,
+            fingerprint=spec.fingerprint() if spec.idempotency_key is not None else None,
         )
+
+    def same_request(self, spec: JobSpec) -> bool:
+        """Whether `spec` asks for what this job was submitted with (a job stored before
+        fingerprints were kept is fingerprinted from its stored input and model)."""
+        stored = self.fingerprint or request_fingerprint(self.input, self.model)
+        return stored == spec.fingerprint()
 
     def rank(self, policy: RetryPolicy) -> float:
         return policy.rank(self.available_at, self.priority)
 
     # -- transitions: pure, each returns the job after the event ----------------------------------
 
-    def lease(self, owner: str, now: float, lease_seconds: float) -> Job:
+    def lease(self, owner: str, now: float, lease_seconds: float, *, batch: int = 1) -> Job:
+        """Taken by `owner` in a lease of `batch` jobs (this one included)."""
         self._check(Event.LEASE)
         return dataclasses.replace(
             self,
@@ -187,6 +226,7 @@ class Job:
             started_at=now,
             lease_owner=owner,
             lease_expires_at=now + lease_seconds,
+            leased_with=batch,
         )
 
     def succeed(self, result: dict[str, Any], now: float) -> Job:
@@ -202,9 +242,43 @@ class Job:
         return self._retry_or_bury(error, now, policy, Event.RETRY)
 
     def expire(self, now: float, policy: RetryPolicy) -> Job:
-        """The lease ran out: the worker died or hung."""
+        """The lease ran out: the worker died or hung. A job leased with others goes back untouched,
+        to a batch half the size (any of them may be the cause); a job leased alone counts it."""
         error = f"lease of {self.lease_owner} expired during attempt {self.attempts}"
+        if self.leased_with > 1:
+            return self._hand_back(f"{error} (in a batch of {self.leased_with})", now, self.leased_with // 2)
         return self._retry_or_bury(error, now, policy, Event.EXPIRE)
+
+    def handback(self, error: str, now: float, *, batch_limit: int, policy: RetryPolicy) -> Job:
+        """The job's batch failed as a whole (timed out, crashed). When `batch_limit` is smaller than
+        the lease that took it, the job goes back untouched to be leased with at most that many;
+        otherwise no smaller batch is left to try and it is the job's own retryable failure. Either
+        way `batch_limit` only ever tightens."""
+        limit = max(1, batch_limit if self.batch_limit is None else min(self.batch_limit, batch_limit))
+        if limit >= self.leased_with:
+            failed = self.fail(error, now, retryable=True, policy=policy)
+            return dataclasses.replace(failed, batch_limit=limit)
+        return self._hand_back(error, now, limit)
+
+    def redrive(self, now: float) -> Job:
+        """Back to the queue from dead, failed or cancelled, as if just submitted: attempts, batch
+        limit and webhook start over; the last error stays until a delivery replaces it."""
+        self._check(Event.REDRIVE)
+        return dataclasses.replace(
+            self,
+            state=JobState.QUEUED,
+            attempts=0,
+            available_at=now,
+            finished_at=None,
+            result=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            batch_limit=None,
+            webhook_state=WebhookState.WAITING if self.callback_url else WebhookState.NONE,
+            webhook_attempts=0,
+            webhook_next_at=None,
+            webhook_error=None,
+        )
 
     def release(self, now: float) -> Job:
         """A draining worker hands the job back; the delivery does not count against it."""
@@ -259,6 +333,19 @@ class Job:
 
     def _check(self, event: Event) -> None:
         next_state(self.state, event)
+
+    def _hand_back(self, error: str, now: float, batch_limit: int) -> Job:
+        self._check(Event.HANDBACK)
+        return dataclasses.replace(
+            self,
+            state=JobState.QUEUED,
+            attempts=max(0, self.attempts - 1),
+            available_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            error=error,
+            batch_limit=batch_limit,
+        )
 
     def _retry_or_bury(self, error: str, now: float, policy: RetryPolicy, event: Event) -> Job:
         if self.attempts >= self.max_attempts:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from swell.core.errors import LeaseLost, QueueFull, SwellError
+from swell.core.errors import Conflict, LeaseLost, SwellError, ValidationError
 from swell.core.jobs import Job, JobSpec, JobState, RetryPolicy
 from swell.queue.base import Outcome, QueueStats, Submitted
 
@@ -31,9 +31,50 @@ def require_owner(job: Job, owner: str) -> None:
 def apply_outcome(job: Job, owner: str, outcome: Outcome, now: float, policy: RetryPolicy) -> Job:
     """The job after `owner` reported `outcome` for it; `LeaseLost` unless `owner` holds it."""
     require_owner(job, owner)
+    if outcome.split is not None:
+        error = outcome.error or "its batch was handed back"
+        return job.handback(error, now, batch_limit=outcome.split, policy=policy)
     if outcome.error is None:
         return job.succeed(outcome.result or {}, now)
     return job.fail(outcome.error, now, retryable=outcome.retryable, policy=policy)
+
+
+def uncounted(before: Job, after: Job) -> bool:
+    """Whether a delivery that was settled or expired ended without counting against the job (its
+    batch was handed back or split)."""
+    return (
+        before.state is JobState.LEASED
+        and after.state is JobState.QUEUED
+        and after.attempts < before.attempts
+    )
+
+
+def fit_batch(candidates: Sequence[Job], max_jobs: int, taken: Sequence[Job] = ()) -> list[Job]:
+    """The candidates (in their order) that join `taken` in one lease of at most `max_jobs`, so that
+    no job is leased with more jobs than its `batch_limit` allows. A job that does not fit is
+    skipped, not waited for: it stays queued, first in line for the next lease."""
+    cap = min([max_jobs, *(job.batch_limit for job in taken if job.batch_limit is not None)])
+    size, chosen = len(taken), []
+    for job in candidates:
+        limit = cap if job.batch_limit is None else min(cap, job.batch_limit)
+        if size < limit:
+            chosen.append(job)
+            size, cap = size + 1, limit
+        if size >= cap:
+            break
+    return chosen
+
+
+def idempotency_conflict(job: Job, spec: JobSpec) -> Conflict:
+    return Conflict(
+        f"idempotency key {spec.idempotency_key!r} was used for a different request (job {job.id}); "
+        "use a new key for a new request",
+        field="idempotency_key",
+    )
+
+
+def unknown_cursor(job_id: str) -> ValidationError:
+    return ValidationError(f"cursor {job_id!r} names no job", field="cursor")
 
 
 def only(outcomes: Sequence[T | Exception]) -> T:
@@ -51,7 +92,7 @@ class OneAtATime(ABC):
     @abstractmethod
     def submit_many(
         self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
-    ) -> list[Submitted | QueueFull]:
+    ) -> list[Submitted | SwellError]:
         """As `QueueBackend.submit_many`: one answer per spec, in order."""
 
     @abstractmethod
@@ -100,6 +141,8 @@ class Counters:
     failed: int = 0
     dead: int = 0
     expired: int = 0
+    split: int = 0
+    redriven: int = 0
 
     def count_final(self, job: Job) -> None:
         """Count a job that has just reached `succeeded`, `failed` or `dead`."""

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from swell.core.errors import QueueFull, SwellError
+from swell.core.errors import SwellError
 from swell.core.jobs import Job, JobSpec, JobState
 
 Submitted = tuple[Job, bool]  # the job, and whether this submit created it
@@ -69,24 +69,31 @@ class QueueStats:
     succeeded: int = 0
     failed: int = 0
     dead: int = 0
-    expired: int = 0
+    expired: int = 0  # leases that ran out
+    split: int = 0  # deliveries handed back uncounted, the job to be leased in a smaller batch
+    redriven: int = 0  # dead, failed or cancelled jobs sent back to the queue by `retry`
     depth: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @runtime_checkable
 class QueueBackend(Protocol):
+    """Every method may raise `Unavailable` (503, with retry_after) when the storage cannot serve it
+    now: a full or read-only disk, an I/O error, a lock held too long, an unreachable server."""
+
     def submit(self, spec: JobSpec, *, limit: int | None = None) -> tuple[Job, bool]:
         """Enqueue a job; returns (job, created). An idempotency key already used for the same
-        service returns the existing job with created=False. Raises `QueueFull` (with retry_after)
-        when the service already has `limit` jobs queued or leased."""
+        service and the same request (input and model) returns the existing job with created=False;
+        for a different request it raises `Conflict` (409, field `idempotency_key`). Raises
+        `QueueFull` (with retry_after) when the service already has `limit` jobs queued or leased."""
         ...
 
     def submit_many(
         self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
-    ) -> list[Submitted | QueueFull]:
+    ) -> list[Submitted | SwellError]:
         """`submit` for each spec in order, in one atomic step where the backend has one (SQLite:
         one transaction), so a burst of submits costs one commit. `limits` maps a service to its
-        admission limit. A refused spec gets its `QueueFull` in its place; the others are stored."""
+        admission limit. A refused spec gets its error (`QueueFull`, `Conflict`) in its place; the
+        others are stored. A storage failure raises `Unavailable` for the whole call."""
         ...
 
     def get(self, job_id: str) -> Job:
@@ -103,7 +110,10 @@ class QueueBackend(Protocol):
         model: str | None = None,
     ) -> list[Job]:
         """Take up to `max_jobs` available jobs of `service` (lowest rank first; with `model`, jobs
-        for that model before others). Expired leases are reaped first."""
+        for that model before others). Expired leases are reaped first. The batch is never larger
+        than the smallest `batch_limit` among its jobs: of the first `max_jobs` candidates, one that
+        does not fit is left queued for the next lease. Each job records the batch's size in
+        `leased_with`."""
         ...
 
     def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:
@@ -120,9 +130,9 @@ class QueueBackend(Protocol):
         ...
 
     def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Job | SwellError]:
-        """`complete` or `fail` for each outcome, in one atomic step where the backend has one, so
-        a batch costs one commit. A job `owner` no longer holds gets its `LeaseLost` (or
-        `JobNotFound`) in its place; the others are recorded."""
+        """`complete`, `fail` or hand back (`Outcome.handback`, see `Job.handback`) each outcome, in
+        one atomic step where the backend has one, so a batch costs one commit. A job `owner` no
+        longer holds gets its `LeaseLost` (or `JobNotFound`) in its place; the others are recorded."""
         ...
 
     def release(self, job_id: str, owner: str) -> Job:
@@ -133,14 +143,30 @@ class QueueBackend(Protocol):
         """Cancel a queued job; `IllegalTransition` (409) once leased or final."""
         ...
 
+    def cancel_many(self, *, service: str | None = None) -> int:
+        """Cancel every job queued now (of `service`); returns how many. Leased jobs run on."""
+        ...
+
+    def retry(self, job_id: str) -> Job:
+        """Re-drive a dead, failed or cancelled job: back to the queue with its attempts reset and
+        its webhook re-armed (`Job.redrive`); `IllegalTransition` (409) in any other state."""
+        ...
+
     def reap(self) -> int:
         """Return jobs whose lease expired to the queue (or bury them); returns how many."""
         ...
 
     def jobs(
-        self, *, service: str | None = None, state: JobState | None = None, limit: int = 100
+        self,
+        *,
+        service: str | None = None,
+        state: JobState | None = None,
+        limit: int = 100,
+        before: str | None = None,
     ) -> list[Job]:
-        """Newest first."""
+        """Newest first: by creation time, ties in submission order. `before` is a cursor: the id
+        of the last job of the previous page, whose successors follow (whatever its state is now);
+        `ValidationError` (field `cursor`) when it names no job."""
         ...
 
     def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
@@ -161,6 +187,11 @@ class QueueBackend(Protocol):
 
     def save_webhook(self, job: Job) -> None:
         """Persist a job's webhook fields (state, attempts, next_at, error) after a delivery try."""
+        ...
+
+    def probe(self) -> None:
+        """Raise `Unavailable` unless the storage takes a write now (readiness): SQLite commits a tiny
+        transaction, waiting a few seconds at most for the write lock; Redis sets a key that expires."""
         ...
 
     def statistics(self) -> QueueStats: ...

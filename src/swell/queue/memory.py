@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
 from swell.core.clock import Clock, SystemClock
-from swell.core.errors import JobNotFound, LeaseLost, QueueFull, SwellError
+from swell.core.errors import Conflict, JobNotFound, LeaseLost, QueueFull, SwellError
 from swell.core.jobs import Job, JobSpec, JobState, RetryPolicy, WebhookState
 from swell.queue._common import (
     ACTIVE_STATES,
@@ -26,10 +26,14 @@ from swell.queue._common import (
     Counters,
     OneAtATime,
     apply_outcome,
+    fit_batch,
     full_message,
+    idempotency_conflict,
     lease_expired,
     require_owner,
     retry_after,
+    uncounted,
+    unknown_cursor,
 )
 from swell.queue.base import JobTimes, Outcome, QueueStats, Submitted
 
@@ -111,15 +115,15 @@ class MemoryQueue(OneAtATime):
 
     def submit_many(
         self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
-    ) -> list[Submitted | QueueFull]:
+    ) -> list[Submitted | SwellError]:
         limits = limits or {}
         with self._lock:
             now = self._clock.now()
-            outcomes: list[Submitted | QueueFull] = []
+            outcomes: list[Submitted | SwellError] = []
             for spec in specs:
                 try:
                     outcomes.append(self._submit(spec, limits.get(spec.service), now))
-                except QueueFull as exc:
+                except (QueueFull, Conflict) as exc:
                     outcomes.append(exc)
             return outcomes
 
@@ -139,8 +143,14 @@ class MemoryQueue(OneAtATime):
         with self._lock:
             now = self._clock.now()
             self._reap([service], now)
-            ids = self._ready.take(service, model, now, max_jobs)
-            leased = [self._store(self._jobs[i].lease(owner, now, lease_seconds)) for i in ids]
+            candidates = [self._jobs[i] for i in self._ready.take(service, model, now, max_jobs)]
+            chosen = fit_batch(candidates, max_jobs)
+            picked = {job.id for job in chosen}
+            for job in candidates:
+                if job.id not in picked:  # did not fit this batch: back in line, rank unchanged
+                    self._ready.add(job, job.rank(self._policy), self._numbers[job.id])
+            batch = len(chosen)
+            leased = [self._store(job.lease(owner, now, lease_seconds, batch=batch)) for job in chosen]
             self._counts.leased += len(leased)
             return leased
 
@@ -165,7 +175,7 @@ class MemoryQueue(OneAtATime):
             for outcome in outcomes:
                 try:
                     job = self._get(outcome.job_id)
-                    settled.append(self._finish(apply_outcome(job, owner, outcome, now, self._policy)))
+                    settled.append(self._finish(job, apply_outcome(job, owner, outcome, now, self._policy)))
                 except (LeaseLost, JobNotFound) as exc:
                     settled.append(exc)
             return settled
@@ -179,18 +189,43 @@ class MemoryQueue(OneAtATime):
         with self._lock:
             return self._store(self._get(job_id).cancel(self._clock.now()))
 
+    def cancel_many(self, *, service: str | None = None) -> int:
+        with self._lock:
+            now = self._clock.now()
+            queued = [
+                job
+                for job in self._jobs.values()
+                if job.state is JobState.QUEUED and (service is None or job.service == service)
+            ]
+            for job in queued:
+                self._store(job.cancel(now))
+            return len(queued)
+
+    def retry(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._store(self._get(job_id).redrive(self._clock.now()))
+            self._counts.redriven += 1
+            return job
+
     def reap(self) -> int:
         with self._lock:
             return self._reap(list(self._leased), self._clock.now())
 
     def jobs(
-        self, *, service: str | None = None, state: JobState | None = None, limit: int = 100
+        self,
+        *,
+        service: str | None = None,
+        state: JobState | None = None,
+        limit: int = 100,
+        before: str | None = None,
     ) -> list[Job]:
         with self._lock:
+            start = len(self._ids) if before is None else self._cursor(before)
             found: list[Job] = []
-            for job in reversed(self._jobs.values()):
+            for number in range(start - 1, -1, -1):
                 if len(found) >= limit:
                     break
+                job = self._jobs[self._ids[number]]
                 if (service is None or job.service == service) and (state is None or job.state is state):
                     found.append(job)
             return found
@@ -219,6 +254,9 @@ class MemoryQueue(OneAtATime):
         with self._lock:
             self._store(_with_webhook(self._get(job.id), job))
 
+    def probe(self) -> None:
+        """Memory always takes a write."""
+
     def statistics(self) -> QueueStats:
         with self._lock:
             return self._counts.snapshot(self._depth_view())
@@ -237,6 +275,12 @@ class MemoryQueue(OneAtATime):
         except KeyError:
             raise JobNotFound(f"no job {job_id!r}", field="id") from None
 
+    def _cursor(self, job_id: str) -> int:
+        """The submission number of the job a page ended with."""
+        if job_id not in self._numbers:
+            raise unknown_cursor(job_id)
+        return self._numbers[job_id]
+
     def _owned(self, job_id: str, owner: str) -> Job:
         job = self._get(job_id)
         require_owner(job, owner)
@@ -246,6 +290,8 @@ class MemoryQueue(OneAtATime):
         if spec.idempotency_key is not None:
             existing = self._keys.get((spec.service, spec.idempotency_key))
             if existing is not None:
+                if not self._jobs[existing].same_request(spec):
+                    raise idempotency_conflict(self._jobs[existing], spec)
                 self._counts.deduplicated += 1
                 return self._jobs[existing], False
         if limit is not None:
@@ -275,13 +321,15 @@ class MemoryQueue(OneAtATime):
             if lease_expired(self._jobs[i], now)
         ]
         for job in expired:
-            self._finish(job.expire(now, self._policy))
+            self._finish(job, job.expire(now, self._policy))
         self._counts.expired += len(expired)
         return len(expired)
 
-    def _finish(self, job: Job) -> Job:
-        """Store the job after a delivery ended, counting it when it reached a final state."""
+    def _finish(self, before: Job, job: Job) -> Job:
+        """Store the job after a delivery ended, counting it when it reached a final state or went
+        back uncounted."""
         self._counts.count_final(job)
+        self._counts.split += uncounted(before, job)
         return self._store(job)
 
     def _store(self, job: Job) -> Job:
@@ -307,6 +355,8 @@ class MemoryQueue(OneAtATime):
             self._leased[job.service].discard(job.id)
         if job.finished_at is not None and (old is None or old.finished_at is None):
             bisect.insort(self._finished, (job.finished_at, number))
+        elif job.finished_at is None and old is not None and old.finished_at is not None:
+            del self._finished[bisect.bisect_left(self._finished, (old.finished_at, number))]
         if job.webhook_state is WebhookState.PENDING:
             self._webhooks.add(job.id)
         else:

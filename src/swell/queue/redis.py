@@ -2,9 +2,11 @@
 
 Key schema (every key starts with the `prefix`, `swell` unless told otherwise):
 
-    {p}:job:{id}                 hash: the job's fields (absent = None), `version`, `seq`
+    {p}:job:{id}                 hash: the job's fields (absent = None: `batch_limit`, `fingerprint`;
+                                 `leased_with` absent reads 0), `version`, `seq`
     {p}:seq                      counter handing out submission numbers
-    {p}:idem:{n}:{service}:{key} string: the job id an idempotency key maps to (n: len(service))
+    {p}:idem:{n}:{service}:{key} string: the job id an idempotency key maps to (n: len(service));
+                                 the job's `fingerprint` tells a repeat from a different request
     {p}:ready:{service}          zset of queued jobs: score rank, member `{available_at}:{seq}:{id}`
     {p}:ready:{service}:{model}  the same for the jobs that name a model (model-affine leasing)
     {p}:leased:{service}         zset of leased job ids by lease expiry
@@ -15,25 +17,43 @@ Key schema (every key starts with the `prefix`, `swell` unless told otherwise):
     {p}:webhooks                 zset `{seq}:{id}` by webhook_next_at, jobs whose webhook is pending
     {p}:depth                    hash `{service}|{state}` -> count
     {p}:counters                 hash of the cumulative `QueueStats` counters
+    {p}:probe                    string set with an expiry by `probe()` (readiness)
 
 Transitions are decided in Python by `swell.core.jobs`; Redis only applies the writes, atomically,
 through two Lua scripts: `APPLY` writes a job and its index entries only if the job's `version` is
 still the one read (optimistic concurrency: a worker that lost the race re-reads and tries again),
 and `SUBMIT` adds a job unless its idempotency key is taken or the service is full. Times come from
 the injected clock and reach Redis as arguments, never from Redis TIME, so tests run on virtual time.
+
+Listing pages by submission number (the `created` and `state` zsets' score), which is creation order
+unless the clocks of several machines disagree. A lease that loses some picks to other workers and
+tops up in a further round records in each job the batch size it had when that job was written.
+
+Storage failures (the server unreachable or timing out, out of memory, refusing writes) leave every
+public method as `Unavailable` (503), never as a raw `redis` error.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis
 
 from swell.core.clock import Clock, SystemClock
-from swell.core.errors import JobNotFound, LeaseLost, QueueFull, SwellError
+from swell.core.errors import (
+    Conflict,
+    IllegalTransition,
+    JobNotFound,
+    LeaseLost,
+    QueueFull,
+    SwellError,
+    Unavailable,
+)
 from swell.core.jobs import Job, JobSpec, JobState, Priority, RetryPolicy, WebhookState
 from swell.queue._common import (
     ACTIVE_STATES,
@@ -42,15 +62,34 @@ from swell.queue._common import (
     Counters,
     OneAtATime,
     apply_outcome,
+    fit_batch,
     full_message,
+    idempotency_conflict,
     lease_expired,
     require_owner,
     retry_after,
+    uncounted,
+    unknown_cursor,
 )
 from swell.queue.base import JobTimes, Outcome, QueueStats, Submitted
 
 CONFLICT_RETRIES = 50  # re-reads before an operation on one job gives up on a hot conflict
 LEASE_ROUNDS = 8  # candidate pages a lease tries while other workers keep taking its picks
+CONNECT_TIMEOUT = 5.0  # seconds to reach the server (a `socket_connect_timeout` in the URL wins)
+SOCKET_TIMEOUT = 10.0  # seconds one reply may take (a `socket_timeout` in the URL wins)
+PROBE_TTL = 60  # seconds the probe key lives
+RETRY_AFTER = 5.0  # what a client is asked to wait while the server cannot serve
+# replies by which a reachable server says it cannot serve now (not that the request is wrong): the
+# classes redis-py maps some of them to (it strips their prefix), and the prefixes of the others
+_REFUSING: tuple[type[redis.RedisError], ...] = tuple(
+    getattr(redis.exceptions, name)
+    for name in ("OutOfMemoryError", "ReadOnlyError", "MasterDownError", "TryAgainError", "ClusterDownError")
+    if hasattr(redis.exceptions, name)
+)
+_REFUSALS = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY", "TRYAGAIN")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _APPLY_OPS = """
 local function apply_ops(ops)
@@ -87,10 +126,10 @@ SUBMIT = (
 -- KEYS[1] idempotency key (unused when ARGV[2] is ''), KEYS[2] depth, KEYS[3] counters.
 -- ARGV: job id, idempotency key given ('1' or ''), limit ('' for none), depth fields of the
 -- service's queued and leased counts, JSON ops that write the new job.
+-- An existing key is answered with its job's id; the caller compares the requests and counts.
 if ARGV[2] == '1' then
   local existing = redis.call('GET', KEYS[1])
   if existing then
-    redis.call('HINCRBY', KEYS[3], 'deduplicated', 1)
     return {'existing', existing}
   end
 end
@@ -119,7 +158,7 @@ _FLOATS = frozenset(
         "webhook_next_at",
     }
 )
-_INTS = frozenset({"max_attempts", "attempts", "webhook_attempts"})
+_INTS = frozenset({"max_attempts", "attempts", "webhook_attempts", "batch_limit", "leased_with"})
 _JSON = frozenset({"input", "result"})
 _ENUMS: dict[str, Callable[[str], Any]] = {
     "priority": Priority,
@@ -158,6 +197,40 @@ def _times(values: list[str | None]) -> JobTimes | None:
         return None  # removed since the index was read
     started = float(started_at) if started_at is not None else None
     return JobTimes(id_, service, JobState(state), float(created_at), started, float(finished_at))
+
+
+def _unavailable(where: str, exc: redis.RedisError) -> Unavailable | None:
+    """The `Unavailable` a server failure is answered with; None for an error that is a bug here."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return Unavailable(f"the queue's {where} cannot be reached: {exc}", retry_after=RETRY_AFTER)
+    refused = isinstance(exc, redis.ResponseError) and str(exc).startswith(_REFUSALS)
+    if refused or isinstance(exc, _REFUSING):
+        message = f"the queue's {where} refuses to serve now: {type(exc).__name__}: {exc}"
+        return Unavailable(message, retry_after=RETRY_AFTER)
+    return None
+
+
+@contextmanager
+def _storage(where: str) -> Iterator[None]:
+    """Translate the server failures raised inside into `Unavailable`, at this backend's boundary."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        failure = _unavailable(where, exc)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def _translated(method: Callable[Concatenate[RedisQueue, P], T]) -> Callable[Concatenate[RedisQueue, P], T]:
+    """A public method whose server failures leave it as `Unavailable`."""
+
+    @functools.wraps(method)
+    def translated(self: RedisQueue, *args: P.args, **kwargs: P.kwargs) -> T:
+        with _storage(self.where):
+            return method(self, *args, **kwargs)
+
+    return translated
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,13 +287,21 @@ class RedisQueue(OneAtATime):
         self._clock = clock
         self._policy = policy
         # Any: redis-py types every reply as sync-or-async; with decode_responses they are str.
-        self._redis: Any = redis.Redis.from_url(url, decode_responses=True)
+        self._redis: Any = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+        )
+        options = self._redis.connection_pool.connection_kwargs
+        # named without the URL, which may hold a password
+        self.where = f"redis at {options.get('host', options.get('path'))}:{options.get('port', '')}"
+        self.where += f"/{options.get('db', 0)}"
         self._apply_script = self._redis.register_script(APPLY)
         self._submit_script = self._redis.register_script(SUBMIT)
-        self._baseline = self._counters()
+        with _storage(self.where):
+            self._baseline = self._counters()
 
     # -- the protocol -----------------------------------------------------------------------------
 
+    @_translated
     def submit(self, spec: JobSpec, *, limit: int | None = None) -> Submitted:
         now = self._clock.now()
         job = Job.create(spec, now)
@@ -249,7 +330,7 @@ class RedisQueue(OneAtATime):
             ],
         )
         if outcome == "existing":
-            return self.get(value), False
+            return self._repeat(self.get(value), spec), False
         if outcome == "full":
             assert limit is not None
             active = int(value)
@@ -259,20 +340,22 @@ class RedisQueue(OneAtATime):
 
     def submit_many(
         self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
-    ) -> list[Submitted | QueueFull]:
+    ) -> list[Submitted | SwellError]:
         """One script call per spec: each submit is atomic on its own, the batch is not."""
         limits = limits or {}
-        outcomes: list[Submitted | QueueFull] = []
+        outcomes: list[Submitted | SwellError] = []
         for spec in specs:
             try:
                 outcomes.append(self.submit(spec, limit=limits.get(spec.service)))
-            except QueueFull as exc:
+            except (QueueFull, Conflict) as exc:
                 outcomes.append(exc)
         return outcomes
 
+    @_translated
     def get(self, job_id: str) -> Job:
         return self._load(job_id).job
 
+    @_translated
     def lease(
         self,
         service: str,
@@ -289,16 +372,26 @@ class RedisQueue(OneAtATime):
             want = max_jobs - len(leased)
             if want <= 0:
                 break
-            candidates = [
-                s for s in self._candidates(service, model, now, want) if s.job.state is JobState.QUEUED
-            ]
-            if not candidates:
+            candidates = {
+                s.job.id: s
+                for s in self._candidates(service, model, now, want)
+                if s.job.state is JobState.QUEUED
+            }
+            chosen = fit_batch([s.job for s in candidates.values()], max_jobs, leased)
+            if not chosen:
                 break
-            changes = [(s, s.job.lease(owner, now, lease_seconds)) for s in candidates]
-            leased += self._apply(changes, leased=1)
+            batch = len(leased) + len(chosen)
+            changes = [
+                (candidates[job.id], job.lease(owner, now, lease_seconds, batch=batch)) for job in chosen
+            ]
+            applied = self._apply(changes, leased=1)
+            leased += applied
+            if len(applied) == len(changes):
+                break  # nobody took a pick: what did not fit waits for the next lease
         self._sort_like_candidates(leased, model)
         return leased
 
+    @_translated
     def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:
         """Renews every lease `owner` still holds; then `LeaseLost` naming any it does not."""
         lost = []
@@ -310,6 +403,7 @@ class RedisQueue(OneAtATime):
         if lost:
             raise LeaseLost(f"{owner} no longer holds the lease on {', '.join(lost)}")
 
+    @_translated
     def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Job | SwellError]:
         """One checked write per outcome: each is atomic on its own, the batch is not."""
         settled: list[Job | SwellError] = []
@@ -319,11 +413,12 @@ class RedisQueue(OneAtATime):
                 return apply_outcome(job, owner, outcome, self._clock.now(), self._policy)
 
             try:
-                settled.append(self._change(outcome.job_id, decide))
+                settled.append(self._change(outcome.job_id, decide, settling=True))
             except (LeaseLost, JobNotFound) as exc:
                 settled.append(exc)
         return settled
 
+    @_translated
     def release(self, job_id: str, owner: str) -> Job:
         def release(job: Job) -> Job:
             require_owner(job, owner)
@@ -331,41 +426,75 @@ class RedisQueue(OneAtATime):
 
         return self._change(job_id, release)
 
+    @_translated
     def cancel(self, job_id: str) -> Job:
         return self._change(job_id, lambda job: job.cancel(self._clock.now()))
 
+    @_translated
+    def cancel_many(self, *, service: str | None = None) -> int:
+        """Cancels the jobs queued when it starts, one checked write each (one leased meanwhile runs
+        on): atomic per job, not for the whole set."""
+        if service is None:
+            ids = self._redis.zrange(self._key("state", JobState.QUEUED.value), 0, -1)
+        else:
+            ids = [_member_id(m) for m in self._redis.zrange(self._key("ready", service), 0, -1)]
+        cancelled = 0
+        for job_id in ids:
+            try:
+                self._change(job_id, lambda job: job.cancel(self._clock.now()))
+                cancelled += 1
+            except (IllegalTransition, JobNotFound):
+                continue
+        return cancelled
+
+    @_translated
+    def retry(self, job_id: str) -> Job:
+        return self._change(job_id, lambda job: job.redrive(self._clock.now()), redriven=1)
+
+    @_translated
     def reap(self) -> int:
         now = self._clock.now()
         return sum(
             self._reap(service, now) for service in sorted(self._redis.smembers(self._key("services")))
         )
 
+    @_translated
     def jobs(
-        self, *, service: str | None = None, state: JobState | None = None, limit: int = 100
+        self,
+        *,
+        service: str | None = None,
+        state: JobState | None = None,
+        limit: int = 100,
+        before: str | None = None,
     ) -> list[Job]:
         if state is not None:
             index = self._key("state", state.value)
         else:
             index = self._key("created", service) if service is not None else self._key("created")
+        top, page = self._cursor(before), max(limit, 16)
         found: list[Job] = []
-        start, page = 0, max(limit, 16)
         while len(found) < limit:
-            ids = self._redis.zrevrange(index, start, start + page - 1)
-            if not ids:
+            rows = self._redis.zrevrangebyscore(index, top, "-inf", start=0, num=page, withscores=True)
+            if not rows:
                 break
-            found += [j for j in self._load_many(ids) if service is None or j.service == service]
-            start += page
+            found += [
+                j for j in self._load_many(i for i, _ in rows) if service is None or j.service == service
+            ]
+            top = f"({int(rows[-1][1])}"
         return found[:limit]
 
+    @_translated
     def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
         return self._load_many(self._finished_ids(since, limit))
 
+    @_translated
     def finished_times_since(self, since: float, limit: int = 1000) -> list[JobTimes]:
         pipe = self._redis.pipeline(transaction=False)
         for job_id in self._finished_ids(since, limit):
             pipe.hmget(self._key("job", job_id), _TIMES_FIELDS)
         return [times for times in map(_times, pipe.execute()) if times is not None]
 
+    @_translated
     def depth(self) -> dict[str, dict[str, int]]:
         depth: dict[str, dict[str, int]] = {}
         for name, count in self._redis.hgetall(self._key("depth")).items():
@@ -374,11 +503,13 @@ class RedisQueue(OneAtATime):
                 depth.setdefault(service, {})[state] = int(count)
         return depth
 
+    @_translated
     def due_webhooks(self, limit: int = 100) -> list[Job]:
         now = self._clock.now()
         members = self._redis.zrangebyscore(self._key("webhooks"), "-inf", repr(now), start=0, num=limit)
         return self._load_many(_member_id(m) for m in members)
 
+    @_translated
     def save_webhook(self, job: Job) -> None:
         def with_webhook(stored: Job) -> Job:
             return replace(
@@ -391,6 +522,11 @@ class RedisQueue(OneAtATime):
 
         self._change(job.id, with_webhook)
 
+    @_translated
+    def probe(self) -> None:
+        self._redis.set(self._key("probe"), repr(self._clock.now()), ex=PROBE_TTL)
+
+    @_translated
     def statistics(self) -> QueueStats:
         """Counters since this handle was opened (every process's work counts), and depth now."""
         now = self._counters()
@@ -413,6 +549,22 @@ class RedisQueue(OneAtATime):
         if stored is None:
             raise JobNotFound(f"no job {job_id!r}", field="id")
         return stored
+
+    def _cursor(self, job_id: str | None) -> str:
+        """The highest score, exclusive, of the page after `job_id` (the previous page's last job)."""
+        if job_id is None:
+            return "+inf"
+        seq = self._redis.hget(self._key("job", job_id), "seq")
+        if seq is None:
+            raise unknown_cursor(job_id)
+        return f"({seq}"
+
+    def _repeat(self, job: Job, spec: JobSpec) -> Job:
+        """The job a repeated idempotency key maps to, counted; `Conflict` for a different request."""
+        if not job.same_request(spec):
+            raise idempotency_conflict(job, spec)
+        self._redis.hincrby(self._key("counters"), "deduplicated", 1)
+        return job
 
     def _finished_ids(self, since: float, limit: int) -> list[str]:
         members = self._redis.zrangebyscore(self._key("finished"), since, "+inf", start=0, num=limit)
@@ -470,17 +622,21 @@ class RedisQueue(OneAtATime):
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def _change(self, job_id: str, decide: Callable[[Job], Job]) -> Job:
-        """Read the job, let `decide` compute its next value, write it unless it changed meanwhile."""
+    def _change(
+        self, job_id: str, decide: Callable[[Job], Job], *, settling: bool = False, **counters: int
+    ) -> Job:
+        """Read the job, let `decide` compute its next value, write it unless it changed meanwhile;
+        `counters` are added to the counters with the write (and, `settling` a delivery, a job that
+        went back uncounted)."""
         for _ in range(CONFLICT_RETRIES):
             stored = self._load(job_id)
             new = decide(stored.job)
             counts = Counters()
             if not stored.job.state.final:
                 counts.count_final(new)
-            if self._apply(
-                [(stored, new)], **{k: getattr(counts, k) for k in ("succeeded", "failed", "dead")}
-            ):
+            counts.split += settling and uncounted(stored.job, new)
+            kept = {k: getattr(counts, k) for k in ("succeeded", "failed", "dead", "split")}
+            if self._apply([(stored, new)], **kept, **counters):
                 return new
         raise LeaseLost(f"job {job_id} kept changing under this write; try again")
 
@@ -495,8 +651,8 @@ class RedisQueue(OneAtATime):
         changes = [(s, s.job.expire(now, self._policy)) for s in expired]
         reaped = 0
         for stored, new in changes:
-            dead = int(new.state is JobState.DEAD)
-            reaped += len(self._apply([(stored, new)], expired=1, dead=dead))
+            dead, split = int(new.state is JobState.DEAD), int(uncounted(stored.job, new))
+            reaped += len(self._apply([(stored, new)], expired=1, dead=dead, split=split))
         return reaped
 
     def _apply(self, changes: Sequence[tuple[_Stored, Job]], **counters: int) -> list[Job]:
@@ -542,10 +698,13 @@ class RedisQueue(OneAtATime):
             self._move_state(writes, before, job, seq)
         self._index_ready(writes, before, job, seq)
         self._index_lease(writes, before, job)
+        member = f"{new.seq:012d}:{job.id}"
         if job.finished_at is not None and (before is None or before.finished_at is None):
-            member = f"{new.seq:012d}:{job.id}"
             writes.add("ZADD", self._key("finished"), repr(job.finished_at), member)
             writes.add("ZADD", self._key("finished", job.service), repr(job.finished_at), member)
+        elif job.finished_at is None and before is not None and before.finished_at is not None:
+            writes.add("ZREM", self._key("finished"), member)  # re-driven: not finished any more
+            writes.add("ZREM", self._key("finished", job.service), member)
         webhooks = self._key("webhooks")
         if job.webhook_state is WebhookState.PENDING and job.webhook_next_at is not None:
             writes.add("ZADD", webhooks, repr(job.webhook_next_at), f"{new.seq:012d}:{job.id}")

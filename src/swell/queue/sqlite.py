@@ -1,14 +1,24 @@
 """The embedded queue: one SQLite file in WAL mode, shared by the gateway and worker processes.
 
-Schema (version 1, kept in `PRAGMA user_version`; `MIGRATIONS[i]` moves a file from version i):
+Schema (version 2, kept in `PRAGMA user_version`; `MIGRATIONS[i]` moves a file from version i,
+each named for what it adds):
 
     jobs      one row per job; lifecycle columns are rewritten from the `Job` value that
               `swell.core.jobs` computed, `input`/`result` are JSON text, `rank` is
-              `RetryPolicy.rank(available_at, priority)` so leasing is one index range scan
+              `RetryPolicy.rank(available_at, priority)` so leasing is one index range scan;
+              `fingerprint` is the request's sha256 for jobs with an idempotency key (NULL in rows
+              from version 1: those are fingerprinted from their stored input when it matters)
     depth     (service, state) -> count, kept by triggers on `jobs`, so depth and admission
               read a handful of rows however many finished jobs the file holds
     counters  one row of cumulative totals for `statistics()`, bumped in the transaction that
               did the work, so every process sees the same numbers
+    probe     one row that `probe()` rewrites to learn whether the file takes a write now
+
+Storage failures (a full or read-only disk, I/O errors, a write lock not had within BUSY_TIMEOUT,
+a file that cannot be opened) leave every public method as `Unavailable` (503), never as a raw
+`sqlite3` error. The file and its -wal/-shm companions (SQLite gives them the database's mode) are
+private to the user: created 0600, and tightened to it when found looser; a directory the queue
+creates is 0700.
 
 Every read-modify-write runs in one `BEGIN IMMEDIATE` transaction: SQLite's write lock then
 orders workers of different processes, so a job is leased by one of them and an idempotency key
@@ -22,16 +32,25 @@ import contextlib
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from swell.core.clock import Clock, SystemClock
-from swell.core.errors import ConfigError, JobNotFound, LeaseLost, QueueFull, SwellError
+from swell.core.errors import (
+    ConfigError,
+    Conflict,
+    JobNotFound,
+    LeaseLost,
+    QueueFull,
+    SwellError,
+    Unavailable,
+)
 from swell.core.jobs import Job, JobSpec, JobState, Priority, RetryPolicy, WebhookState
 from swell.queue._common import (
     ADMISSION_WINDOW,
@@ -39,17 +58,36 @@ from swell.queue._common import (
     Counters,
     OneAtATime,
     apply_outcome,
+    fit_batch,
     full_message,
+    idempotency_conflict,
     require_owner,
     retry_after,
+    uncounted,
+    unknown_cursor,
 )
 from swell.queue.base import JobTimes, Outcome, QueueStats, Submitted
 
 BUSY_TIMEOUT = 30.0  # seconds a connection waits for another process's write lock
+PROBE_TIMEOUT = 2.0  # seconds `probe` waits for the write lock before it calls the file unavailable
 CHECKPOINT_EVERY = 0.5  # seconds between background WAL checkpoints
+LOCKED_RETRY_AFTER = 2.0  # what a client is asked to wait when the write lock stayed taken
+FAULT_RETRY_AFTER = 10.0  # ... and when the disk is full, read-only or failing
+FILE_MODE = 0o600  # the database (SQLite gives its -wal and -shm files the same mode)
+DIR_MODE = 0o700  # a directory the queue creates for it
 
-MIGRATIONS: tuple[str, ...] = (
-    """
+
+class Migration(NamedTuple):
+    """One step of the schema: `script` takes a file from the version before it to its own."""
+
+    name: str
+    script: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "jobs, depth and counters",
+        """
     CREATE TABLE jobs (
         id               TEXT PRIMARY KEY,
         service          TEXT NOT NULL,
@@ -121,21 +159,38 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO counters (one) VALUES (1);
     """,
+    ),
+    Migration(
+        "batch limits, request fingerprints, split and re-drive counters, the probe row",
+        """
+    ALTER TABLE jobs ADD COLUMN batch_limit INTEGER;
+    ALTER TABLE jobs ADD COLUMN leased_with INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN fingerprint TEXT;
+    ALTER TABLE counters ADD COLUMN split INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE counters ADD COLUMN redriven INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE probe (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        at  REAL NOT NULL
+    );
+    INSERT INTO probe VALUES (1, 0);
+    """,
+    ),
 )
 
 COLUMNS = (
     "id, service, state, priority, input, created_at, available_at, max_attempts, timeout, attempts, "
     "idempotency_key, callback_url, tenant, model, started_at, finished_at, lease_owner, lease_expires_at, "
-    "result, error, webhook_state, webhook_attempts, webhook_next_at, webhook_error"
+    "result, error, webhook_state, webhook_attempts, webhook_next_at, webhook_error, "
+    "batch_limit, leased_with, fingerprint"
 )
 SELECT = f"SELECT {COLUMNS} FROM jobs"
 FINISHED = "WHERE finished_at >= ? ORDER BY finished_at, rowid LIMIT ?"  # finished_since and its times
 FINISHED_TIMES = f"SELECT id, service, state, created_at, started_at, finished_at FROM jobs {FINISHED}"
-INSERT = f"INSERT INTO jobs (rank, {COLUMNS}) VALUES ({', '.join('?' * 25)})"
+INSERT = f"INSERT INTO jobs (rank, {COLUMNS}) VALUES ({', '.join('?' * 28)})"
 UPDATE = (
     "UPDATE jobs SET state = ?, rank = ?, available_at = ?, attempts = ?, started_at = ?, finished_at = ?, "
     "lease_owner = ?, lease_expires_at = ?, result = ?, error = ?, webhook_state = ?, webhook_attempts = ?, "
-    "webhook_next_at = ?, webhook_error = ? WHERE id = ?"
+    "webhook_next_at = ?, webhook_error = ?, batch_limit = ?, leased_with = ? WHERE id = ?"
 )
 UPDATE_WEBHOOK = (
     "UPDATE jobs SET webhook_state = ?, webhook_attempts = ?, webhook_next_at = ?, webhook_error = ? "
@@ -163,6 +218,11 @@ HAS_WORK = (
     "WHERE state = 'leased' AND lease_expires_at <= ? AND service = ?)"
 )
 RECENT = "SELECT count(*) FROM jobs INDEXED BY jobs_finished WHERE finished_at >= ? AND service = ?"
+QUEUED = f"{SELECT} INDEXED BY jobs_ready WHERE state = 'queued'"  # cancel_many, optionally by service
+CURSOR = "SELECT created_at, rowid FROM jobs WHERE id = ?"
+NEWEST_FIRST = "ORDER BY created_at DESC, rowid DESC LIMIT ?"  # a page of `jobs`
+PAGE_AFTER = "created_at <= ? AND (created_at < ? OR rowid < ?)"  # after the cursor: an index range
+PROBE = "UPDATE probe SET at = ? WHERE one = 1"
 
 
 def _dump(value: dict[str, Any] | None) -> str | None:
@@ -197,6 +257,9 @@ def _row(job: Job, policy: RetryPolicy) -> tuple[Any, ...]:
         job.webhook_attempts,
         job.webhook_next_at,
         job.webhook_error,
+        job.batch_limit,
+        job.leased_with,
+        job.fingerprint,
     )
 
 
@@ -217,6 +280,8 @@ def _changes(job: Job, policy: RetryPolicy) -> tuple[Any, ...]:
         job.webhook_attempts,
         job.webhook_next_at,
         job.webhook_error,
+        job.batch_limit,
+        job.leased_with,
         job.id,
     )
 
@@ -226,7 +291,8 @@ def _job(row: tuple[Any, ...]) -> Job:
         :10
     ]
     (key, callback_url, tenant, model, started_at, finished_at, owner, expires_at, result, error) = row[10:20]
-    (webhook_state, webhook_attempts, webhook_next_at, webhook_error) = row[20:]
+    (webhook_state, webhook_attempts, webhook_next_at, webhook_error) = row[20:24]
+    (batch_limit, leased_with, fingerprint) = row[24:]
     return Job(
         id=id_,
         service=service,
@@ -252,11 +318,83 @@ def _job(row: tuple[Any, ...]) -> Job:
         webhook_attempts=webhook_attempts,
         webhook_next_at=webhook_next_at,
         webhook_error=webhook_error,
+        batch_limit=batch_limit,
+        leased_with=leased_with,
+        fingerprint=fingerprint,
     )
 
 
 def _missing(job_id: str) -> Job:
     raise JobNotFound(f"no job {job_id!r}", field="id")
+
+
+def _unavailable(path: Path, exc: sqlite3.Error) -> Unavailable | None:
+    """The `Unavailable` a storage failure is answered with; None for an error that is a bug here
+    (misuse of the API, a constraint this code should have kept), which stays as it is."""
+    if isinstance(exc, sqlite3.ProgrammingError | sqlite3.InterfaceError | sqlite3.IntegrityError):
+        return None
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return Unavailable(
+            f"the queue's database {path} stayed locked by another process: {text}",
+            retry_after=LOCKED_RETRY_AFTER,
+        )
+    return Unavailable(
+        f"the queue's database {path} cannot be used now: {text}", retry_after=FAULT_RETRY_AFTER
+    )
+
+
+@contextmanager
+def _storage(path: Path) -> Iterator[None]:
+    """Translate the storage failures raised inside into `Unavailable`, at this backend's boundary."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        failure = _unavailable(path, exc)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def _private_dir(directory: Path) -> None:
+    """Create `directory` and any missing parent 0700; one that exists is left as it is."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir(mode=DIR_MODE, exist_ok=True)
+
+
+def _private_files(path: Path) -> None:
+    """Create the database file 0600 (an empty file is an empty database) before SQLite does, or
+    take group and other access away from it and its -wal/-shm files when found looser."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            info = name.stat()
+            if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+                os.chmod(name, stat.S_IMODE(info.st_mode) & ~0o077)
+
+
+def _prepare(path: Path) -> None:
+    """The directory and file the database lives in, private to the user, or `Unavailable`."""
+    try:
+        _private_dir(path.parent)
+        _private_files(path)
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot create the queue's database {path}: {exc}", retry_after=FAULT_RETRY_AFTER
+        ) from exc
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is open. A failing statement may have rolled back already (a full disk does),
+    and a ROLLBACK that fails leaves the connection to the pool, which closes it."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,21 +421,25 @@ class SQLiteQueue(OneAtATime):
         self._pool = _Pool(self._connect)
         self._writers = _Pool(lambda: self._connect(busy_timeout=0.0))  # `_begin_immediate` waits
         self._checkpointer = _Checkpointer(lambda: self._connect(busy_timeout=0.0))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._migrate()
-        with self._read() as db:
-            self._baseline = self._counters(db)
+        try:
+            _prepare(self.path)
+            self._migrate()
+            with self._read() as db:
+                self._baseline = self._counters(db)
+        except BaseException:
+            self.close()  # a file that cannot be used leaves no thread or connection behind
+            raise
 
     # -- the protocol -----------------------------------------------------------------------------
 
     def submit_many(
         self, specs: Sequence[JobSpec], *, limits: Mapping[str, int] | None = None
-    ) -> list[Submitted | QueueFull]:
+    ) -> list[Submitted | SwellError]:
         limits = limits or {}
         with self._write() as db:
             now = self._clock.now()
             outcomes = [self._submit(db, spec, limits.get(spec.service), now) for spec in specs]
-        # a refusal is counted in the transaction above, and raised only once that committed
+        # a refusal is counted in the transaction above, and answered only once that committed
         return [
             QueueFull(o.message, retry_after=o.retry_after) if isinstance(o, _Rejected) else o
             for o in outcomes
@@ -322,9 +464,8 @@ class SQLiteQueue(OneAtATime):
                 return []  # idle workers poll without taking the write lock
         with self._write() as db:
             self._reap(db, now, service)
-            leased = [
-                job.lease(owner, now, lease_seconds) for job in self._ready(db, service, model, now, max_jobs)
-            ]
+            chosen = fit_batch(self._ready(db, service, model, now, max_jobs), max_jobs)
+            leased = [job.lease(owner, now, lease_seconds, batch=len(chosen)) for job in chosen]
             db.executemany(UPDATE, [_changes(job, self._policy) for job in leased])
             self._bump(db, leased=len(leased))
             return leased
@@ -355,7 +496,7 @@ class SQLiteQueue(OneAtATime):
                     settled.append(apply_outcome(job, owner, outcome, now, self._policy))
                 except (LeaseLost, JobNotFound) as exc:
                     settled.append(exc)
-            self._save_final(db, [job for job in settled if isinstance(job, Job)])
+            self._save_final(db, [(held[job.id], job) for job in settled if isinstance(job, Job)])
         return settled
 
     def release(self, job_id: str, owner: str) -> Job:
@@ -370,19 +511,38 @@ class SQLiteQueue(OneAtATime):
             db.execute(UPDATE, _changes(job, self._policy))
             return job
 
+    def cancel_many(self, *, service: str | None = None) -> int:
+        query, params = (QUEUED, ()) if service is None else (f"{QUEUED} AND service = ?", (service,))
+        with self._write() as db:
+            now = self._clock.now()
+            cancelled = [_job(row).cancel(now) for row in db.execute(query, params).fetchall()]
+            db.executemany(UPDATE, [_changes(job, self._policy) for job in cancelled])
+            return len(cancelled)
+
+    def retry(self, job_id: str) -> Job:
+        with self._write() as db:
+            job = self._get(db, job_id).redrive(self._clock.now())
+            db.execute(UPDATE, _changes(job, self._policy))
+            self._bump(db, redriven=1)
+            return job
+
     def reap(self) -> int:
         with self._write() as db:
             return self._reap(db, self._clock.now(), None)
 
     def jobs(
-        self, *, service: str | None = None, state: JobState | None = None, limit: int = 100
+        self,
+        *,
+        service: str | None = None,
+        state: JobState | None = None,
+        limit: int = 100,
+        before: str | None = None,
     ) -> list[Job]:
-        where = [("service = ?", service), ("state = ?", None if state is None else state.value)]
-        terms = [(sql, value) for sql, value in where if value is not None]
-        clause = f"WHERE {' AND '.join(sql for sql, _ in terms)}" if terms else ""
-        query = f"{SELECT} {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?"
         with self._read() as db:
-            return [_job(row) for row in db.execute(query, [*(v for _, v in terms), limit])]
+            clauses, params = self._page_terms(db, service, state, before)
+            where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+            query = f"{SELECT} {where} {NEWEST_FIRST}"
+            return [_job(row) for row in db.execute(query, [*params, limit])]
 
     def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
         with self._read() as db:
@@ -412,6 +572,11 @@ class SQLiteQueue(OneAtATime):
         with self._write() as db:
             if db.execute(UPDATE_WEBHOOK, changes).rowcount == 0:
                 raise JobNotFound(f"no job {job.id!r}", field="id")
+
+    def probe(self) -> None:
+        """Commit one tiny write, waiting PROBE_TIMEOUT at most for the write lock."""
+        with self._write(lock_timeout=PROBE_TIMEOUT) as db:
+            db.execute(PROBE, (self._clock.now(),))
 
     def statistics(self) -> QueueStats:
         """Counters since this handle was opened (every process's work counts), and depth now."""
@@ -449,7 +614,7 @@ class SQLiteQueue(OneAtATime):
     @contextmanager
     def _read(self, *, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
         """A connection for reads; with `snapshot`, every read sees the same moment."""
-        with self._pool.connection() as db:
+        with _storage(self.path), self._pool.connection() as db:
             if not snapshot:
                 yield db
                 return
@@ -460,20 +625,20 @@ class SQLiteQueue(OneAtATime):
                 db.execute("COMMIT")
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, lock_timeout: float = BUSY_TIMEOUT) -> Iterator[sqlite3.Connection]:
         """One write transaction that holds SQLite's write lock from its first statement."""
         self._checkpointer.start()
-        with self._writers.connection() as db:
-            _begin_immediate(db)
+        with _storage(self.path), self._writers.connection() as db:
+            _begin_immediate(db, lock_timeout)
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             db.execute("COMMIT")
 
     def _migrate(self) -> None:
-        with self._pool.connection() as db:
+        with _storage(self.path), self._pool.connection() as db:
             _enable_wal(db)
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -482,8 +647,8 @@ class SQLiteQueue(OneAtATime):
                     f"{self.path} has queue schema {version}; this Swell knows up to {len(MIGRATIONS)}",
                     key="queue",
                 )
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in _statements(script):
+            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in _statements(migration.script):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
 
@@ -491,14 +656,17 @@ class SQLiteQueue(OneAtATime):
 
     def _submit(
         self, db: sqlite3.Connection, spec: JobSpec, limit: int | None, now: float
-    ) -> _Rejected | tuple[Job, bool]:
+    ) -> _Rejected | Conflict | tuple[Job, bool]:
         if spec.idempotency_key is not None:
             row = db.execute(
                 f"{SELECT} WHERE service = ? AND idempotency_key = ?", (spec.service, spec.idempotency_key)
             ).fetchone()
             if row is not None:
+                existing = _job(row)
+                if not existing.same_request(spec):
+                    return idempotency_conflict(existing, spec)
                 self._bump(db, deduplicated=1)
-                return _job(row), False
+                return existing, False
         if limit is not None:
             active = db.execute(ACTIVE, (spec.service,)).fetchone()[0]
             if active >= limit:
@@ -519,6 +687,27 @@ class SQLiteQueue(OneAtATime):
     def _many(self, db: sqlite3.Connection, job_ids: Sequence[str]) -> list[Job]:
         marks = ", ".join("?" * len(job_ids))
         return [_job(row) for row in db.execute(f"{SELECT} WHERE id IN ({marks})", list(job_ids))]
+
+    def _page_terms(
+        self, db: sqlite3.Connection, service: str | None, state: JobState | None, before: str | None
+    ) -> tuple[list[str], list[Any]]:
+        """The WHERE terms and parameters of one page of `jobs`."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for clause, value in (
+            ("service = ?", service),
+            ("state = ?", None if state is None else state.value),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        if before is not None:
+            cursor = db.execute(CURSOR, (before,)).fetchone()
+            if cursor is None:
+                raise unknown_cursor(before)
+            clauses.append(PAGE_AFTER)
+            params += [cursor[0], cursor[0], cursor[1]]
+        return clauses, params
 
     def _owned(self, db: sqlite3.Connection, job_id: str, owner: str) -> Job:
         job = self._get(db, job_id)
@@ -542,19 +731,20 @@ class SQLiteQueue(OneAtATime):
         query, params = (
             (EXPIRED, (now,)) if service is None else (EXPIRED + " AND service = ?", (now, service))
         )
-        expired = [_job(row).expire(now, self._policy) for row in db.execute(query, params)]
-        db.executemany(UPDATE, [_changes(job, self._policy) for job in expired])
-        dead = sum(job.state is JobState.DEAD for job in expired)
-        self._bump(db, expired=len(expired), dead=dead)
-        return len(expired)
+        changes = [(job, job.expire(now, self._policy)) for job in map(_job, db.execute(query, params))]
+        self._save_final(db, changes)
+        self._bump(db, expired=len(changes))
+        return len(changes)
 
-    def _save_final(self, db: sqlite3.Connection, jobs: Sequence[Job]) -> None:
-        """Persist jobs whose delivery ended, counting those that reached a final state."""
-        db.executemany(UPDATE, [_changes(job, self._policy) for job in jobs])
+    def _save_final(self, db: sqlite3.Connection, changes: Sequence[tuple[Job, Job]]) -> None:
+        """Persist (before, after) pairs of jobs whose delivery ended, counting those that reached a
+        final state or went back uncounted."""
+        db.executemany(UPDATE, [_changes(after, self._policy) for _, after in changes])
         counts = Counters()
-        for job in jobs:
-            counts.count_final(job)
-        self._bump(db, succeeded=counts.succeeded, failed=counts.failed, dead=counts.dead)
+        for before, after in changes:
+            counts.count_final(after)
+            counts.split += uncounted(before, after)
+        self._bump(db, succeeded=counts.succeeded, failed=counts.failed, dead=counts.dead, split=counts.split)
 
     def _bump(self, db: sqlite3.Connection, **deltas: int) -> None:
         if any(deltas.values()):
@@ -664,14 +854,14 @@ class _Checkpointer:
                 db.close()
 
 
-def _begin_immediate(db: sqlite3.Connection) -> None:
-    """Take SQLite's write lock, trying again every 0.1 ms growing to 2 ms, for up to BUSY_TIMEOUT.
+def _begin_immediate(db: sqlite3.Connection, timeout: float = BUSY_TIMEOUT) -> None:
+    """Take SQLite's write lock, trying again every 0.1 ms growing to 2 ms, for up to `timeout`.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10 ... then 100 ms between tries, so under steady
     contention with the workers' short transactions a lock free again after 1 ms can cost a submit
     tens of milliseconds (Rails' SQLite adapter retries on its own for the same reason). In WAL mode
     BEGIN IMMEDIATE is the only statement of a write transaction that can meet the lock."""
-    pause, deadline = 0.0001, time.monotonic() + BUSY_TIMEOUT
+    pause, deadline = 0.0001, time.monotonic() + timeout
     while True:
         try:
             db.execute("BEGIN IMMEDIATE")

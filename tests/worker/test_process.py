@@ -1,7 +1,9 @@
 """Real worker processes against a real SQLite file."""
 
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -13,14 +15,17 @@ from swell.queue.base import QueueBackend, open_queue
 from swell.worker.status import read_status, status_path
 
 
-def spawn(tmp_path: Path, function: str, replica: str = "w1") -> subprocess.Popen[bytes]:
-    service = ServiceConfig(
-        name="svc",
-        engine="callable",
-        options={"function": f"tests.worker.funcs:{function}"},
-        max_batch_size=4,
-        lease_seconds=1.0,
-    )
+def spawn(
+    tmp_path: Path,
+    function: str,
+    replica: str = "w1",
+    *,
+    engine: str = "callable",
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A worker for service `svc` running `tests.worker.funcs:<function>` (or another `engine`)."""
+    options = {"function": f"tests.worker.funcs:{function}"} if engine == "callable" else {}
+    service = ServiceConfig(name="svc", engine=engine, options=options, max_batch_size=4, lease_seconds=1.0)
     return subprocess.Popen(
         [
             sys.executable,
@@ -34,7 +39,8 @@ def spawn(tmp_path: Path, function: str, replica: str = "w1") -> subprocess.Pope
             replica,
             "--data-dir",
             str(tmp_path),
-        ]
+        ],
+        env=env,
     )
 
 
@@ -95,3 +101,68 @@ def test_timeout_fails_the_job_and_exits(tmp_path: Path) -> None:
     after = queue.get(job.id)
     assert after.attempts == 1 and "TimeoutError" in (after.error or "")
     assert after.state == JobState.QUEUED
+
+
+def test_an_engine_that_does_not_load_says_why_in_its_status(tmp_path: Path) -> None:
+    proc = spawn(tmp_path, "no_such_function")
+    assert proc.wait(20) == 1
+    status = read_status(status_path(tmp_path, "w1"))
+    assert status is not None and status["state"] == "failed"
+    assert status["error"].startswith("ConfigError: ") and "no_such_function" in status["error"]
+    assert "\n" not in status["error"]
+
+
+def test_a_failing_worker_keeps_secrets_out_of_its_status(tmp_path: Path) -> None:
+    secret = "sk-very-secret-value"
+    env = {**os.environ, "SWELL_API_KEY": secret}
+    queue = open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+    proc = spawn(tmp_path, f"echo_{secret}", env=env)  # the secret ends up in the error message
+    assert proc.wait(20) == 1
+    status = read_status(status_path(tmp_path, "w1")) or {}
+    assert status["state"] == "failed" and secret not in status["error"] and "***" in status["error"]
+    queue.close()
+
+
+def test_files_a_worker_writes_are_private(tmp_path: Path) -> None:
+    queue = queue_for(tmp_path)
+    job, _ = queue.submit(JobSpec("svc", {"file": "out.bin"}))
+    proc = spawn(tmp_path, "", engine="tests.worker.engines:SteppingEngine")
+    try:
+        wait_for(lambda: queue.get(job.id).state == JobState.SUCCEEDED)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert stat.S_IMODE(status_path(tmp_path, "w1").stat().st_mode) == 0o600
+    assert stat.S_IMODE(status_path(tmp_path, "w1").parent.stat().st_mode) == 0o700
+    folder = tmp_path / "files" / job.id
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "out.bin").stat().st_mode) == 0o600
+
+
+def test_a_poisonous_input_fails_only_itself_in_a_worker(tmp_path: Path) -> None:
+    queue = queue_for(tmp_path)
+    good = [queue.submit(JobSpec("svc", {"n": i}))[0].id for i in range(3)]
+    bad, _ = queue.submit(JobSpec("svc", {"poison": "crash"}, max_attempts=2))
+    proc = spawn(tmp_path, "", engine="tests.worker.engines:BatchEngine")
+    try:
+        wait_for(lambda: queue.get(bad.id).state == JobState.DEAD)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert [queue.get(i).state for i in good] == [JobState.SUCCEEDED] * 3
+    assert all(queue.get(i).attempts == 1 for i in good)
+    assert "poisonous input crashed the batch" in (queue.get(bad.id).error or "")
+
+
+def test_a_hung_batch_is_handed_back_and_the_worker_exits(tmp_path: Path) -> None:
+    queue = queue_for(tmp_path)
+    seconds = [0.01, 30, 0.01, 0.01]
+    ids = [queue.submit(JobSpec("svc", {"seconds": s}, timeout=0.3))[0].id for s in seconds]
+    proc = spawn(tmp_path, "sleep")
+    assert proc.wait(20) == 3
+    status = read_status(status_path(tmp_path, "w1")) or {}
+    assert status["state"] == "dead" and status["error"].startswith("BatchTimeout: ")
+    first, *rest = [queue.get(i) for i in ids]
+    assert first.state == JobState.SUCCEEDED, "the callable engine reports each result as it is made"
+    assert [job.state for job in rest] == [JobState.QUEUED] * 3
+    assert all(job.attempts == 0 and job.batch_limit == 2 for job in rest)

@@ -1,0 +1,225 @@
+"""One leased batch on its way through the engine: bisected when it fails as a whole, timed per call.
+
+Two halves talk through a queue of events. `execute` runs in the engine thread: it calls the engine
+on the whole batch and, when that call raises (or returns the wrong number of results, an engine
+bug), calls it again on each half, recursively, so a poisonous input fails only itself and its
+neighbours still succeed. `BatchRun` lives in the worker's main thread: it turns the events into the
+outcomes to settle, knows the deadline of the call running now and, when that passes, what to hand
+back. It does no I/O, so every rule here is testable without a queue or a thread.
+
+The deadline rule: an engine call on k jobs may run for the sum of their timeouts. A job's `timeout`
+bounds one delivery of it alone; in a batch it also waits for the others, so a batch held to one
+job's timeout kills jobs that would each have succeeded alone, and the sum is exactly what running
+them one after another would be allowed. The price is that a hung call is noticed later in a larger
+batch; the hand-back halves the batch each time (`Outcome.handback`, which does not count the
+attempt), so a hanging input is alone after log2(n) rounds, and only then is its attempt counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swell.core.errors import ValidationError
+from swell.core.jobs import Job
+from swell.engines.base import Engine, RunContext
+from swell.queue.base import Outcome
+
+log = logging.getLogger("swell.worker")
+
+Result = dict[str, Any] | BaseException  # what the engine returned for one input
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The engine thread began a call on `jobs` at `at` (time.monotonic)."""
+
+    jobs: tuple[Job, ...]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A call returned: one result per job (a job reported early is left out of both)."""
+
+    jobs: tuple[Job, ...]
+    results: tuple[Result, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """The engine reported one job's final result before its call returned (`RunContext.report`)."""
+
+    job: Job
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """The engine thread is done with the batch."""
+
+
+Event = Started | Finished | Reported | Exited
+
+
+def call_deadline(jobs: Sequence[Job], started: float) -> float:
+    """When a call on `jobs` that began at `started` is overdue: the sum of their timeouts later."""
+    return started + math.fsum(job.timeout for job in jobs)
+
+
+def outcome(job: Job, result: Result) -> Outcome:
+    """A job's own result: bad input fails for good, any other error may pass on another try."""
+    if isinstance(result, BaseException):
+        error = one_line(result)
+        return Outcome.failure(job.id, error, retryable=not isinstance(result, ValidationError))
+    return Outcome(job.id, result=result)
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: message` on one line."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+# -- the engine thread --------------------------------------------------------------------------
+
+
+@dataclass
+class Executor:
+    """Runs one batch through `engine` in the engine thread, posting `Event`s to `events`."""
+
+    engine: Engine
+    data_dir: Path
+    events: queue.SimpleQueue[Event]
+    reported: set[str] = field(default_factory=set)
+
+    def run(self, jobs: Sequence[Job]) -> None:
+        """Run `jobs`, halving every call that fails as a whole until each failure is one job's."""
+        try:
+            stack = [list(jobs)]
+            while stack:
+                call = [job for job in stack.pop() if job.id not in self.reported]
+                if call:
+                    stack.extend(reversed(self._call(call)))
+        finally:
+            self.events.put(Exited())
+
+    def _call(self, jobs: list[Job]) -> list[list[Job]]:
+        """Call the engine once on `jobs`; return the halves to run next when the call failed."""
+        self.events.put(Started(tuple(jobs), time.monotonic()))
+        by_id = {job.id: job for job in jobs}
+        context = RunContext(list(by_id), self.data_dir, sink=lambda i, r: self._report(by_id, i, r))
+        try:
+            results: list[Result] = list(self.engine.run([job.input for job in jobs], context))
+            if len(results) != len(jobs):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} inputs")
+        except Exception as exc:
+            if len(jobs) > 1:
+                log.warning(
+                    "a batch of %d failed as a whole (%s); running its halves", len(jobs), one_line(exc)
+                )
+                half = len(jobs) // 2
+                return [jobs[:half], jobs[half:]]
+            results = [exc]
+        self._finish(jobs, results)
+        return []
+
+    def _finish(self, jobs: list[Job], results: Sequence[Result]) -> None:
+        pairs = [
+            (job, result) for job, result in zip(jobs, results, strict=True) if job.id not in self.reported
+        ]
+        self.events.put(Finished(tuple(job for job, _ in pairs), tuple(result for _, result in pairs)))
+
+    def _report(self, jobs: dict[str, Job], job_id: str, result: Result) -> None:
+        if job_id not in jobs:
+            raise ValueError(f"job {job_id!r} is not in this call")
+        if job_id not in self.reported:
+            self.reported.add(job_id)
+            self.events.put(Reported(jobs[job_id], result))
+
+
+# -- the main thread ----------------------------------------------------------------------------
+
+
+@dataclass
+class BatchRun:
+    """What the main thread knows about a running batch: what is settled, what runs, what is due."""
+
+    jobs: tuple[Job, ...]
+    started: float = field(default_factory=time.monotonic)
+    running: tuple[Job, ...] = ()
+    running_since: float = 0.0
+    early: list[Outcome] = field(default_factory=list)
+    given: set[str] = field(default_factory=set)  # jobs whose outcome went to settle
+    exited: bool = False
+
+    def __post_init__(self) -> None:
+        self.running, self.running_since = self.jobs, self.started
+
+    @property
+    def deadline(self) -> float:
+        """When the call running now is overdue; never, once the engine thread has exited."""
+        return math.inf if self.exited else call_deadline(self.running, self.running_since)
+
+    @property
+    def open_ids(self) -> list[str]:
+        """Jobs whose outcome has not gone to settle: the leases to keep renewing."""
+        return [job.id for job in self.jobs if job.id not in self.given]
+
+    def apply(self, event: Event) -> list[Outcome]:
+        """Take in one event; return the outcomes to settle now (a finished call's, in one go)."""
+        if isinstance(event, Started):
+            self.running, self.running_since = event.jobs, event.at
+        elif isinstance(event, Reported):
+            self.early.append(outcome(event.job, event.result))
+            self.given.add(event.job.id)
+        elif isinstance(event, Finished):
+            self.given.update(job.id for job in event.jobs)
+            return self.take_early() + [outcome(j, r) for j, r in zip(event.jobs, event.results, strict=True)]
+        else:
+            self.exited = True
+            return self.take_early()
+        return []
+
+    def take_early(self) -> list[Outcome]:
+        """The results reported before their call returned, not yet settled."""
+        taken, self.early = self.early, []
+        return taken
+
+    def leftovers(self) -> list[Outcome]:
+        """Once the engine thread exited: a retryable failure for any job it left without a result
+        (the thread died of something that is not an Exception)."""
+        error = "RuntimeError: the engine thread stopped without a result for this job"
+        left = [Outcome.failure(job.id, error) for job in self.jobs if job.id not in self.given]
+        self.given.update(o.job_id for o in left)
+        return self.take_early() + left
+
+    def abandon(self) -> list[Outcome]:
+        """Outcomes for every job not settled yet, once the running call is past its deadline.
+
+        Reported results are settled as they are. The running call's jobs go back to be leased in
+        halves (alone: the job's own timeout, counted as a retryable failure); jobs whose call had not
+        started are not suspects and go back with the running call's size as their limit."""
+        outcomes = self.take_early()
+        running = {job.id for job in self.running}
+        for job in self.jobs:
+            if job.id not in self.given:
+                outcomes.append(self._abandoned(job, job.id in running))
+                self.given.add(job.id)
+        return outcomes
+
+    def _abandoned(self, job: Job, running: bool) -> Outcome:
+        size = len(self.running)
+        if running and size == 1:
+            return Outcome.failure(job.id, f"TimeoutError: job ran past its timeout of {job.timeout:g} s")
+        seconds = call_deadline(self.running, 0.0)
+        if running:
+            error = f"TimeoutError: a batch of {size} ran past its deadline of {seconds:g} s"
+            return Outcome.handback(job.id, error, batch_limit=size // 2)
+        error = f"TimeoutError: handed back unrun: a batch of {size} beside it hung past {seconds:g} s"
+        return Outcome.handback(job.id, error, batch_limit=size)

@@ -62,6 +62,8 @@ def test_restarts_a_killed_worker(supervisor: LocalSupervisor) -> None:
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(ready(supervisor)) == 2 and victim not in ready(supervisor))
     assert sum(r.restarts for r in supervisor.replicas()) == 1
+    [restarted] = [r for r in supervisor.replicas() if r.restarts]
+    assert (restarted.last_error, restarted.crash_streak) == ("killed by SIGKILL", 0)
 
 
 def test_restarts_a_hung_worker(supervisor: LocalSupervisor) -> None:
@@ -70,6 +72,8 @@ def test_restarts_a_hung_worker(supervisor: LocalSupervisor) -> None:
     os.kill(victim, signal.SIGSTOP)
     wait_for(lambda: len(ready(supervisor)) == 2 and victim not in ready(supervisor))
     assert sum(r.restarts for r in supervisor.replicas()) == 1
+    [restarted] = [r for r in supervisor.replicas() if r.restarts]
+    assert restarted.last_error is not None and restarted.last_error.startswith("stopped answering")
 
 
 def test_scale_up_and_down_within_bounds(supervisor: LocalSupervisor) -> None:

@@ -135,8 +135,13 @@ def test_dataset_options_are_checked(tmp_path: Path) -> None:
     datasets = {"minilm": DatasetConfig(source="file:///nowhere")}
     with pytest.raises(ConfigError, match="no dataset named 'other'") as caught:
         create_engine("embeddings", {"dataset": "other"}, data_dir=tmp_path, datasets=datasets)
-    assert caught.value.key == "engine.options.dataset"
+    assert caught.value.key == "options.dataset"
     with pytest.raises(ConfigError, match="not both"):
         create_engine("embeddings", {"dataset": "minilm", "path": "/x"}, data_dir=tmp_path, datasets=datasets)
     with pytest.raises(ConfigError, match="not both"):
-        create_engine("embeddings", {"dataset": "minilm", "model": "m"}, data_dir=tmp_path, datasets=datasets)
+        create_engine(
+            "embeddings",
+            {"dataset": "minilm", "model": "all-MiniLM-L6-v2"},
+            data_dir=tmp_path,
+            datasets=datasets,
+        )

@@ -1,10 +1,14 @@
+import importlib
 from pathlib import Path
 
 import pytest
 
 from swell.core.errors import ConfigError, ValidationError
+from swell.data.config import DatasetConfig
 from swell.engines.base import RunContext
-from swell.engines.registry import create_engine, validate_input
+from swell.engines.callable import CallableEngine
+from swell.engines.embeddings import EmbeddingsEngine
+from swell.engines.registry import ENGINES, Problem, create_engine, engine_problem, validate_input
 
 
 def echo(item: dict) -> dict:
@@ -47,3 +51,63 @@ def test_embeddings_input_errors_name_the_field(payload: dict, field: str) -> No
 
 def test_valid_embeddings_input_passes() -> None:
     validate_input("embeddings", {}, {"texts": ["hello"]})
+
+
+def test_unknown_and_mistyped_options_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown option 'modle'") as caught:
+        create_engine("embeddings", {"modle": "x"}, data_dir=tmp_path)
+    assert caught.value.key == "options.modle"
+    with pytest.raises(ConfigError) as caught:
+        create_engine("callable", {"function": "tests.engines.samples:shout", "batch": 1}, data_dir=tmp_path)
+    assert caught.value.key == "options.batch"
+
+
+def test_a_callable_function_is_imported_when_the_engine_is_built(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no attribute 'absent'") as caught:
+        create_engine("callable", {"function": "tests.engines.samples:absent"}, data_dir=tmp_path)
+    assert caught.value.key == "options.function"
+
+
+def test_builtin_options_reach_the_engine(tmp_path: Path) -> None:
+    options = {"function": "tests.engines.samples:shout", "batch": False}
+    engine = create_engine("callable", options, data_dir=tmp_path)
+    assert isinstance(engine, CallableEngine) and engine.batches is False
+    engine.load()
+    assert engine.run([{"text": "hi"}], RunContext(["j"], tmp_path)) == [{"text": "HI"}]
+
+
+def test_embeddings_options_are_checked_without_building_a_model(tmp_path: Path) -> None:
+    datasets = {"minilm": DatasetConfig(source="file:///models/minilm")}
+    engine = create_engine(
+        "embeddings", {"dataset": "minilm", "device": "cpu"}, data_dir=tmp_path, datasets=datasets
+    )
+    assert isinstance(engine, EmbeddingsEngine)
+    assert (engine.model, engine.dataset, engine.device, engine.data_dir) == (
+        "minilm",
+        "minilm",
+        "cpu",
+        tmp_path,
+    )
+    assert engine_problem("embeddings", {"dataset": "minilm", "path": "/m"}) == Problem(
+        "options.dataset", "give 'dataset' or 'path', not both"
+    )
+
+
+def test_a_custom_engine_is_checked_against_its_options_model(tmp_path: Path) -> None:
+    problem = engine_problem("tests.engines.samples:Upper", {"suffix": 3})
+    assert problem is not None and problem.key == "options.suffix"
+    engine = create_engine("tests.engines.samples:Upper", {"suffix": "!"}, data_dir=tmp_path)
+    assert engine.run([{"text": "a"}], RunContext(["j"], tmp_path)) == [{"text": "A!"}]
+
+
+def test_every_builtin_has_an_importable_factory() -> None:
+    for name, spec in ENGINES.items():
+        module, _, attr = spec.factory.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), name
+        assert engine_problem(name, {"function": "builtins:dict"} if name == "callable" else {}) is None
+
+
+def test_input_that_is_not_an_object_is_refused() -> None:
+    with pytest.raises(ValidationError) as info:
+        validate_input("callable", {}, ["not", "a", "dict"])  # type: ignore[arg-type]
+    assert info.value.field == "input"

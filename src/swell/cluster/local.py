@@ -3,8 +3,24 @@
 Each worker is `python -m swell.worker` in its own process group; it publishes its state in an atomic
 status file (swell.worker.status) every second. The monitor restarts a worker that exits unexpectedly
 or whose heartbeat is older than `hang_seconds` (SIGKILL first), with an exponential restart back-off.
-The `datasets:` config reaches each worker as JSON in SWELL_DATASETS, never in argv, so that S3
-secrets do not show in `ps`.
+
+Why a replica's latest process ended stays in `ReplicaInfo.last_error` after the process is gone: the
+`error` the worker wrote into its status file ("Type: message"), else what the supervisor saw (killed
+by a signal, an exit status, a heartbeat that stopped). `crash_streak` counts the exits of processes
+that never became ready, and is reset when one does: swell.core.replicas.unavailable_reason reads it.
+
+A worker gets only the environment it needs, never the gateway's secrets (SWELL_API_KEY,
+SWELL_WEBHOOK_SECRET, or anything else of `swell up`'s environment not listed here):
+- the names in `PASS_NAMES` (PATH, HOME, locale and time zone, temporary directories, the virtualenv,
+  LD_LIBRARY_PATH, TLS trust stores, HTTP proxies, the thread counts of OpenMP/MKL/OpenBLAS and the
+  tokenizers, SWELL_CACHE_QUOTA for the node cache), and every name starting with one of
+  `PASS_PREFIXES` (LC_, PYTHON, HF_, TRANSFORMERS_, SENTENCE_TRANSFORMERS_, TORCH_, PYTORCH_, CUDA_,
+  NVIDIA_, NCCL_, HIP_, ROCR_, OMP_, MKL_, KMP_, OPENBLAS_);
+- AWS_* only when the dataset the service's engine names (`options.dataset`) comes from s3://;
+- SWELL_DATASETS: that one dataset's config as JSON, in the environment rather than argv so that its
+  S3 secrets do not show in `ps` (/proc/PID/environ is readable only by the owner), and no other
+  dataset's secrets;
+- the names or prefixes (`NAME_*`) the service lists in `pass_env` (an API key its function needs).
 """
 
 from __future__ import annotations
@@ -17,20 +33,46 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from swell.core.clock import Clock, SystemClock
 from swell.core.config import ServiceConfig, SwellConfig
 from swell.core.errors import ServiceNotFound
 from swell.core.replicas import ReplicaInfo, ReplicaState
-from swell.worker import DATASETS_ENV
+from swell.data.config import DatasetConfig
+from swell.worker import DATASETS_ENV, QUEUE_ENV
 from swell.worker.status import read_status, status_path
 
 HANG_SECONDS = 15.0
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
 MONITOR_INTERVAL = 0.25
+MAX_ERROR_CHARS = 1000
+
+PASS_NAMES = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM",
+        "TMPDIR", "TEMP", "TMP", "XDG_CACHE_HOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+        "TOKENIZERS_PARALLELISM", "SWELL_CACHE_QUOTA",
+    }
+)  # fmt: skip
+PASS_PREFIXES = (
+    "LC_", "PYTHON", "HF_", "TRANSFORMERS_", "SENTENCE_TRANSFORMERS_", "TORCH_", "PYTORCH_",
+    "CUDA_", "NVIDIA_", "NCCL_", "HIP_", "ROCR_", "OMP_", "MKL_", "KMP_", "OPENBLAS_",
+)  # fmt: skip
+S3_PREFIXES = ("AWS_",)
+
+Spawn = Callable[[list[str], dict[str, str]], "subprocess.Popen[bytes]"]
+
+
+def popen_worker(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a worker in its own process group (so a signal reaches the whole group)."""
+    return subprocess.Popen(argv, start_new_session=True, env=env)
 
 
 @dataclass
@@ -45,6 +87,9 @@ class Slot:
     next_start: float = 0.0
     backoff: float = BACKOFF_MIN
     draining: bool = False
+    ready: bool = False  # the current process has become ready
+    crash_streak: int = 0  # exits of processes that never became ready, since one did
+    last_error: str | None = None  # why the latest process that ended ended
     jobs: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0})
 
 
@@ -59,12 +104,18 @@ class LocalSupervisor:
         *,
         clock: Clock = SystemClock(),
         hang_seconds: float = HANG_SECONDS,
+        spawn: Spawn = popen_worker,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
+        """`spawn` starts a worker from its argv and environment; `environ` is what a worker's
+        environment is chosen from (default: this process's, read at each start)."""
         self.config = config
         self.queue_url = queue_url
         self.data_dir = Path(data_dir)
         self.clock = clock
         self.hang_seconds = hang_seconds
+        self._popen = spawn
+        self._environ = environ
         self._services = {service.name: service for service in config.services}
         self._desired = {service.name: service.replicas.min for service in config.services}
         self._slots: list[Slot] = []
@@ -128,19 +179,34 @@ class LocalSupervisor:
             status = read_status(self._status_path(slot)) or {}
             beat = float(status.get("heartbeat") or slot.started_at or now)
             if now - beat <= self.hang_seconds:
-                if status.get("state") in ("ready", "busy"):
-                    slot.backoff = BACKOFF_MIN
+                self._observe(slot, status)
                 return
             _signal(proc, signal.SIGKILL)
             proc.wait()
-        if proc is not None:
-            self._remember_counts(slot)
-            slot.proc = None
-            slot.restarts += 1
-            slot.next_start = now + slot.backoff
-            slot.backoff = min(slot.backoff * 2, BACKOFF_MAX)
+            self._exited(slot, proc, now, hung=True)
+        elif proc is not None:
+            self._exited(slot, proc, now)
         if now >= slot.next_start:
             self._spawn(slot, now)
+
+    def _observe(self, slot: Slot, status: dict[str, Any]) -> None:
+        """A live worker's status: once it is ready its crash streak and back-off start over."""
+        if status.get("state") in ("ready", "busy"):
+            _mark_ready(slot)
+
+    def _exited(self, slot: Slot, proc: subprocess.Popen[bytes], now: float, *, hung: bool = False) -> None:
+        """Record why the slot's process `proc` ended and when to start the next one."""
+        status = read_status(self._status_path(slot)) or {}
+        self._remember_counts(slot, status)
+        if slot.ready or _became_ready(status):
+            _mark_ready(slot)
+        else:
+            slot.crash_streak += 1
+        slot.last_error = _exit_reason(status, proc.returncode, self.hang_seconds if hung else None)
+        slot.proc = None
+        slot.restarts += 1
+        slot.next_start = now + slot.backoff
+        slot.backoff = min(slot.backoff * 2, BACKOFF_MAX)
 
     def _resize(self, name: str, want: int) -> None:
         mine = [slot for slot in self._slots if slot.service.name == name]
@@ -166,28 +232,30 @@ class LocalSupervisor:
         path = self._status_path(slot)
         path.unlink(missing_ok=True)
         argv = [
-            sys.executable, "-m", "swell.worker", "--queue", self.queue_url,
+            sys.executable, "-m", "swell.worker",
             "--service", slot.service.model_dump_json(), "--replica-id", slot.id,
             "--data-dir", str(self.data_dir),
         ]  # fmt: skip
-        slot.proc = subprocess.Popen(argv, start_new_session=True, env=self._worker_env())
+        env = {**self.worker_env(slot.service), QUEUE_ENV: self.queue_url}  # a password stays out of `ps`
+        slot.proc = self._popen(argv, env)
         slot.started_at = now
+        slot.ready = False
 
-    def _worker_env(self) -> dict[str, str]:
-        """This process's environment plus the datasets (in the environment, so S3 secrets stay out of
-        `ps`: argv is world-readable, /proc/PID/environ only to the owner)."""
-        datasets = {name: spec.model_dump(mode="json") for name, spec in self.config.datasets.items()}
-        return {**os.environ, DATASETS_ENV: json.dumps(datasets)}
+    def worker_env(self, service: ServiceConfig) -> dict[str, str]:
+        """The environment a worker of `service` starts with (the module docstring says what)."""
+        environ = os.environ if self._environ is None else self._environ
+        name = service.options.get("dataset")
+        datasets = {name: self.config.datasets[name]} if name in self.config.datasets else {}
+        return worker_environment(environ, service.pass_env, datasets)
 
-    def _remember_counts(self, slot: Slot) -> None:
-        status = read_status(self._status_path(slot)) or {}
+    def _remember_counts(self, slot: Slot, status: dict[str, Any]) -> None:
         slot.jobs["done"] += int(status.get("jobs_done", 0))
         slot.jobs["failed"] += int(status.get("jobs_failed", 0))
 
     def _info(self, slot: Slot) -> ReplicaInfo:
-        status = read_status(self._status_path(slot)) or {}
         alive = slot.proc is not None and slot.proc.poll() is None
-        state = ReplicaState(status.get("state", "starting")) if alive else ReplicaState.DEAD
+        status = (read_status(self._status_path(slot)) or {}) if alive else {}
+        state = _replica_state(status.get("state")) if alive else ReplicaState.DEAD
         if slot.draining:
             state = ReplicaState.DRAINING if alive else ReplicaState.STOPPED
         return ReplicaInfo(
@@ -202,6 +270,8 @@ class LocalSupervisor:
             started_at=slot.started_at,
             last_heartbeat=status.get("heartbeat"),
             phases=dict(status.get("phases", {})),
+            last_error=_one_line(status["error"]) if status.get("error") else slot.last_error,
+            crash_streak=0 if state in (ReplicaState.READY, ReplicaState.BUSY) else slot.crash_streak,
         )
 
     def _status_path(self, slot: Slot) -> Path:
@@ -219,3 +289,57 @@ class LocalSupervisor:
 def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signum)
+
+
+def worker_environment(
+    environ: Mapping[str, str], pass_env: list[str], datasets: dict[str, DatasetConfig]
+) -> dict[str, str]:
+    """The part of `environ` a worker may see, plus `datasets` as JSON (see the module docstring)."""
+    prefixes = PASS_PREFIXES + tuple(p.removesuffix("*") for p in pass_env if p.endswith("*"))
+    if any(spec.source.startswith("s3://") for spec in datasets.values()):
+        prefixes += S3_PREFIXES
+    names = PASS_NAMES | {p for p in pass_env if not p.endswith("*")}
+    env = {k: v for k, v in environ.items() if k in names or k.startswith(prefixes)}
+    env[DATASETS_ENV] = json.dumps({name: spec.model_dump(mode="json") for name, spec in datasets.items()})
+    return env
+
+
+def _mark_ready(slot: Slot) -> None:
+    slot.ready = True
+    slot.crash_streak = 0
+    slot.backoff = BACKOFF_MIN
+
+
+def _became_ready(status: dict[str, Any]) -> bool:
+    """Whether a worker's last status shows it got ready (its load phases are written then), for one
+    that became ready and ended between two looks."""
+    return status.get("state") in ("ready", "busy") or bool(status.get("phases"))
+
+
+def _exit_reason(status: dict[str, Any], returncode: int | None, hung_after: float | None) -> str:
+    if hung_after is not None:
+        return f"stopped answering (no heartbeat for {hung_after:g} s); killed"
+    if status.get("error"):
+        return _one_line(status["error"])
+    if returncode is not None and returncode < 0:
+        return f"killed by {_signal_name(-returncode)}"
+    return f"exited with status {returncode}"
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())[:MAX_ERROR_CHARS]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _replica_state(value: object) -> ReplicaState:
+    """A worker's reported state; "failed" (it could not start or is dying) reads as dead."""
+    try:
+        return ReplicaState(str(value or "starting"))
+    except ValueError:
+        return ReplicaState.DEAD

@@ -8,14 +8,19 @@
         max_batch_size: 32
         job_timeout: 60
         max_attempts: 3
+        pass_env: [OPENAI_API_KEY]    # extra variables its workers inherit (swell.cluster.local)
     datasets: {...}                   # swell.data.config.DatasetConfig
     brain: {...}                      # swell.brain.config.BrainConfig
 
-An error names the bad key (as a dotted path) and the file.
+An error names the bad key (as a dotted path) and the file. `parse_config` (and so `load_config`)
+also checks every service's engine through swell.engines.registry: the engine is known, its options
+are valid for it (`services[NAME].options.KEY`), and a callable's function imports. That check imports
+the user's modules but never torch.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from pathlib import Path
@@ -23,7 +28,7 @@ from typing import Any
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from swell.brain.config import BrainConfig
@@ -32,6 +37,8 @@ from swell.data.config import DatasetConfig
 
 ENV_PREFIX = "SWELL_"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*\*?$"  # a variable's name, or a prefix ending in *
+GATEWAY_SECRETS = ("SWELL_API_KEY", "SWELL_WEBHOOK_SECRET")  # never passed to a worker
 
 
 class Strict(BaseModel):
@@ -59,6 +66,18 @@ class ServiceConfig(Strict):
     max_attempts: int = Field(default=3, ge=1, le=100)
     queue_limit: int = Field(default=10_000, ge=1)  # queued + leased jobs before submit answers 429
     lease_seconds: float = Field(default=30.0, gt=0)  # renewed by the worker while a job runs
+    # variables (names, or prefixes ending in *) this service's workers inherit beyond the allow-list
+    pass_env: list[str] = Field(default_factory=list, max_length=100)
+
+    @field_validator("pass_env")
+    @classmethod
+    def _no_gateway_secrets(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(ENV_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not an environment variable's name (or a prefix ending in *)")
+            if any(fnmatch.fnmatchcase(secret, name) for secret in GATEWAY_SECRETS):
+                raise ValueError(f"{name!r} would pass the gateway's secrets to workers")
+        return names
 
 
 class GatewayConfig(Strict):
@@ -66,6 +85,18 @@ class GatewayConfig(Strict):
     max_wait_seconds: float = Field(default=300.0, gt=0)
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_timeout: float = Field(default=10.0, gt=0)
+    # The serving path's limits (swell.gateway.limits.GatewayLimits reads them; docs/usage.md explains).
+    max_header_bytes: int = Field(default=16_384, ge=1024)
+    max_connections: int = Field(default=1024, ge=1)
+    keep_alive_seconds: float = Field(default=5.0, gt=0)
+    read_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_pending_submits: int = Field(default=4096, ge=1)
+    max_storage_backlog: int = Field(default=512, ge=1)
+    max_loop_lag_seconds: float = Field(default=0.5, gt=0)
+    storage_threads: int = Field(default=8, ge=1, le=256)
+    dns_threads: int = Field(default=4, ge=1, le=64)
+    dns_timeout_seconds: float = Field(default=5.0, gt=0)
+    retry_after_seconds: float = Field(default=1.0, gt=0)
 
 
 class SwellConfig(Strict):
@@ -146,12 +177,28 @@ def load_config(path: str | Path | None) -> SwellConfig:
 
 
 def parse_config(raw: dict[str, Any], *, file: str | None = None) -> SwellConfig:
+    """Validate `raw` (swell.yaml's content) and every service's engine; errors name the key."""
     try:
-        return SwellConfig.model_validate(raw)
+        config = SwellConfig.model_validate(raw)
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]
         key = _dotted(error["loc"], raw)
-        raise ConfigError(error["msg"], key=key or "(top level)", file=file) from None
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(message, key=key or "(top level)", file=file) from None
+    check_engines(config, raw, file=file)
+    return config
+
+
+def check_engines(config: SwellConfig, raw: Any = None, *, file: str | None = None) -> None:
+    """Refuse a service whose engine is unknown or does not import, or whose options do not fit it:
+    a ConfigError at `services[NAME].engine` or `services[NAME].options.KEY`."""
+    from swell.engines.registry import engine_problem  # imports no engine, and no torch
+
+    for index, service in enumerate(config.services):
+        problem = engine_problem(service.engine, service.options)
+        if problem is not None:
+            where = _dotted(("services", index), raw if raw is not None else config.model_dump())
+            raise ConfigError(problem.message, key=f"{where}.{problem.key}", file=file)
 
 
 def _dotted(loc: tuple[Any, ...], raw: Any) -> str:

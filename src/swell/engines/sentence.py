@@ -81,7 +81,7 @@ def transformer_module(directory: Path) -> tuple[str, Path]:
     file = directory / "modules.json"
     if not file.is_file():
         raise ConfigError(
-            f"{directory} is not a sentence-transformers model (no modules.json)", key="engine.options"
+            f"{directory} is not a sentence-transformers model (no modules.json)", key="options"
         )
     modules = json.loads(file.read_text())
     for entry in modules:
@@ -92,7 +92,7 @@ def transformer_module(directory: Path) -> tuple[str, Path]:
     folder = (directory / found[0].get("path", "")).resolve()
     if not folder.is_relative_to(directory.resolve()):
         raise ConfigError(
-            f"{file}: the Transformer module's path leaves the model's directory", key="engine.options"
+            f"{file}: the Transformer module's path leaves the model's directory", key="options"
         )
     return str(found[0]["type"]), folder
 
@@ -100,7 +100,7 @@ def transformer_module(directory: Path) -> tuple[str, Path]:
 def _refuse_pickles(folder: Path) -> None:
     if not (folder / WEIGHTS).exists() and any((folder / name).exists() for name in PICKLES):
         message = f"{folder} holds only pickled weights (pytorch_model.bin); convert them to safetensors"
-        raise ConfigError(message, key="engine.options")
+        raise ConfigError(message, key="options")
 
 
 def _is_transformer(class_ref: str) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 from swell.core.errors import IntegrityError, NotFound
 from swell.data.cache import NodeCache, atomic_write, digest, open_node_cache
 from swell.data.config import DatasetConfig
-from swell.data.sources import ObjectInfo, Source, open_source
+from swell.data.sources import ObjectInfo, Source, checked_info, open_source
 
 Progress = Callable[[int], None]  # called with bytes just fetched
 
@@ -109,12 +109,19 @@ def resolve(name: str, config: DatasetConfig, cache: NodeCache) -> Manifest:
 
 
 def preload(name: str, config: DatasetConfig, cache: NodeCache, progress: Progress | None = None) -> Manifest:
-    """Fetch every file of the dataset into the cache and record the sha256 of each in the manifest."""
+    """Fetch every file of the dataset into the cache and record the sha256 of each in the manifest.
+
+    Before a file is fetched, the size (and ETag, where both are known) the origin declares for it must
+    be the manifest's (`IntegrityError` otherwise): buffers are sized by the manifest, and an origin
+    that changed under a pinned revision is told at once rather than after the whole download.
+    """
     manifest = resolve(name, config, cache)
     source = open_source(config)
     entries = []
     for f in manifest.files:
         sha = hashlib.sha256()
+        if cache.cached_bytes(source.uri, _info(f)) < f.size:  # the origin will be read: is it as listed?
+            checked_info(source, f.path, _info(f))
         with cache.reader(source, f.path, _info(f)) as reader:
             for idx in range(cache.chunk_count(f.size)):
                 buf = bytearray(min(cache.chunk_size, f.size - idx * cache.chunk_size))

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from swell.core.errors import DataError, ValidationError
+from swell.core.errors import DataError, IntegrityError, ValidationError
 from swell.data.config import DatasetConfig
 from swell.data.header import DTYPES, PREFIX_BYTES, Header, TensorEntry, header_length, parse_header
 from swell.data.readers import ALIGN, FileReader, RangeReader, aligned_buffer
+from swell.data.sources import ObjectInfo
 
 if TYPE_CHECKING:
     import torch
@@ -71,7 +72,7 @@ def read_header(reader: RangeReader) -> Header:
     n = header_length(bytes(prefix), reader.size)
     raw = bytearray(n)
     reader.readinto(memoryview(raw), PREFIX_BYTES)
-    return parse_header(bytes(raw), reader.size)
+    return parse_header(raw, reader.size)  # no copy: parsing reads a bytearray as well
 
 
 def load_safetensors(
@@ -84,13 +85,16 @@ def load_safetensors(
     block: int = DEFAULT_BLOCK,
     mode: str = "auto",
     timings: LoadTimings | None = None,
+    expected: ObjectInfo | int | None = None,
 ) -> dict[str, torch.Tensor]:
     """The state dict of a safetensors file as tensors on `device` (views of one buffer).
 
-    `path` is a local path or a source URI (`s3://...`, `http(s)://...`, with credentials from
-    `config` or the AWS_* variables). A remote file streams in ranged reads; with `cache`, through the
-    node cache, which it fills as it reads (one origin read per chunk however many processes load it).
-    `mode` picks how a local file is read (see the module's docstring).
+    `path` is a local path (a regular file: anything else is a `DataError`) or a source URI
+    (`s3://...`, `http(s)://...`, with credentials from `config` or the AWS_* variables). A remote file
+    streams in ranged reads; with `cache`, through the node cache, which it fills as it reads (one
+    origin read per chunk however many processes load it). `mode` picks how a local file is read (see
+    the module's docstring). With `expected` (the file's manifest entry, or its size), the size the
+    file has, or the origin declares, must be that one before any buffer is sized from it.
     """
     if mode not in MODES:
         raise ValidationError(f"mode must be one of {MODES}, not {mode!r}", field="mode")
@@ -98,8 +102,8 @@ def load_safetensors(
     local = str(path).removeprefix("file://")
     chosen = _choose(local, mode, device)
     if chosen == "mmap":
-        return _load_mapped(local, threads, block, timings or LoadTimings())
-    reader = _open(str(path), cache, config, direct=chosen == "direct")
+        return _load_mapped(local, threads, block, timings or LoadTimings(), expected)
+    reader = _open(str(path), cache, config, direct=chosen == "direct", expected=expected)
     try:
         step = getattr(reader, "block", block)  # the cache reads whole chunks
         return load_from_reader(reader, device, threads=threads, block=step, timings=timings)
@@ -143,17 +147,19 @@ def _choose(path: str, mode: str, device: str) -> str:
     return mode
 
 
-def _load_mapped(path: str, threads: int, block: int, t: LoadTimings) -> dict[str, torch.Tensor]:
+def _load_mapped(
+    path: str, threads: int, block: int, t: LoadTimings, expected: ObjectInfo | int | None
+) -> dict[str, torch.Tensor]:
     import torch
 
     from swell.data.readers import map_file
 
     start = time.perf_counter()
-    reader = FileReader(path)
+    reader = _local(path, expected, direct=False)
     try:
         header = read_header(reader)
         t.header = time.perf_counter() - start
-        mapping = map_file(path)
+        mapping = map_file(reader.fd)  # the file just checked, not the path again
         workers = min(threads, PAGE_IN_WORKERS)
         _page_in(mapping, reader.fd, header.file_size, workers, max(block, PAGE_IN_BLOCK))
     finally:
@@ -193,16 +199,34 @@ def _page_in(mapping: mmap.mmap, fd: int, size: int, workers: int, block: int) -
         list(pool.map(fault_in, range(len(starts))))
 
 
-def _open(path: str, cache: NodeCache | None, config: DatasetConfig | None, *, direct: bool) -> RangeReader:
-    from swell.data.sources import is_remote, open_remote, open_source, split_uri
+def _open(
+    path: str,
+    cache: NodeCache | None,
+    config: DatasetConfig | None,
+    *,
+    direct: bool,
+    expected: ObjectInfo | int | None = None,
+) -> RangeReader:
+    from swell.data.sources import checked_info, is_remote, open_remote, open_source, split_uri
 
     if not is_remote(path):
-        return FileReader(path.removeprefix("file://"), direct=direct)
+        return _local(path.removeprefix("file://"), expected, direct=direct)
     if cache is None:
-        return open_remote(path, config)
+        return open_remote(path, config, expected=expected)
     root, name = split_uri(path)
     base = config.model_copy(update={"source": root}) if config else DatasetConfig(source=root)
-    return cache.reader(open_source(base), name)
+    source = open_source(base)
+    return cache.reader(source, name, checked_info(source, name, expected))
+
+
+def _local(path: str, expected: ObjectInfo | int | None, *, direct: bool) -> FileReader:
+    """A reader on a local regular file whose size, with `expected`, is the expected one."""
+    reader = FileReader(path, direct=direct)
+    want = expected.size if isinstance(expected, ObjectInfo) else expected
+    if want is not None and reader.size != want:
+        reader.close()
+        raise IntegrityError(f"{path}: the file holds {reader.size} bytes, the manifest {want}")
+    return reader
 
 
 def load_from_reader(

@@ -2,12 +2,19 @@
 
 A reader knows its size and fills a caller's buffer from an absolute offset. The loader splits a file
 into large blocks and calls `readinto` from several threads at once, so readers must be thread-safe.
+
+Every local file is opened through `open_regular`: non-blocking, then `fstat`, and refused unless it
+is a regular file, so a FIFO, a directory or a device named as a model file is a `DataError` at once
+instead of a hang or a foreign error. Later steps (the O_DIRECT descriptor, the mapping) use that same
+file, never the path again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import stat
 from pathlib import Path
 from typing import Protocol
 
@@ -31,12 +38,9 @@ class FileReader:
 
     def __init__(self, path: str | Path, *, direct: bool = False) -> None:
         self.path = Path(path)
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise NotFound(f"no such file: {self.path}") from None
+        self._fd = open_regular(self.path)
         self.size = os.fstat(self._fd).st_size
-        self._direct_fd = _open_direct(self.path) if direct else None
+        self._direct_fd = _open_direct(self.path, self._fd) if direct else None
 
     @property
     def fd(self) -> int:
@@ -66,14 +70,60 @@ class FileReader:
         return f"FileReader({str(self.path)!r}, size={self.size}, direct={self.direct})"
 
 
-def _open_direct(path: Path) -> int | None:
+KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def open_regular(path: str | Path, flags: int = 0) -> int:
+    """A read-only descriptor on `path`, once `fstat` says it is a regular file; `NotFound` for a
+    missing path, `DataError` naming the path for anything else (opened with O_NONBLOCK, so that a FIFO
+    with no writer cannot hang the open; the descriptor is made blocking again before it is returned)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | flags)
+    except FileNotFoundError:
+        raise NotFound(f"no such file: {path}") from None
+    except OSError as exc:  # a socket cannot be opened at all: say what it is where that can be told
+        with contextlib.suppress(OSError):
+            _refuse_irregular(path, os.stat(path).st_mode)
+        raise DataError(f"{path}: cannot open it: {exc.strerror or exc}") from None
+    try:
+        _refuse_irregular(path, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _refuse_irregular(path: str | Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = KINDS.get(stat.S_IFMT(mode), "something else")
+        raise DataError(f"{path} is {kind}, not a regular file")
+
+
+def _open_direct(path: Path, fd: int) -> int | None:
+    """A second descriptor with O_DIRECT on the same file as `fd`, or None where O_DIRECT is refused."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return None
     try:
-        return os.open(path, os.O_RDONLY | flag)
-    except OSError:  # tmpfs and some filesystems refuse O_DIRECT
+        direct = open_regular(path, flag)
+    except (DataError, NotFound):  # tmpfs and some filesystems refuse O_DIRECT; or the path changed
         return None
+    if not _same_file(fd, direct):
+        os.close(direct)
+        raise DataError(f"{path}: the file was replaced while it was being opened")
+    return direct
+
+
+def _same_file(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _aligned(buf: memoryview, offset: int) -> bool:
@@ -98,7 +148,10 @@ def aligned_buffer(size: int) -> memoryview:
     gets huge pages only where `shmem_enabled` allows (`never` by default).
     """
     length = max(ALIGN, -(-size // ALIGN) * ALIGN)
-    mem = mmap.mmap(-1, length + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        mem = mmap.mmap(-1, length + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, OverflowError, ValueError) as exc:  # more than this machine will lend
+        raise DataError(f"cannot allocate a buffer of {size} bytes: {exc}") from None
     if hasattr(mmap, "MADV_HUGEPAGE"):
         mem.madvise(mmap.MADV_HUGEPAGE)
     view = memoryview(mem)
@@ -110,28 +163,33 @@ def resident_fraction(path: str | Path) -> float:
     """The fraction of the file's pages in the page cache (mincore), 0.0 where it cannot be told."""
     import ctypes
 
-    size = os.path.getsize(path)
-    if size == 0:
-        return 1.0
+    with open(open_regular(path), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return 1.0
+        mem = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     pages = -(-size // mmap.PAGESIZE)
     vec = (ctypes.c_ubyte * pages)()
     libc = ctypes.CDLL(None, use_errno=True)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mem:
+    with mem:
         anchor = ctypes.c_char.from_buffer(mem)  # copy-on-write mapping: writable, file untouched
         failed = libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)), ctypes.c_size_t(size), vec)
         del anchor
     return 0.0 if failed else 1.0 - bytes(vec).count(0) / pages
 
 
-def map_file(path: str | Path) -> mmap.mmap:
-    """A copy-on-write mapping of the whole file: zero-copy views of pages already cached."""
-    with open(path, "rb") as f:
+def map_file(path: str | Path | int) -> mmap.mmap:
+    """A copy-on-write mapping of the whole file (a path, or an open descriptor on it): zero-copy views
+    of pages already cached."""
+    if isinstance(path, int):
+        return mmap.mmap(path, 0, access=mmap.ACCESS_COPY)
+    with open(open_regular(path), "rb") as f:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
 
 
 def drop_page_cache(path: str | Path) -> None:
     """Ask the kernel to forget the file's cached pages (cold-read benchmarks and tests)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_regular(path)
     try:
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from swell.core.errors import ConfigError, DataError, NotFound
+from swell.core.errors import ConfigError, DataError, IntegrityError, NotFound
 from swell.data.config import DatasetConfig
 
 
@@ -207,12 +207,35 @@ def split_uri(uri: str) -> tuple[str, str]:
     return head, name
 
 
-class SourceReader:
-    """A `RangeReader` over one file of a source: every block is one ranged request."""
+def checked_info(source: Source, path: str, expected: ObjectInfo | int | None = None) -> ObjectInfo:
+    """What the origin declares about `path` (its size: Content-Length, the object's size), refused with
+    an `IntegrityError` when it differs from `expected` (a manifest's entry, or just its size), so that
+    no buffer is ever sized by an origin that changed or lies. ETags are compared when both are known."""
+    declared = source.info(path)
+    if expected is None:
+        return declared
+    want = expected if isinstance(expected, ObjectInfo) else ObjectInfo(path, expected)
+    if declared.size != want.size:
+        raise IntegrityError(
+            f"{source.uri}/{path}: the origin declares {declared.size} bytes, the manifest {want.size}"
+        )
+    if declared.etag and want.etag and declared.etag != want.etag:
+        raise IntegrityError(
+            f"{source.uri}/{path}: the origin's ETag {declared.etag} is not the manifest's {want.etag}"
+        )
+    return declared
 
-    def __init__(self, source: Source, path: str) -> None:
+
+class SourceReader:
+    """A `RangeReader` over one file of a source: every block is one ranged request.
+
+    With `expected` (a manifest's entry or size), the origin's declared size is checked against it
+    before anything is read; `size` is then the manifest's.
+    """
+
+    def __init__(self, source: Source, path: str, expected: ObjectInfo | int | None = None) -> None:
         self.source, self.path = source, path
-        self.size = source.info(path).size
+        self.size = checked_info(source, path, expected).size
 
     def readinto(self, buf: memoryview, offset: int) -> None:
         want = max(0, min(len(buf), self.size - offset))
@@ -223,8 +246,11 @@ class SourceReader:
         pass
 
 
-def open_remote(uri: str, config: DatasetConfig | None = None) -> SourceReader:
-    """A streaming reader for one remote file, with credentials from `config` or the AWS_* variables."""
+def open_remote(
+    uri: str, config: DatasetConfig | None = None, *, expected: ObjectInfo | int | None = None
+) -> SourceReader:
+    """A streaming reader for one remote file, with credentials from `config` or the AWS_* variables;
+    with `expected` (the manifest's entry or size), the origin must declare that size."""
     root, name = split_uri(uri)
     base = config.model_copy(update={"source": root}) if config else DatasetConfig(source=root)
-    return SourceReader(open_source(base), name)
+    return SourceReader(open_source(base), name, expected)

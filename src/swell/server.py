@@ -3,6 +3,13 @@
 Assembly only: every part is built and tested on its own; this module wires them together, runs the
 gateway under uvicorn with the background loops beside it on one event loop, and drains the workers
 on the way out.
+
+Before it says it serves, `swell up` makes sure it can: the data dir is created private (0700, and
+the process umask 077 so every file in it is 0600), a probe file is written, synced and removed,
+and the queue is opened and takes a write (`probe()`). Any of those failing (read-only, a file where
+the folder should be, a full disk) stops it with one line naming the data dir and the reason.
+The API key is shown only on the start that generated it; a supplied key is never printed, and a
+key generated earlier is pointed to by its file.
 """
 
 from __future__ import annotations
@@ -10,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -23,33 +33,41 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from swell.core import heap
 from swell.core.clock import SystemClock
 from swell.core.config import Settings, SwellConfig
+from swell.core.errors import SwellError, Unavailable
 from swell.core.replicas import ReplicaState
+from swell.gateway.secrets import Origin, Secret, obtain_secret
 from swell.queue import open_queue
+from swell.queue.base import QueueBackend
 
 log = logging.getLogger("swell")
+
+PROBE_BYTES = 64 * 1024  # written and synced by the start-up check: enough to need a fresh block
 
 
 class Server:
     def __init__(self, config: SwellConfig, settings: Settings, *, console: Console | None = None) -> None:
-        from swell.gateway.secrets import resolve_secret
+        from swell.gateway.urls import validate_allow_hosts
 
         self.console = console or Console(stderr=True)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        validate_allow_hosts(settings.callback_allow_hosts)  # a bad entry stops the start, named
         data_dir = settings.data_dir
+        prepare_data_dir(data_dir)
+        self.api_key = obtain_secret(settings.api_key, data_dir, "api_key")
+        webhook_secret = obtain_secret(settings.webhook_secret, data_dir, "webhook_secret")
         self.settings = settings.model_copy(
-            update={
-                "api_key": resolve_secret(settings.api_key, data_dir, "api_key"),
-                "webhook_secret": resolve_secret(settings.webhook_secret, data_dir, "webhook_secret"),
-            }
+            update={"api_key": self.api_key.value, "webhook_secret": webhook_secret.value}
         )
         self.config = config
         self.clock = SystemClock()
         self.registry = CollectorRegistry()
         self._stopping = False
         self._uvicorn: uvicorn.Server | None = None
+        self._queue: QueueBackend | None = None
 
     def run(self) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per webhook try is noise
+        self._queue = open_checked_queue(self.settings)
         self._announce()
         # uvicorn catches SIGTERM/SIGINT to stop serving, then re-raises the signal to the handler it
         # found at start. With the default handlers that re-raise would kill this process before the
@@ -68,10 +86,11 @@ class Server:
     async def _serve(self) -> None:
         from swell.cluster.local import LocalSupervisor
         from swell.gateway.app import create_app
+        from swell.gateway.protocol import serving_config
         from swell.gateway.webhooks import WebhookDispatcher
 
         settings, config = self.settings, self.config
-        queue = open_queue(settings.database_url)
+        queue = self._queue or open_checked_queue(settings)
         supervisor = LocalSupervisor(config, settings.database_url, settings.data_dir, clock=self.clock)
         brain = self._brain(queue, supervisor)
         self._register_data_metrics(supervisor)
@@ -92,9 +111,7 @@ class Server:
             timeout=config.gateway.webhook_timeout,
             allow_hosts=settings.callback_allow_hosts,
         )
-        server = uvicorn.Server(
-            uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
-        )
+        server = uvicorn.Server(serving_config(app, settings.host, settings.port, app.state.limits))
         server.should_exit = self._stopping
         self._uvicorn = server
         stop = asyncio.Event()
@@ -111,6 +128,7 @@ class Server:
         finally:
             stop.set()
             await asyncio.gather(*loops, return_exceptions=True)
+            dispatcher.close()
             self.console.print("[bold]draining workers…[/]")
             await asyncio.to_thread(supervisor.stop)
             queue.close()
@@ -136,7 +154,7 @@ class Server:
         s = self.settings
         self.console.print(f"[bold green]swell[/] serving on http://{s.host}:{s.port} (data in {s.data_dir})")
         if s.auth:
-            self.console.print(f"API key: [bold]{s.api_key}[/]  (send 'Authorization: Bearer <key>')")
+            self.console.print(_key_line(self.api_key))
         else:
             self.console.print(
                 "[bold red on yellow] AUTHENTICATION IS OFF [/] --no-auth: anyone who can reach this port "
@@ -166,6 +184,62 @@ class Server:
             for r in supervisor.replicas():
                 phases = ", ".join(f"{k} {v:.1f}s" for k, v in r.phases.items())
                 self.console.print(f"  {r.service}: replica {r.id} pid {r.pid} ready ({phases})")
+
+
+def _key_line(key: Secret) -> str:
+    """What `swell up` says about its API key: the key itself only when this start generated it."""
+    if key.origin is Origin.GENERATED:
+        return (
+            f"API key (new, kept in {key.path}): [bold]{key.value}[/]  (send 'Authorization: Bearer <key>')"
+        )
+    if key.origin is Origin.STORED:
+        return f"API key: the one kept in {key.path}  (send 'Authorization: Bearer <key>')"
+    return "API key: the one supplied (SWELL_API_KEY)"
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Make `path` a private, writable data dir, or raise `Unavailable` naming it and the reason.
+
+    Sets the process umask to 077 first, so everything Swell writes there later (database, results,
+    keys) is readable by this user alone."""
+    os.umask(0o077)
+    if path.exists() and not path.is_dir():
+        raise Unavailable(f"the data dir {path} is not usable: it is a file, not a folder")
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o700)
+        _write_probe(path)
+    except OSError as exc:
+        raise Unavailable(f"the data dir {path} is not usable: {exc.strerror or exc}") from None
+
+
+def _write_probe(path: Path) -> None:
+    probe = path / f".swell-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        with probe.open("xb") as out:
+            out.write(os.urandom(PROBE_BYTES))
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def open_checked_queue(settings: Settings) -> QueueBackend:
+    """The queue, opened and known to take a write; `Unavailable` with one line otherwise."""
+    try:
+        queue = open_queue(settings.database_url)
+    except SwellError:
+        raise
+    except Exception as exc:  # a driver's own error: the file cannot be opened or created
+        raise Unavailable(f"the queue at {settings.database_url} cannot be opened: {exc}") from None
+    try:
+        queue.probe()
+    except Exception as exc:
+        queue.close()
+        reason = exc.message if isinstance(exc, SwellError) else f"{type(exc).__name__}: {exc}"
+        raise Unavailable(f"the queue at {settings.database_url} does not take writes: {reason}") from None
+    return queue
 
 
 async def _every(seconds: float, step: Callable[[], Any], stop: asyncio.Event) -> None:

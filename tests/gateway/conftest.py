@@ -35,6 +35,7 @@ def make_gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mak
         raw: dict[str, Any] | None = None,
         extra_services: Any = None,
         registry: Any = None,
+        limits: Any = None,
         **settings: Any,
     ) -> Gateway:
         config = parse_config(raw or SERVICES)
@@ -43,7 +44,13 @@ def make_gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mak
         queues.append(queue)
         replicas = FakeReplicas()
         app = create_app(
-            config, resolved, queue, replicas=replicas, extra_services=extra_services, registry=registry
+            config,
+            resolved,
+            queue,
+            replicas=replicas,
+            extra_services=extra_services,
+            registry=registry,
+            limits=limits,
         )
         return Gateway(app, queue, resolved, config, replicas)
 

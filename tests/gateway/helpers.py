@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,13 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SERVICES: dict[str, Any] = {
     "services": [
         {"name": "echo", "engine": "callable", "options": {"function": "builtins:dict"}, "max_attempts": 2},
-        {"name": "small", "engine": "callable", "queue_limit": 2, "replicas": {"min": 0, "max": 3}},
+        {
+            "name": "small",
+            "engine": "callable",
+            "options": {"function": "builtins:dict"},
+            "queue_limit": 2,
+            "replicas": {"min": 0, "max": 3},
+        },
     ],
     "gateway": {"max_body_bytes": 4096, "max_wait_seconds": 5},
 }
@@ -56,14 +63,19 @@ MakeGateway = Callable[..., Gateway]
 
 
 def complete_in_thread(
-    queue: QueueBackend, service: str, result: dict[str, Any], after: float
+    queue: QueueBackend, service: str, result: dict[str, Any], after: float, patience: float = 20.0
 ) -> threading.Thread:
-    """A stand-in worker: after `after` seconds, lease one job of `service` and complete it."""
+    """A stand-in worker: after `after` seconds, lease one job of `service` (looking again until one is
+    there, for up to `patience` seconds) and complete it."""
 
     def work() -> None:
         threading.Event().wait(after)
-        for job in queue.lease(service, "worker-1", max_jobs=1):
-            queue.complete(job.id, "worker-1", result)
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            for job in queue.lease(service, "worker-1", max_jobs=1):
+                queue.complete(job.id, "worker-1", result)
+                return
+            threading.Event().wait(0.02)
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()

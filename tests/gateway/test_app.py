@@ -10,7 +10,7 @@ import pytest
 
 from swell.core.errors import ValidationError
 from swell.core.replicas import ReplicaInfo, ReplicaState
-from swell.gateway.app import _plain_name
+from swell.gateway.files import plain_name
 from tests.gateway.helpers import Gateway, MakeGateway, complete_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -167,7 +167,10 @@ async def test_list_filters_and_bounds(client: httpx.AsyncClient) -> None:
     assert [j["id"] for j in listed] == ids[::-1]
     only = (await client.get("/v1/jobs", params={"service": "small", "state": "queued"})).json()["jobs"]
     assert [j["id"] for j in only] == ids[1:]
-    assert (await client.get("/v1/jobs", params={"state": "succeeded"})).json() == {"jobs": []}
+    assert (await client.get("/v1/jobs", params={"state": "succeeded"})).json() == {
+        "jobs": [],
+        "next_cursor": None,
+    }
     assert len((await client.get("/v1/jobs", params={"limit": 1})).json()["jobs"]) == 1
     for params, field in (({"limit": 1001}, "limit"), ({"limit": 0}, "limit"), ({"state": "odd"}, "state")):
         response = await client.get("/v1/jobs", params=params)
@@ -210,8 +213,8 @@ async def test_job_files_are_served_and_paths_cannot_escape(
 
 @pytest.mark.parametrize("name", ["..", ".", "", "a/b", "a\\b", "..%2F", "x..y", "nul\x00"])
 def test_file_names_must_be_one_plain_component(name: str) -> None:
-    assert not _plain_name(name)
-    assert _plain_name("image-0.png")
+    assert not plain_name(name)
+    assert plain_name("image-0.png")
 
 
 async def test_services_show_depth_replicas_and_extra_keys(make_gateway: MakeGateway) -> None:
@@ -241,7 +244,7 @@ async def test_services_show_depth_replicas_and_extra_keys(make_gateway: MakeGat
 
 
 async def test_allowed_callback_hosts_pass(make_gateway: MakeGateway) -> None:
-    gateway = make_gateway(callback_allow_hosts=frozenset({"127.0.0.1"}))
+    gateway = make_gateway(callback_allow_hosts=frozenset({"127.0.0.1:9"}))
     async with gateway.client() as client:
         response = await client.post("/v1/jobs", json=job(callback_url="http://127.0.0.1:9/hook"))
     assert response.status_code == 202

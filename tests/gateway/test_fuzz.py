@@ -16,8 +16,8 @@ from tests.gateway.helpers import API_KEY, Gateway, MakeGateway
 
 CONFIG: dict[str, Any] = {
     "services": [
-        {"name": "echo", "engine": "callable"},
-        {"name": "tiny", "engine": "callable", "queue_limit": 1},
+        {"name": "echo", "engine": "callable", "options": {"function": "builtins:dict"}},
+        {"name": "tiny", "engine": "callable", "options": {"function": "builtins:dict"}, "queue_limit": 1},
     ],
     "gateway": {"max_body_bytes": 2048, "max_wait_seconds": 0.02},
 }

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from swell.core.errors import ConfigError
-from swell.gateway.secrets import resolve_secret
+from swell.gateway.secrets import Origin, obtain_secret, resolve_secret
 
 
 def test_a_given_value_wins_and_nothing_is_written(tmp_path: Path) -> None:
@@ -52,3 +52,13 @@ def test_racing_processes_agree(tmp_path: Path) -> None:
         for process in processes:
             process.join(timeout=30)
         assert seen == {(data / "api_key").read_text().strip()}
+
+
+def test_the_origin_says_whether_this_call_generated_the_secret(tmp_path: Path) -> None:
+    supplied = obtain_secret("from-env", tmp_path, "api_key")
+    assert (supplied.origin, supplied.path) == (Origin.SUPPLIED, None)
+    assert "from-env" not in repr(supplied), "the value stays out of reprs (and so of logs)"
+    generated = obtain_secret(None, tmp_path, "api_key")
+    assert (generated.origin, generated.path) == (Origin.GENERATED, tmp_path / "api_key")
+    stored = obtain_secret(None, tmp_path, "api_key")
+    assert (stored.origin, stored.value) == (Origin.STORED, generated.value)

@@ -1,16 +1,23 @@
 """The HTTP gateway: Swell's `/v1` jobs API, health, metrics and the OpenAPI document.
 
     POST   /v1/jobs                      submit; 202 while the job is not final, 200 once it is
-    GET    /v1/jobs                      newest first; ?service=&state=&limit=
+    GET    /v1/jobs                      newest first; ?service=&state=&limit=&cursor=&include=result
+    DELETE /v1/jobs?service=NAME         cancel every queued job of a service
     GET    /v1/jobs/{id}                 one job
     DELETE /v1/jobs/{id}                 cancel a queued job (409 once leased or final)
+    POST   /v1/jobs/{id}/retry           re-drive a dead, failed or cancelled job
     GET    /v1/jobs/{id}/files/{name}    a file the job wrote to the data dir
     GET    /v1/services                  services with queue depth by state and their replicas
-    GET    /healthz, /metrics, /openapi.json, /docs   (no key needed)
+    GET    /healthz, /readyz, /metrics, /openapi.json, /docs   (no key needed)
 
 A submit answers with the job. The status follows the job's state, not how it was reached: 202
 while the job is queued or running, 200 once it is final (after `wait`, or on an idempotent repeat
-of a finished job). An idempotent repeat carries `Idempotent-Replayed: true`.
+of a finished job). An idempotent repeat carries `Idempotent-Replayed: true`; a repeat of the key
+with a different request is a 409.
+
+No handler touches storage on the event loop: every queue call goes through `AsyncQueue` (its own
+bounded pool), callback checks through `CallbackResolver` (another, with a deadline), and whatever
+cannot keep up answers 503 with `Retry-After` at once (see `swell.gateway.limits`).
 """
 
 from __future__ import annotations
@@ -22,21 +29,40 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from swell.core.clock import Clock, SystemClock
 from swell.core.config import ServiceConfig, Settings, SwellConfig
-from swell.core.errors import NotFound, QueueFull, ServiceNotFound, SwellError, ValidationError
+from swell.core.errors import (
+    Conflict,
+    NotFound,
+    QueueFull,
+    ServiceNotFound,
+    SwellError,
+    Unavailable,
+    ValidationError,
+)
 from swell.core.jobs import Job, JobSpec, JobState
 from swell.core.replicas import ReplicaView
 from swell.gateway.auth import bearer_key
 from swell.gateway.batching import GroupCommit
-from swell.gateway.errors import install_error_handlers
-from swell.gateway.limits import BodyLimit
+from swell.gateway.errors import install_error_handlers, retry_headers
+from swell.gateway.files import DescriptorResponse, open_job_file, plain_name
+from swell.gateway.health import ServiceHealth, StorageHealth
+from swell.gateway.limits import BodyLimit, GatewayLimits, InternalErrors, LagMonitor, Shedding
 from swell.gateway.metrics import WAITED, AckTimer, GatewayMetrics
-from swell.gateway.schemas import ErrorView, JobList, JobView, SubmitRequest
-from swell.gateway.urls import check_callback_url
+from swell.gateway.schemas import (
+    CancelledView,
+    ErrorView,
+    JobList,
+    JobView,
+    NotReadyView,
+    StatusView,
+    SubmitRequest,
+)
+from swell.gateway.storage import AsyncQueue
+from swell.gateway.urls import CallbackResolver
 from swell.queue.base import QueueBackend
 
 log = logging.getLogger("swell.gateway")
@@ -46,6 +72,8 @@ Validator = Callable[[str, dict[str, Any], dict[str, Any]], None]
 FIRST_POLL = 0.005  # seconds between looks at a job a submit waits for, growing to LAST_POLL
 LAST_POLL = 0.1
 METRICS_EVERY = 1.0  # seconds between reads of newly finished jobs for the histograms
+FAILING_RETRY_AFTER = 10.0  # what a submit to a crash-looping service is told to wait
+INCLUDES = ("result",)
 
 
 def create_app(
@@ -57,29 +85,91 @@ def create_app(
     clock: Clock = SystemClock(),
     registry: CollectorRegistry | None = None,
     extra_services: Callable[[], dict[str, dict[str, Any]]] | None = None,
+    limits: GatewayLimits | None = None,
 ) -> FastAPI:
-    """The ASGI app over `queue`. `extra_services()` adds keys to each `/v1/services` entry."""
+    """The ASGI app over `queue`. `extra_services()` adds keys to each `/v1/services` entry;
+    `limits` replaces those `config.gateway` sets.
+
+    Every route and middleware is mounted here; `app.state` holds the parts tests and `swell up`
+    look at (`limits`, `storage`, `metrics`, `registry`, `lag`)."""
+    limits = limits or GatewayLimits.of(config.gateway)
+    storage = AsyncQueue(
+        queue,
+        threads=limits.storage_threads,
+        max_backlog=limits.max_storage_backlog,
+        retry_after=limits.retry_after_seconds,
+    )
     metrics = GatewayMetrics(registry or CollectorRegistry(), queue, replicas=replicas, clock=clock)
-    api = JobsAPI(config, settings, queue, metrics, replicas=replicas, extra_services=extra_services)
+    services = ServiceHealth(replicas, storage)
+    ops = Operations(StorageHealth(storage.probe), services, config.services, storage, metrics)
+    api = JobsAPI(config, settings, storage, metrics, limits, services, extra_services=extra_services)
+    lag = LagMonitor(target=limits.max_loop_lag_seconds)
     app = FastAPI(
         title="Swell",
         summary="Serving generative-AI models: a fast-acknowledging jobs API over a durable queue",
         version="0.1.0",
-        lifespan=_lifespan(metrics),
+        lifespan=_lifespan(metrics, storage, lag, api),
     )
-    app.state.metrics = metrics
-    app.state.registry = metrics.registry
+    app.state.limits, app.state.storage, app.state.lag = limits, storage, lag
+    app.state.metrics, app.state.registry = metrics, metrics.registry
     install_error_handlers(app)
     app.include_router(api.router(settings))
-    app.add_api_route("/healthz", health, methods=["GET"], tags=["operations"])
-    app.add_api_route("/metrics", _scrape(metrics), methods=["GET"], tags=["operations"])
+    app.include_router(ops.router())
     app.add_middleware(BodyLimit, max_bytes=config.gateway.max_body_bytes)
     app.add_middleware(AckTimer, histogram=metrics.ack)
+    app.add_middleware(Shedding, monitor=lag, limits=limits, on_shed=api.shed)
+    app.add_middleware(InternalErrors)
     return app
 
 
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+class Operations:
+    """`/healthz` (liveness), `/readyz` (readiness) and `/metrics`: open routes, no key."""
+
+    def __init__(
+        self,
+        storage_health: StorageHealth,
+        services: ServiceHealth,
+        configured: list[ServiceConfig],
+        storage: AsyncQueue,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.storage_health = storage_health
+        self.services = services
+        self.configured = configured
+        self.storage = storage
+        self.metrics = metrics
+
+    def router(self) -> APIRouter:
+        router = APIRouter(tags=["operations"])
+        router.add_api_route("/healthz", self.healthz, methods=["GET"], responses=_HEALTH)
+        router.add_api_route("/readyz", self.readyz, methods=["GET"], responses=_HEALTH)
+        router.add_api_route("/metrics", self.prometheus_metrics, methods=["GET"])
+        return router
+
+    async def healthz(self) -> JSONResponse:
+        """Liveness: 200 while the process answers and its storage takes writes; 503 otherwise."""
+        problem = await self.storage_health.problem()
+        return _probe_answer([problem] if problem else [], ok="ok", failing="failing")
+
+    async def readyz(self) -> JSONResponse:
+        """Readiness: storage takes writes and every service with `replicas.min > 0` has a ready
+        replica; 503 with the reasons otherwise."""
+        problem = await self.storage_health.problem()
+        reasons = ([problem] if problem else []) + await self.services.not_ready(self.configured)
+        return _probe_answer(reasons, ok="ready", failing="not ready")
+
+    async def prometheus_metrics(self) -> Response:
+        """Prometheus text: queue depth, arrivals, rejections, replicas, latency histograms."""
+        body = await self.storage.run(_render, self.metrics)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _probe_answer(reasons: list[str], *, ok: str, failing: str) -> JSONResponse:
+    if not reasons:
+        return JSONResponse({"status": ok})
+    error = Unavailable("; ".join(reasons), retry_after=1.0)
+    body = {**error.to_dict(), "status": failing, "reasons": reasons}
+    return JSONResponse(body, status_code=503, headers=retry_headers(error))
 
 
 class JobsAPI:
@@ -89,20 +179,24 @@ class JobsAPI:
         self,
         config: SwellConfig,
         settings: Settings,
-        queue: QueueBackend,
+        storage: AsyncQueue,
         metrics: GatewayMetrics,
+        limits: GatewayLimits,
+        health: ServiceHealth,
         *,
-        replicas: ReplicaView | None,
         extra_services: Callable[[], dict[str, dict[str, Any]]] | None,
     ) -> None:
         self.services = {service.name: service for service in config.services}
         self.max_wait = config.gateway.max_wait_seconds
-        self.queue = queue
-        self.submits = GroupCommit(queue)
-        self.metrics = metrics
-        self.replicas = replicas
-        self.extra_services = extra_services
+        self.storage = storage
+        self.submits = GroupCommit(
+            storage, max_pending=limits.max_pending_submits, retry_after=limits.retry_after_seconds
+        )
         self.allow_hosts = settings.callback_allow_hosts
+        self.callbacks = CallbackResolver(threads=limits.dns_threads, timeout=limits.dns_timeout_seconds)
+        self.metrics = metrics
+        self.health = health
+        self.extra_services = extra_services
         self.files = settings.data_dir / "files"
         self.validate_input = _engine_validator()
 
@@ -111,11 +205,18 @@ class JobsAPI:
         router = APIRouter(prefix="/v1", dependencies=auth, tags=["jobs"])
         router.add_api_route("/jobs", self.submit, methods=["POST"], status_code=202, responses=_SUBMIT)
         router.add_api_route("/jobs", self.list_jobs, methods=["GET"], responses=_LIST)
+        router.add_api_route("/jobs", self.cancel_jobs, methods=["DELETE"], responses=_BULK_CANCEL)
         router.add_api_route("/jobs/{job_id}", self.get_job, methods=["GET"], responses=_JOB)
         router.add_api_route("/jobs/{job_id}", self.cancel_job, methods=["DELETE"], responses=_CANCEL)
-        router.add_api_route("/jobs/{job_id}/files/{name}", self.job_file, methods=["GET"])
+        router.add_api_route(
+            "/jobs/{job_id}/retry", self.retry_job, methods=["POST"], status_code=202, responses=_RETRY
+        )
+        router.add_api_route("/jobs/{job_id}/files/{name}", self.job_file, methods=["GET"], responses=_JOB)
         router.add_api_route("/services", self.list_services, methods=["GET"], tags=["services"])
         return router
+
+    def shed(self, reason: str) -> None:
+        self.metrics.rejections.labels("", reason).inc()
 
     # -- routes -----------------------------------------------------------------------------------
 
@@ -123,11 +224,7 @@ class JobsAPI:
         """Queue a job and answer at once, or after up to `wait` seconds with its result."""
         service = self._service(body.service)
         await self._check(body, service)
-        try:
-            job, created = await self.submits.submit(self._spec(body, service), service.queue_limit)
-        except QueueFull:
-            self.metrics.rejections.labels(service.name, "queue_full").inc()
-            raise
+        job, created = await self._store(self._spec(body, service), service)
         if created:
             self.metrics.arrivals.labels(service.name).inc()
         if body.wait and not job.state.final:
@@ -144,32 +241,48 @@ class JobsAPI:
         service: str | None = None,
         state: JobState | None = None,
         limit: int = Query(100, ge=1, le=1000),
+        cursor: str | None = Query(None, max_length=200, description="`next_cursor` of the previous page"),
+        include: str | None = Query(None, description="`result` to include each job's result"),
     ) -> JSONResponse:
-        """Jobs, newest first."""
-        jobs = self.queue.jobs(service=service, state=state, limit=limit)
-        return JSONResponse({"jobs": [job.to_public() for job in jobs]})
+        """Jobs, newest first, a page at a time; results only with `include=result`."""
+        with_result = _includes(include)
+        jobs = await self.storage.jobs(service=service, state=state, limit=limit, before=cursor)
+        next_cursor = jobs[-1].id if len(jobs) == limit else None
+        return JSONResponse({"jobs": [_listed(job, with_result) for job in jobs], "next_cursor": next_cursor})
+
+    async def cancel_jobs(self, service: str | None = None) -> JSONResponse:
+        """Cancel every queued job of `service` (leased jobs run on); answers how many."""
+        if not service:
+            raise ValidationError("name the service whose queued jobs to cancel", field="service")
+        self._known(service)
+        return JSONResponse({"cancelled": await self.storage.cancel_many(service=service)})
 
     async def get_job(self, job_id: str) -> JSONResponse:
-        return JSONResponse(self.queue.get(job_id).to_public())
+        return JSONResponse((await self.storage.get(job_id)).to_public())
 
     async def cancel_job(self, job_id: str) -> JSONResponse:
         """Cancel a queued job; 409 once a worker holds it or it is final."""
-        return JSONResponse(self.queue.cancel(job_id).to_public())
+        return JSONResponse((await self.storage.cancel(job_id)).to_public())
 
-    async def job_file(self, job_id: str, name: str) -> FileResponse:
-        """A file the job's engine wrote (large binary outputs)."""
-        if not _plain_name(name):
+    async def retry_job(self, job_id: str) -> JSONResponse:
+        """Send a dead, failed or cancelled job back to the queue (attempts reset, webhook re-armed)."""
+        job = await self.storage.retry(job_id)
+        return JSONResponse(job.to_public(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    async def job_file(self, job_id: str, name: str) -> Response:
+        """A regular file the job's engine wrote into its own folder (large binary outputs)."""
+        if not plain_name(name):
             raise ValidationError("a file name is one plain path component", field="name")
-        job = self.queue.get(job_id)
-        path = self.files / job.id / name
-        if not path.is_file():
+        job = await self.storage.get(job_id)
+        opened = await self.storage.run(open_job_file, self.files / job.id, name)
+        if opened is None:
             raise NotFound(f"job {job.id} has no file {name!r}", field="name")
-        return FileResponse(path)
+        return DescriptorResponse(*opened, name=name, storage=self.storage)
 
     async def list_services(self) -> dict[str, list[dict[str, Any]]]:
-        depth = self.queue.depth()
-        replicas = self.replicas.replicas() if self.replicas is not None else []
-        extra = self.extra_services() if self.extra_services is not None else {}
+        depth = await self.storage.depth()
+        replicas = await self.health.replicas(fresh=True)
+        extra = await self.storage.run(self.extra_services) if self.extra_services is not None else {}
         return {
             "services": [
                 {
@@ -195,16 +308,32 @@ class JobsAPI:
             raise ServiceNotFound(f"no service named {name!r}", field="service")
         return service
 
+    def _known(self, name: str) -> None:
+        if name not in self.services:
+            raise ServiceNotFound(f"no service named {name!r}", field="service")
+
     async def _check(self, body: SubmitRequest, service: ServiceConfig) -> None:
-        """Everything a submit is refused for before it reaches the queue (422)."""
+        """Everything a submit is refused for before it reaches the queue (422, or 503 for a
+        service whose replicas keep crashing)."""
+        reason = await self.health.failing(service.name)
+        if reason is not None:
+            self.metrics.rejections.labels(service.name, "failing").inc()
+            raise Unavailable(reason, retry_after=FAILING_RETRY_AFTER, field="service")
         try:
             if body.wait > self.max_wait:
                 raise ValidationError(f"wait is at most {self.max_wait:g} seconds", field="wait")
             self._validate_input(service, body.input)
             if body.callback_url is not None:
-                await asyncio.to_thread(check_callback_url, body.callback_url, self.allow_hosts)
+                await self.callbacks.check(body.callback_url, self.allow_hosts)
         except ValidationError:
             self.metrics.rejections.labels(service.name, "invalid").inc()
+            raise
+
+    async def _store(self, spec: JobSpec, service: ServiceConfig) -> tuple[Job, bool]:
+        try:
+            return await self.submits.submit(spec, service.queue_limit)
+        except SwellError as exc:
+            self.metrics.rejections.labels(service.name, _rejection(exc)).inc()
             raise
 
     def _validate_input(self, service: ServiceConfig, payload: dict[str, Any]) -> None:
@@ -246,12 +375,39 @@ class JobsAPI:
                 break
             await asyncio.sleep(min(interval, remaining))
             interval = min(LAST_POLL, interval * 1.5)
-            job = self.queue.get(job.id)
+            job = await self.storage.get(job.id)
         return job
 
+    def close(self) -> None:
+        self.callbacks.close()
 
-def _plain_name(name: str) -> bool:
-    return bool(name) and ".." not in name and not any(c in name for c in "/\\\x00") and name != "."
+
+def _rejection(error: SwellError) -> str:
+    if isinstance(error, QueueFull):
+        return "queue_full"
+    if isinstance(error, Conflict):
+        return "conflict"
+    if isinstance(error, Unavailable):
+        return "unavailable"
+    return "error"
+
+
+def _includes(include: str | None) -> bool:
+    """Whether `include` (a comma-separated list) asks for results; 422 naming it for anything else."""
+    names = {part.strip() for part in (include or "").split(",") if part.strip()}
+    unknown = sorted(names - set(INCLUDES))
+    if unknown:
+        raise ValidationError(
+            f"include takes {', '.join(INCLUDES)}; not {', '.join(unknown)}", field="include"
+        )
+    return "result" in names
+
+
+def _listed(job: Job, with_result: bool) -> dict[str, Any]:
+    public = job.to_public()
+    if not with_result:
+        public.pop("result", None)
+    return public
 
 
 def _engine_validator() -> Validator | None:
@@ -265,38 +421,36 @@ def _engine_validator() -> Validator | None:
     return validate_input  # type: ignore[no-any-return]
 
 
-def _scrape(metrics: GatewayMetrics) -> Callable[[], Any]:
-    async def prometheus_metrics() -> Response:
-        """Prometheus text: queue depth, arrivals, rejections, replicas, latency histograms."""
-        body = await asyncio.to_thread(_render, metrics)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-    return prometheus_metrics
-
-
 def _render(metrics: GatewayMetrics) -> bytes:
     metrics.collect_finished()
     return generate_latest(metrics.registry)
 
 
-def _lifespan(metrics: GatewayMetrics) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+def _lifespan(
+    metrics: GatewayMetrics, storage: AsyncQueue, lag: LagMonitor, api: JobsAPI
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_collect_forever(metrics), name="gateway-metrics")
+        tasks = [
+            asyncio.create_task(_collect_forever(metrics, storage), name="gateway-metrics"),
+            asyncio.create_task(lag.run(), name="gateway-loop-lag"),
+        ]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            api.close()
+            storage.close()
 
     return lifespan
 
 
-async def _collect_forever(metrics: GatewayMetrics) -> None:
+async def _collect_forever(metrics: GatewayMetrics, storage: AsyncQueue) -> None:
     while True:
         try:
-            await asyncio.to_thread(metrics.collect_finished)
+            await storage.run(metrics.collect_finished)
         except Exception:
             log.exception("reading finished jobs for the metrics failed")
         await asyncio.sleep(METRICS_EVERY)
@@ -306,17 +460,35 @@ def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorView, "description": description}
 
 
+_UNAVAILABLE = _error("Storage is failing, the service keeps crashing, or the gateway is overloaded")
 _SUBMIT: dict[int | str, dict[str, Any]] = {
     200: {"model": JobView, "description": "The job is final (within `wait`, or a repeat of a finished job)"},
     202: {"model": JobView, "description": "Accepted: the job is queued or running"},
     401: _error("Missing or wrong API key"),
     404: _error("Unknown service"),
+    409: _error("The idempotency key was used for a different request"),
     413: _error("The body is over the configured size"),
     422: _error("Invalid request; `field` names the offending field"),
     429: _error("The service's queue is full; retry after `Retry-After` seconds"),
+    503: _UNAVAILABLE,
 }
-_JOB: dict[int | str, dict[str, Any]] = {200: {"model": JobView}, 404: _error("Unknown job")}
-_LIST: dict[int | str, dict[str, Any]] = {200: {"model": JobList}, 422: _error("A bad filter")}
+_JOB: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobView},
+    404: _error("Unknown job"),
+    503: _UNAVAILABLE,
+}
+_LIST: dict[int | str, dict[str, Any]] = {200: {"model": JobList}, 422: _error("A bad filter or cursor")}
 _CANCEL: dict[int | str, dict[str, Any]] = {**_JOB, 409: _error("The job is already running or final")}
+_RETRY: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobView, "description": "The job is queued again"},
+    404: _error("Unknown job"),
+    409: _error("The job is not dead, failed or cancelled"),
+}
+_BULK_CANCEL: dict[int | str, dict[str, Any]] = {
+    200: {"model": CancelledView},
+    404: _error("Unknown service"),
+    422: _error("`service` is missing"),
+}
+_HEALTH: dict[int | str, dict[str, Any]] = {200: {"model": StatusView}, 503: {"model": NotReadyView}}
 
 __all__ = ["create_app"]

@@ -2,7 +2,10 @@
 
 Every `SwellError` maps to its own status; request validation errors become 422 naming the field as
 a dotted path inside the body, query or path (`priority`, `input.texts`, `limit`); malformed JSON
-names `body`.
+names `body`. An error that says when to come back (`QueueFull` 429, `Unavailable` 503) carries
+`Retry-After`. What no handler expects becomes a 500 `InternalError` in the same shape
+(`swell.gateway.limits.InternalErrors`), and so do the protocol's own refusals
+(`swell.gateway.protocol`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from swell.core.errors import AuthError, QueueFull, SwellError, ValidationError
+from swell.core.errors import AuthError, QueueFull, SwellError, Unavailable, ValidationError
 
 log = logging.getLogger("swell.gateway")
 
 SOURCES = ("body", "query", "path", "header", "cookie")
-HTTP_NAMES = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge"}
+HTTP_NAMES = {
+    400: "BadRequest",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    408: "RequestTimeout",
+    413: "PayloadTooLarge",
+    431: "HeadersTooLarge",
+    503: "Unavailable",
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -38,10 +49,15 @@ async def swell_error(request: Request, error: SwellError) -> JSONResponse:
 
 
 def error_headers(error: SwellError) -> dict[str, str]:
-    if isinstance(error, QueueFull):
-        return {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
     if isinstance(error, AuthError):
         return {"WWW-Authenticate": "Bearer"}
+    return retry_headers(error)
+
+
+def retry_headers(error: SwellError) -> dict[str, str]:
+    """`Retry-After` (whole seconds, at least 1) for an error that says when to try again."""
+    if isinstance(error, QueueFull | Unavailable):
+        return {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
     return {}
 
 

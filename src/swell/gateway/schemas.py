@@ -81,7 +81,23 @@ class JobView(BaseModel):
 
 
 class JobList(BaseModel):
-    jobs: list[JobView]
+    jobs: list[JobView] = Field(description="Newest first; `result` only with `include=result`")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last")
+
+
+class CancelledView(BaseModel):
+    cancelled: int = Field(description="How many queued jobs were cancelled")
+
+
+class StatusView(BaseModel):
+    status: str = Field(description="ok (/healthz) or ready (/readyz)")
+
+
+class NotReadyView(BaseModel):
+    error: str = Field(description="Unavailable")
+    message: str
+    status: str = Field(description="failing (/healthz) or not ready (/readyz)")
+    reasons: list[str]
 
 
 class ErrorView(BaseModel):

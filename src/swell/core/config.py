@@ -24,7 +24,7 @@ import fnmatch
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import yaml
@@ -56,6 +56,36 @@ class Replicas(Strict):
         return self
 
 
+MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?([KMGT]i?)?$"  # bytes, or 512Mi, 16G, 1.5Ti (Kubernetes quantities)
+
+
+class Resources(Strict):
+    """What one replica of a service needs from the node it is placed on (Ray, Kubernetes)."""
+
+    gpus: float = Field(default=0.0, ge=0, le=64)  # a fraction shares one GPU with other replicas
+    cpus: float = Field(default=1.0, gt=0, le=512)
+    memory: str | None = Field(default=None, pattern=MEMORY_PATTERN)  # host memory, e.g. "16Gi"
+    gpu_kind: str | None = Field(default=None, pattern=NAME_PATTERN)  # e.g. "a10g": a node group per kind
+    custom: dict[str, float] = Field(default_factory=dict)  # Ray custom resources
+    spot: bool = False  # may run on preemptible (Spot) nodes
+    warm_cache: Literal["soft", "hard", "off"] = "soft"  # prefer (or require) a node holding the model
+
+    @model_validator(mode="after")
+    def _whole_gpus_above_one(self) -> Resources:
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise ValueError(f"gpus above 1 must be whole ({self.gpus}); fractions share one GPU")
+        return self
+
+
+class ClusterConfig(Strict):
+    """Where replicas run: `local` processes (the default), a `ray` cluster, or `module:attr`."""
+
+    kind: str = "local"
+    address: str | None = None  # ray: "ray://host:10001" or "auto"; None: the kind's default
+    namespace: str = Field(default="swell", pattern=NAME_PATTERN)
+    results_url: str | None = None  # where result files go when nodes share no disk (s3://, file://)
+
+
 class ServiceConfig(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     engine: str
@@ -68,6 +98,7 @@ class ServiceConfig(Strict):
     lease_seconds: float = Field(default=30.0, gt=0)  # renewed by the worker while a job runs
     # variables (names, or prefixes ending in *) this service's workers inherit beyond the allow-list
     pass_env: list[str] = Field(default_factory=list, max_length=100)
+    resources: Resources = Field(default_factory=Resources)
 
     @field_validator("pass_env")
     @classmethod
@@ -103,6 +134,7 @@ class SwellConfig(Strict):
     services: list[ServiceConfig] = Field(default_factory=list)
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     brain: BrainConfig = Field(default_factory=lambda: BrainConfig.model_validate({}))  # typed for mypy
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[embeddings,data,sim,redis,dev]'
+	$(BIN)/pip install -q -e '.[embeddings,data,sim,redis,diffusers,transformers,ray,dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,5 +39,5 @@ check: install-dev
 
 # The peers the benchmarks compare with (huey, runai-model-streamer, fastsafetensors); see docs/benchmarks.md.
 bench: install-dev
-	$(BIN)/pip install -q -e '.[embeddings,data,sim,redis,dev,bench]'
+	$(BIN)/pip install -q -e '.[embeddings,data,sim,redis,diffusers,transformers,ray,dev,bench]'
 	$(BIN)/python bench/gateway.py

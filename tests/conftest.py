@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import SwellProcess, free_port, wait_for
+from tests.support import SwellProcess, free_port, loopback_only, wait_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -29,6 +29,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     for name, what in REQUIRED_SERVICES.items():
         if not os.environ.get(name):
             pytest.exit(f"SWELL_REQUIRE_SERVICES=1 but {name} is not set: it must name {what}", returncode=3)
+    if not loopback_only():
+        pytest.exit("SWELL_REQUIRE_SERVICES=1 but this is not a loopback-only network namespace", returncode=3)
     import redis
 
     try:

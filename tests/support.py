@@ -16,6 +16,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def loopback_only() -> bool:
+    """Whether this process runs in a network namespace whose only interface is loopback (where a Ray
+    cluster cannot reach past 127.0.0.1: `ip netns add NS; ip netns exec NS ...`, as .ci/run does)."""
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from swell.core.errors import ValidationError
-from swell.engines.base import RunContext
+from swell.engines.base import LoadTimings, RunContext
 from swell.engines.embeddings import EmbeddingsEngine
 from swell.engines.registry import create_engine
 
@@ -18,7 +18,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddingsEngin
     built = create_engine("embeddings", {"device": "cpu"}, data_dir=tmp_path_factory.mktemp("data"))
     assert isinstance(built, EmbeddingsEngine)
     phases = built.load()
-    assert set(phases) == {"fetch", "load", "warmup"}
+    assert isinstance(phases, LoadTimings) and phases.load > 0 and phases.total >= phases.load
     yield built
     built.unload()
 

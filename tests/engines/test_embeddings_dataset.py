@@ -56,7 +56,7 @@ def test_file_dataset_reads_the_weights_once_and_matches(
     finally:
         watch.close()
     assert one_read >= 1 and opened == one_read  # a second reader (transformers) would add its own opens
-    assert set(phases) == {"fetch", "load", "warmup"} and phases["fetch"] > 0
+    assert set(phases.to_dict()) == {"fetch", "load", "warmup"} and phases.fetch > 0
     assert engine.model == "minilm"
     assert np.allclose(embed(engine, tmp_path), reference, atol=1e-6)
     engine.unload()
@@ -71,7 +71,7 @@ def test_http_dataset_goes_through_the_node_cache(
         engine = EmbeddingsEngine(dataset="minilm", device="cpu", datasets=datasets, data_dir=data_dir)
         phases = engine.load()
     assert counter.bytes >= (minilm / "model.safetensors").stat().st_size
-    assert phases["fetch"] > 0
+    assert phases.fetch > 0
     [tree] = (data_dir / "cache" / "trees" / "minilm").iterdir()
     assert (tree / "model.safetensors").read_bytes() == (minilm / "model.safetensors").read_bytes()
     assert open_node_cache(data_dir).statistics().bytes_from_origin >= counter.bytes > 0

@@ -1,16 +1,39 @@
-"""The `callable` engine: a user function `module:function` taking the input dict."""
+"""The `callable` engine: a user function `module:function` taking the input dict.
+
+The function may take a second argument, a `Job` handle (`progress`, `delta`, `cancelled`, `results`
+for its own job), when it is declared with one: `def run(item, job): ...`. A plain one-argument
+function is called with the input alone.
+"""
 
 from __future__ import annotations
 
-import importlib
+import inspect
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from swell.core.errors import ConfigError, EngineError
-from swell.engines.base import RunContext
+from pydantic import field_validator
 
-UserFunction = Callable[[dict[str, Any]], Any]
+from swell.core.errors import ConfigError, EngineError
+from swell.engines.base import JobCancelled, LoadTimings, RunContext
+from swell.engines.results import ResultStore
+from swell.engines.spec import EngineEnv, EngineSpec, Options, resolve, resolve_callable
+
+UserFunction = Callable[..., Any]
+
+__all__ = ["SPEC", "CallableEngine", "CallableOptions", "Job", "import_attr", "resolve", "resolve_callable"]
+
+
+class CallableOptions(Options):
+    function: str  # "package.module:function", imported when the config is checked
+    batch: bool = True  # False: the worker leases one job at a time
+
+    @field_validator("function")
+    @classmethod
+    def _importable(cls, spec: str) -> str:
+        resolve_callable(spec)
+        return spec
 
 
 def import_attr(spec: str, *, key: str) -> Any:
@@ -22,33 +45,29 @@ def import_attr(spec: str, *, key: str) -> Any:
         raise ConfigError(str(exc), key=key) from None
 
 
-def resolve(spec: str) -> Any:
-    """The object `package.module:attr` names; ValueError saying why when there is none.
+@dataclass(frozen=True)
+class Job:
+    """One job's view of its call, handed to a two-argument user function."""
 
-    Importing runs the user's module, so any exception it raises (a SyntaxError, a missing dependency,
-    its own RuntimeError) is a reason the name does not resolve, reported as one line.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{spec!r} is not of the form 'package.module:attr'")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ValueError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ValueError(f"cannot import {spec!r}: {module_name!r} has no attribute {attr!r}") from None
-    return target
+    id: str
+    context: RunContext
 
+    def progress(self, fraction: float, *, preview: bytes | None = None, message: str | None = None) -> None:
+        self.context.progress(self.id, fraction, preview=preview, message=message)
 
-def resolve_callable(spec: str) -> UserFunction:
-    """`resolve`, and the object must be callable."""
-    target = resolve(spec)
-    if not callable(target):
-        raise ValueError(f"{spec!r} is a {type(target).__name__}, not a callable")
-    return target  # type: ignore[no-any-return]
+    def delta(self, text: str) -> None:
+        self.context.delta(self.id, text)
+
+    def cancelled(self) -> bool:
+        return self.context.cancelled(self.id)
+
+    @property
+    def results(self) -> ResultStore:
+        return self.context.results
+
+    def put(self, name: str, data: bytes, content_type: str) -> str:
+        """Store a result file of this job; the name to put in its result."""
+        return self.context.results.put(self.id, name, data, content_type)
 
 
 class CallableEngine:
@@ -60,31 +79,37 @@ class CallableEngine:
         self.spec = function
         self.batches = batch
         self._function: UserFunction | None = None
+        self._takes_job = False
 
-    def load(self) -> dict[str, float]:
+    def load(self) -> LoadTimings:
         try:
             self._function = resolve_callable(self.spec)
         except ValueError as exc:
             raise ConfigError(str(exc), key="options.function") from None
-        return {"fetch": 0.0, "load": 0.0, "warmup": 0.0}
+        self._takes_job = _takes_two(self._function)
+        return LoadTimings()
 
     def run(self, inputs: list[dict[str, Any]], context: RunContext) -> list[dict[str, Any] | Exception]:
         """Each input in turn; each result is reported as it is made, so that a batch cut short by its
-        deadline keeps (and settles) the jobs that had finished in it."""
+        deadline keeps (and settles) the jobs that had finished in it. A job cancelled before its turn
+        is not run."""
         results: list[dict[str, Any] | Exception] = []
         for job_id, item in zip(context.job_ids, inputs, strict=True):
-            results.append(self._run_one(item))
+            if context.cancelled(job_id):
+                results.append(JobCancelled("cancelled before it ran"))
+            else:
+                results.append(self._run_one(item, Job(job_id, context)))
             context.report(job_id, results[-1])
         return results
 
     def unload(self) -> None:
         self._function = None
 
-    def _run_one(self, item: dict[str, Any]) -> dict[str, Any] | Exception:
+    def _run_one(self, item: dict[str, Any], job: Job) -> dict[str, Any] | Exception:
         if self._function is None:
             raise EngineError("the callable engine is not loaded")
         try:
-            result = self._function(item)
+            result = self._function(item, job) if self._takes_job else self._function(item)
         except Exception as exc:
             return exc
         if not isinstance(result, dict):
@@ -97,3 +122,29 @@ class CallableEngine:
 
     def __repr__(self) -> str:
         return f"CallableEngine({self.spec!r}, batches={self.batches})"
+
+
+def _takes_two(function: UserFunction) -> bool:
+    """Whether `function` accepts a second positional argument (the Job handle)."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: the input alone
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return False
+    return len(positional) >= 2 and all(p.default is p.empty for p in positional[:2])
+
+
+def build(options: CallableOptions, env: EngineEnv) -> CallableEngine:
+    """The spec's factory."""
+    return CallableEngine(options.function, options.batch)
+
+
+SPEC = EngineSpec(
+    name="callable",
+    factory="swell.engines.callable:build",
+    Options=CallableOptions,
+    batches=lambda options: options.batch,
+    description="a Python function `module:function` run once per input",
+)

@@ -10,16 +10,72 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from swell.core.errors import ConfigError, MissingExtra
 from swell.data.config import DatasetConfig
-from swell.engines.base import RunContext
-from swell.engines.registry import validate_texts
+from swell.engines.base import LoadTimings, RunContext
+from swell.engines.spec import EngineEnv, EngineSpec, Input, Options, dataset_named, device_option
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 WEIGHTS = "model.safetensors"
+MAX_TEXTS = 1024
+MAX_TEXT_CHARS = 100_000
+
+
+class EmbeddingsOptions(Options):
+    model: str | None = None  # a bundled model (default all-MiniLM-L6-v2)
+    path: str | None = None  # or a local directory of a sentence-transformers model
+    dataset: str | None = None  # or a key of swell.yaml's `datasets` (checked by swell.core.config)
+    device: str | None = None  # cpu, cuda, cuda:N, mps or xpu; default: cuda when there is one
+
+    @field_validator("model")
+    @classmethod
+    def _bundled(cls, name: str | None) -> str | None:
+        if name is not None and name != DEFAULT_MODEL:
+            raise ValueError(f"unknown bundled model {name!r} (bundled: {DEFAULT_MODEL}; or give 'path')")
+        return name
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str | None) -> str | None:
+        return device_option(device)
+
+    @field_validator("path")
+    @classmethod
+    def _path_or_model(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is not None and info.data.get("model") is not None:
+            raise ValueError("give 'model' or 'path', not both")
+        return path
+
+    @field_validator("dataset")
+    @classmethod
+    def _one_source(cls, dataset: str | None, info: ValidationInfo) -> str | None:
+        for other in ("model", "path"):
+            if dataset is not None and info.data.get(other) is not None:
+                raise ValueError(f"give 'dataset' or '{other}', not both")
+        return dataset
+
+
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+
+
+class EmbeddingsInput(Input):
+    """`texts`: a non-empty list of at most MAX_TEXTS strings of at most MAX_TEXT_CHARS each. Other
+    keys are ignored (OpenAI-style clients send `model`, `user`)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    texts: list[Text] = Field(min_length=1, max_length=MAX_TEXTS)
+
+
+def validate_texts(payload: dict[str, Any]) -> None:
+    """`input.texts` as the gateway checks it; a ValidationError naming the field."""
+    SPEC.parse_input(payload)
 
 
 def bundled_model_dir(name: str) -> Path:
@@ -50,9 +106,8 @@ class EmbeddingsEngine:
     ) -> None:
         if dataset is not None and path is not None:
             raise ConfigError("give 'dataset' or 'path', not both", key="options.dataset")
-        if dataset is not None and dataset not in (datasets or {}):
-            known = ", ".join(sorted(datasets or {})) or "none"
-            raise ConfigError(f"no dataset named {dataset!r} (known: {known})", key="options.dataset")
+        if dataset is not None:
+            dataset_named(datasets or {}, dataset)
         self.model: str | None = dataset or (model if path is None else Path(path).name)
         self.path = Path(path) if path is not None else None
         self.dataset, self.datasets = dataset, dict(datasets or {})
@@ -60,7 +115,7 @@ class EmbeddingsEngine:
         self.device = device
         self._st: Any = None
 
-    def load(self) -> dict[str, float]:
+    def load(self) -> LoadTimings:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             import torch
@@ -82,7 +137,7 @@ class EmbeddingsEngine:
         self._st.eval()
         loaded = time.perf_counter()
         self._st.encode(["warm up"])
-        return {"fetch": fetch, "load": loaded - fetched, "warmup": time.perf_counter() - loaded}
+        return LoadTimings(fetch, loaded - fetched, time.perf_counter() - loaded)
 
     def _fetch(self) -> tuple[Path, float]:
         """The model's local directory (through the node cache for a dataset), and the seconds it took."""
@@ -119,3 +174,33 @@ class EmbeddingsEngine:
 
     def unload(self) -> None:
         self._st = None
+
+
+def build(options: EmbeddingsOptions, env: EngineEnv) -> EmbeddingsEngine:
+    """The spec's factory: the device the cluster placed the worker on, unless the options name one."""
+    return EmbeddingsEngine(
+        options.model or DEFAULT_MODEL,
+        options.path,
+        options.device or env.device,
+        dataset=options.dataset,
+        datasets=dict(env.datasets),
+        data_dir=env.data_dir,
+    )
+
+
+def units(payload: Mapping[str, Any]) -> dict[str, float]:
+    """An embeddings job's work: its texts."""
+    texts = payload.get("texts")
+    return {"texts": float(len(texts)) if isinstance(texts, list) else 1.0}
+
+
+SPEC = EngineSpec(
+    name="embeddings",
+    factory="swell.engines.embeddings:build",
+    Options=EmbeddingsOptions,
+    Input=EmbeddingsInput,
+    batches=True,
+    units=units,
+    extra="embeddings",
+    description="a sentence-transformers model; one encode per batch",
+)

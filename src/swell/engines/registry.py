@@ -1,216 +1,173 @@
-"""Engines by name: a table of built-ins, or any `package.module:attr` class or factory.
+"""Engines by name: a table of import strings to light specs, or any `package.module:attr`.
 
-Each built-in is a row of `ENGINES`: a small typed options model (pydantic, extra="forbid", strict),
-the import string of its factory and the extra that installs its dependencies. Checking a service's
-options (`engine_problem`, run when swell.yaml loads) needs only the model, so it imports no torch; the
-factory is imported only by `create_engine`, in the worker. A `module:attr` engine is imported when
-checked; when it carries an `Options` pydantic model, its options are checked against it too.
+`ENGINES` maps a built-in name to the import string of its `EngineSpec` (swell.engines.spec), which
+imports no torch; the heavy engine is imported only by `create_engine`, in the worker, through the
+spec's factory. A config may also name `package.module:attr`, which is either an `EngineSpec` (a
+user engine described like a built-in) or, as before specs, a class or factory called with the
+options as keywords; when such a class carries an `Options` pydantic model, its options are checked
+against it.
 
 Problems are reported with a key relative to the service (`engine`, `options.device`), which
-swell.core.config turns into `services[NAME].options.device`.
+swell.core.config turns into `services[NAME].options.device`; a job's input errors name `input.FIELD`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
+import functools
+import os
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pydantic
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel
 
 from swell.core.errors import ConfigError, ValidationError
 from swell.data.config import DatasetConfig
 from swell.engines.base import Engine
-from swell.engines.callable import resolve, resolve_callable
+from swell.engines.results import ResultStore, results_from_env
+from swell.engines.spec import EngineEnv, EngineSpec, Options, Problem, options_problem, resolve, total_units
+from swell.engines.spec import Units as Units
 
-MAX_TEXTS = 1024
-MAX_TEXT_CHARS = 100_000
-DEVICE_PATTERN = r"^(cpu|mps|xpu|cuda(:[0-9]+)?)$"
+DEVICE_ENV = "SWELL_DEVICE"  # the device the cluster placed a worker on (cuda:1), when it says
 
-
-class Options(BaseModel):
-    """The base of every engine's options: unknown keys and wrong types are refused, never coerced."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class CallableOptions(Options):
-    function: str  # "package.module:function", imported when the config is checked
-    batch: bool = True  # False: the worker leases one job at a time
-
-    @field_validator("function")
-    @classmethod
-    def _importable(cls, spec: str) -> str:
-        resolve_callable(spec)
-        return spec
-
-
-class EmbeddingsOptions(Options):
-    model: str | None = None  # a bundled model (default all-MiniLM-L6-v2)
-    path: str | None = None  # or a local directory of a sentence-transformers model
-    dataset: str | None = None  # or a key of swell.yaml's `datasets` (checked by swell.core.config)
-    device: str | None = None  # cpu, cuda, cuda:N, mps or xpu; default: cuda when there is one
-
-    @field_validator("model")
-    @classmethod
-    def _bundled(cls, name: str | None) -> str | None:
-        from swell.engines.embeddings import DEFAULT_MODEL  # light: the module imports torch only to load
-
-        if name is not None and name != DEFAULT_MODEL:
-            raise ValueError(f"unknown bundled model {name!r} (bundled: {DEFAULT_MODEL}; or give 'path')")
-        return name
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, device: str | None) -> str | None:
-        if device is not None and not re.fullmatch(DEVICE_PATTERN, device):
-            raise ValueError(f"unknown device {device!r} (cpu, cuda, cuda:N, mps or xpu)")
-        return device
-
-    @field_validator("path")
-    @classmethod
-    def _path_or_model(cls, path: str | None, info: ValidationInfo) -> str | None:
-        if path is not None and info.data.get("model") is not None:
-            raise ValueError("give 'model' or 'path', not both")
-        return path
-
-    @field_validator("dataset")
-    @classmethod
-    def _one_source(cls, dataset: str | None, info: ValidationInfo) -> str | None:
-        for other in ("model", "path"):
-            if dataset is not None and info.data.get(other) is not None:
-                raise ValueError(f"give 'dataset' or '{other}', not both")
-        return dataset
-
-
-def validate_texts(payload: dict[str, Any]) -> None:
-    """`input.texts`: a non-empty list of at most MAX_TEXTS strings of at most MAX_TEXT_CHARS each."""
-    texts = payload.get("texts")
-    if not isinstance(texts, list) or not texts:
-        raise ValidationError("must be a non-empty list of strings", field="input.texts")
-    if len(texts) > MAX_TEXTS:
-        raise ValidationError(f"at most {MAX_TEXTS} texts per job", field="input.texts")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValidationError("must be a string", field=f"input.texts[{index}]")
-        if len(text) > MAX_TEXT_CHARS:
-            raise ValidationError(f"at most {MAX_TEXT_CHARS} characters", field=f"input.texts[{index}]")
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """What is known about an engine without importing it."""
-
-    options: type[Options]
-    factory: str  # "package.module:attr", imported only to build the engine
-    extra: str | None = None  # `pip install 'swell[EXTRA]'` brings its dependencies
-    data_plane: bool = False  # the factory takes `datasets=` and `data_dir=` (for `dataset:` options)
-    check_input: Callable[[dict[str, Any]], None] | None = None  # cheap submit-time check
-
-
-ENGINES: dict[str, EngineSpec] = {
-    "callable": EngineSpec(CallableOptions, "swell.engines.callable:CallableEngine"),
-    "embeddings": EngineSpec(
-        EmbeddingsOptions,
-        "swell.engines.embeddings:EmbeddingsEngine",
-        extra="embeddings",
-        data_plane=True,
-        check_input=validate_texts,
-    ),
+ENGINES: dict[str, str] = {
+    "callable": "swell.engines.callable:SPEC",
+    "embeddings": "swell.engines.embeddings:SPEC",
+    "diffusers": "swell.engines.diffusers.spec:SPEC",
+    "transformers": "swell.engines.transformers.spec:SPEC",
 }
 
+__all__ = [
+    "ENGINES",
+    "EngineSpec",
+    "Options",
+    "Problem",
+    "batch_key_of",
+    "create_engine",
+    "engine_problem",
+    "engine_spec",
+    "job_units",
+    "validate_input",
+    "work_units",
+]
 
-@dataclass(frozen=True)
-class Problem:
-    """Why a service's engine or options cannot work; `key` is relative to the service."""
 
-    key: str  # "engine" or "options.NAME"
-    message: str
+class Legacy:
+    """A `module:attr` engine without a spec: a class or factory called with the options."""
 
-    def error(self) -> ConfigError:
-        return ConfigError(self.message, key=self.key)
+    def __init__(self, factory: Callable[..., Engine]) -> None:
+        self.factory = factory
+        model = getattr(factory, "Options", None)
+        self.options = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def engine_spec(name: str) -> EngineSpec | None:
+    """The spec of engine `name`; None for a `module:attr` class or factory that has none. A
+    ConfigError at `engine` when the name is unknown or does not import."""
+    found = _lookup(name)
+    return found if isinstance(found, EngineSpec) else None
 
 
 def engine_problem(name: str, options: dict[str, Any]) -> Problem | None:
     """The first thing wrong with engine `name` and its `options`, or None: an unknown name, a
     `module:attr` that does not import, an unknown, missing or mistyped option, a function that
-    does not import. Imports the engine's module only for `module:attr` engines."""
-    spec = ENGINES.get(name)
-    if spec is not None:
-        return _options_problem(spec.options, options, name)
-    if ":" not in name:
-        known = ", ".join(sorted(ENGINES))
-        return Problem("engine", f"unknown engine {name!r} (built in: {known}; or 'package.module:attr')")
+    does not import. Imports only spec modules for built-ins (no torch)."""
     try:
-        factory = resolve_callable(name)
+        found = _find(name)
     except ValueError as exc:
         return Problem("engine", str(exc))
-    model = getattr(factory, "Options", None)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return _options_problem(model, options, name)
-    return None
+    if isinstance(found, EngineSpec):
+        return found.options_problem(options)
+    return options_problem(found.options, options, name) if found.options is not None else None
 
 
 def create_engine(
-    name: str, options: dict[str, Any], *, data_dir: Path, datasets: dict[str, DatasetConfig] | None = None
+    name: str,
+    options: dict[str, Any],
+    *,
+    data_dir: Path,
+    datasets: Mapping[str, DatasetConfig] | None = None,
+    results: ResultStore | None = None,
+    device: str | None = None,
 ) -> Engine:
     """Build (not load) the engine `name` with its options; a bad name or option is a ConfigError
-    naming it (`engine`, `options.NAME`).
+    naming it (`engine`, `options.NAME`), a missing dependency a MissingExtra naming the extra.
 
     `datasets` (swell.yaml's section) is what an option `dataset: NAME` refers to; `data_dir` holds the
-    node cache such a dataset is fetched through.
+    node cache such a dataset is fetched through. `results` defaults to the store `SWELL_RESULTS_URL`
+    names (else files under `data_dir`), `device` to `SWELL_DEVICE`.
     """
     if (problem := engine_problem(name, options)) is not None:
         raise problem.error()
-    spec = ENGINES.get(name)
-    if spec is None:
-        factory: Callable[..., Engine] = resolve(name)
-        return factory(**options)
-    built: Callable[..., Engine] = _factory(spec)
-    kwargs = spec.options.model_validate(options).model_dump(exclude_unset=True)
-    if spec.data_plane:
-        kwargs.update(datasets=datasets or {}, data_dir=data_dir)
-    return built(**kwargs)
+    found = _lookup(name)
+    if not isinstance(found, EngineSpec):
+        return found.factory(**options)
+    env = EngineEnv(
+        data_dir=data_dir,
+        datasets=dict(datasets or {}),
+        results=results if results is not None else results_from_env(data_dir),
+        device=device or os.environ.get(DEVICE_ENV) or None,
+    )
+    return found.load_factory()(found.parse_options(options), env)
 
 
 def validate_input(engine: str, options: dict[str, Any], payload: dict[str, Any]) -> None:
-    """Cheap submit-time check of a job's input for `engine`; raises ValidationError naming the field."""
+    """Cheap submit-time check of a job's input for `engine` through its spec's `Input` (and `check`,
+    against the parsed options); raises ValidationError naming the field."""
     if not isinstance(payload, dict):
         raise ValidationError("input must be a JSON object", field="input")
-    spec = ENGINES.get(engine)
-    if spec is not None and spec.check_input is not None:
-        spec.check_input(payload)
+    spec = engine_spec(engine)
+    if spec is None:
+        return
+    parsed = spec.parse_input(payload)
+    if spec.check is not None:
+        spec.check(parsed, spec.parse_options(options))
 
 
-def _factory(spec: EngineSpec) -> Any:
+def job_units(engine: str, payload: Mapping[str, Any]) -> Units:
+    """The work units a job of `engine` carries (`{"steps": 30, "images": 2}`), `{"jobs": 1}` for an
+    engine without a spec; never raises (a spec whose `units` fails on this input counts one job)."""
     try:
-        return resolve(spec.factory)
+        spec = engine_spec(engine)
+        return dict(spec.units(payload)) if spec is not None else {"jobs": 1.0}
+    except Exception:
+        return {"jobs": 1.0}
+
+
+def work_units(engine: str, payload: Mapping[str, Any]) -> float:
+    """A job's work as one number (the product of its units): what the brain's rate is learned on."""
+    return total_units(job_units(engine, payload))
+
+
+def batch_key_of(engine: str) -> Callable[[Mapping[str, Any]], Hashable] | None:
+    """The function whose equal values mark jobs that may share one engine call, when the spec has one."""
+    spec = engine_spec(engine)
+    return spec.batch_key if spec is not None else None
+
+
+def _lookup(name: str) -> EngineSpec | Legacy:
+    """`_find`, its failure a ConfigError at `engine`."""
+    try:
+        return _find(name)
     except ValueError as exc:
-        hint = f"; pip install 'swell[{spec.extra}]'" if spec.extra else ""
-        raise ConfigError(f"{exc}{hint}", key="engine") from None
+        raise ConfigError(str(exc), key="engine") from None
 
 
-def _options_problem(model: type[BaseModel], options: dict[str, Any], engine: str) -> Problem | None:
-    if not isinstance(options, dict):
-        return Problem("options", "must be a mapping of option names to values")
-    try:
-        model.model_validate(options)
-    except pydantic.ValidationError as exc:
-        return _problem(exc.errors()[0], model, engine)
-    return None
-
-
-def _problem(error: Any, model: type[BaseModel], engine: str) -> Problem:
-    """One pydantic error as a Problem: `options.NAME` and a message a user can act on."""
-    loc = [str(part) if isinstance(part, str) else f"[{part}]" for part in error["loc"]]
-    key = re.sub(r"\.\[", "[", ".".join(["options", *loc]))
-    known = ", ".join(sorted(model.model_fields))
-    if error["type"] == "extra_forbidden":
-        return Problem(key, f"unknown option {loc[0]!r} for engine {engine!r} (known: {known})")
-    if error["type"] == "missing":
-        return Problem(key, f"engine {engine!r} needs the option {loc[0]!r}")
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return Problem(key, message)
+@functools.lru_cache(maxsize=256)
+def _find(name: str) -> EngineSpec | Legacy:
+    """A built-in's spec, or what `module:attr` names; ValueError saying why when neither (failures
+    are not cached: a module fixed later imports then)."""
+    target = ENGINES.get(name)
+    if target is None and ":" not in name:
+        known = ", ".join(ENGINES)
+        raise ValueError(f"unknown engine {name!r} (built in: {known}; or 'package.module:attr')")
+    found = resolve(target or name)
+    if isinstance(found, EngineSpec):
+        return found
+    if target is not None:
+        raise ValueError(f"{target} is a {type(found).__name__}, not an EngineSpec")
+    if not callable(found):
+        raise ValueError(
+            f"{name!r} is a {type(found).__name__}, not a callable (engine class or factory) or EngineSpec"
+        )
+    return Legacy(found)

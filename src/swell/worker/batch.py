@@ -3,9 +3,17 @@
 Two halves talk through a queue of events. `execute` runs in the engine thread: it calls the engine
 on the whole batch and, when that call raises (or returns the wrong number of results, an engine
 bug), calls it again on each half, recursively, so a poisonous input fails only itself and its
-neighbours still succeed. `BatchRun` lives in the worker's main thread: it turns the events into the
-outcomes to settle, knows the deadline of the call running now and, when that passes, what to hand
-back. It does no I/O, so every rule here is testable without a queue or a thread.
+neighbours still succeed. With a spec's `batch_key`, a leased batch is first split into calls of
+jobs with equal keys (one pipeline call per shape). `BatchRun` lives in the worker's main thread: it
+turns the events into the outcomes to settle, knows the deadline of the call running now and, when
+that passes, what to hand back. It does no I/O, so every rule here is testable without a queue or a
+thread.
+
+`Signals` is the one object both threads share: the engine thread leaves progress, text and preview
+images in it (`RunContext.progress`, `delta`) and asks it whether a job was cancelled; the main
+thread takes what accumulated a few times a second to send in one `queue.report`, and marks the jobs
+`queue.cancel_requested` names. A job whose cancel was seen before it was settled ends `cancelled`,
+whatever the engine returned for it; one not yet started is not run at all.
 
 The deadline rule: an engine call on k jobs may run for the sum of their timeouts. A job's `timeout`
 bounds one delivery of it alone; in a batch it also waits for the others, so a batch held to one
@@ -20,16 +28,20 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from swell.core.errors import ValidationError
 from swell.core.jobs import Job
-from swell.engines.base import Engine, RunContext
+from swell.engines.base import Engine, JobCancelled, RunContext
+from swell.engines.results import ResultStore
 from swell.queue.base import Outcome
+
+BatchKey = Callable[[Mapping[str, Any]], Hashable]
 
 log = logging.getLogger("swell.worker")
 
@@ -73,8 +85,11 @@ def call_deadline(jobs: Sequence[Job], started: float) -> float:
     return started + math.fsum(job.timeout for job in jobs)
 
 
-def outcome(job: Job, result: Result) -> Outcome:
-    """A job's own result: bad input fails for good, any other error may pass on another try."""
+def outcome(job: Job, result: Result, *, cancelled: bool = False) -> Outcome:
+    """A job's own result: bad input fails for good, any other error may pass on another try; a job
+    whose cancel was requested ends cancelled."""
+    if cancelled:
+        return Outcome.cancelled(job.id)
     if isinstance(result, BaseException):
         error = one_line(result)
         return Outcome.failure(job.id, error, retryable=not isinstance(result, ValidationError))
@@ -84,6 +99,99 @@ def outcome(job: Job, result: Result) -> Outcome:
 def one_line(exc: BaseException) -> str:
     """`Type: message` on one line."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def split_by_key(jobs: Sequence[Job], key: BatchKey | None) -> list[list[Job]]:
+    """`jobs` in calls of equal `key(input)`, in order of first appearance; one call without a key.
+    A job whose key cannot be computed (or is unhashable) runs alone."""
+    if key is None:
+        return [list(jobs)] if jobs else []
+    groups: dict[Hashable, list[Job]] = {}
+    for job in jobs:
+        try:
+            group = key(job.input)
+            hash(group)
+        except Exception:
+            group = (split_by_key, job.id)  # a key no engine returns: this job alone
+        groups.setdefault(group, []).append(job)
+    return list(groups.values())
+
+
+# -- between the threads ------------------------------------------------------------------------
+
+
+@dataclass
+class Pending:
+    """What the engine said about one job since the last report: the latest progress, text pieces."""
+
+    fraction: float | None = None
+    message: str | None = None
+    preview: bytes | None = None
+    text: list[str] = field(default_factory=list)
+
+    def merge_newer(self, newer: Pending) -> Pending:
+        """This (older, not sent) followed by `newer`: newer progress wins, text is joined in order."""
+        return Pending(
+            newer.fraction if newer.fraction is not None else self.fraction,
+            newer.message if newer.message is not None else self.message,
+            newer.preview if newer.preview is not None else self.preview,
+            self.text + newer.text,
+        )
+
+
+@dataclass
+class Signals:
+    """Progress, text and cancels shared by the engine thread and the main thread (module docstring)."""
+
+    _pending: dict[str, Pending] = field(default_factory=dict)
+    _cancelled: frozenset[str] = frozenset()
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def progress(self, job_id: str, fraction: float, preview: bytes | None, message: str | None) -> None:
+        with self._lock:
+            pending = self._pending.setdefault(job_id, Pending())
+            pending.fraction = fraction
+            pending.message = message if message is not None else pending.message
+            pending.preview = preview if preview is not None else pending.preview
+
+    def delta(self, job_id: str, text: str) -> None:
+        with self._lock:
+            self._pending.setdefault(job_id, Pending()).text.append(text)
+
+    def cancelled(self, job_id: str) -> bool:
+        return job_id in self._cancelled  # one read of an immutable set: no lock
+
+    def mark_cancelled(self, job_ids: set[str]) -> None:
+        if not job_ids <= self._cancelled:
+            self._cancelled = self._cancelled | job_ids
+
+    @property
+    def cancelled_ids(self) -> frozenset[str]:
+        return self._cancelled
+
+    def take(self, job_ids: set[str] | None = None) -> dict[str, Pending]:
+        """What accumulated (for `job_ids` only, when given), leaving the rest."""
+        with self._lock:
+            if job_ids is None:
+                taken, self._pending = self._pending, {}
+                return taken
+            return {j: self._pending.pop(j) for j in list(self._pending) if j in job_ids}
+
+    def put_back(self, taken: dict[str, Pending]) -> None:
+        """Return what could not be sent, before whatever came since."""
+        with self._lock:
+            for job_id, older in taken.items():
+                newer = self._pending.get(job_id)
+                self._pending[job_id] = older.merge_newer(newer) if newer is not None else older
+
+    def drop(self, job_ids: set[str]) -> None:
+        """Forget what is pending for jobs no longer held (settled, or their lease lost)."""
+        with self._lock:
+            for job_id in job_ids:
+                self._pending.pop(job_id, None)
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
 
 
 # -- the engine thread --------------------------------------------------------------------------
@@ -96,24 +204,42 @@ class Executor:
     engine: Engine
     data_dir: Path
     events: queue.SimpleQueue[Event]
+    signals: Signals = field(default_factory=Signals)
+    results: ResultStore | None = None  # None: files under data_dir
+    batch_key: BatchKey | None = None
     reported: set[str] = field(default_factory=set)
 
     def run(self, jobs: Sequence[Job]) -> None:
-        """Run `jobs`, halving every call that fails as a whole until each failure is one job's."""
+        """Run `jobs` in calls of equal batch key, halving every call that fails as a whole until each
+        failure is one job's. Jobs cancelled before their call starts are not run."""
         try:
-            stack = [list(jobs)]
+            stack = list(reversed(split_by_key(jobs, self.batch_key)))
             while stack:
                 call = [job for job in stack.pop() if job.id not in self.reported]
+                call = self._skip_cancelled(call)
                 if call:
                     stack.extend(reversed(self._call(call)))
         finally:
             self.events.put(Exited())
 
+    def _skip_cancelled(self, jobs: list[Job]) -> list[Job]:
+        cancelled = [job for job in jobs if self.signals.cancelled(job.id)]
+        for job in cancelled:
+            self.reported.add(job.id)
+            self.events.put(Reported(job, JobCancelled("cancelled before it ran")))
+        return [job for job in jobs if job.id not in self.reported]
+
     def _call(self, jobs: list[Job]) -> list[list[Job]]:
         """Call the engine once on `jobs`; return the halves to run next when the call failed."""
         self.events.put(Started(tuple(jobs), time.monotonic()))
         by_id = {job.id: job for job in jobs}
-        context = RunContext(list(by_id), self.data_dir, sink=lambda i, r: self._report(by_id, i, r))
+        context = RunContext(
+            list(by_id),
+            self.data_dir,
+            sink=lambda i, r: self._report(by_id, i, r),
+            signals=self.signals,
+            results=self.results,  # type: ignore[arg-type]  # None: RunContext makes the local store
+        )
         try:
             results: list[Result] = list(self.engine.run([job.input for job in jobs], context))
             if len(results) != len(jobs):
@@ -157,6 +283,7 @@ class BatchRun:
     early: list[Outcome] = field(default_factory=list)
     given: set[str] = field(default_factory=set)  # jobs whose outcome went to settle
     exited: bool = False
+    cancelled: frozenset[str] = frozenset()  # jobs whose cancel the main thread has seen
 
     def __post_init__(self) -> None:
         self.running, self.running_since = self.jobs, self.started
@@ -176,15 +303,19 @@ class BatchRun:
         if isinstance(event, Started):
             self.running, self.running_since = event.jobs, event.at
         elif isinstance(event, Reported):
-            self.early.append(outcome(event.job, event.result))
+            self.early.append(self._outcome(event.job, event.result))
             self.given.add(event.job.id)
         elif isinstance(event, Finished):
             self.given.update(job.id for job in event.jobs)
-            return self.take_early() + [outcome(j, r) for j, r in zip(event.jobs, event.results, strict=True)]
+            pairs = zip(event.jobs, event.results, strict=True)
+            return self.take_early() + [self._outcome(job, result) for job, result in pairs]
         else:
             self.exited = True
             return self.take_early()
         return []
+
+    def _outcome(self, job: Job, result: Result) -> Outcome:
+        return outcome(job, result, cancelled=job.id in self.cancelled or isinstance(result, JobCancelled))
 
     def take_early(self) -> list[Outcome]:
         """The results reported before their call returned, not yet settled."""
@@ -194,8 +325,8 @@ class BatchRun:
     def leftovers(self) -> list[Outcome]:
         """Once the engine thread exited: a retryable failure for any job it left without a result
         (the thread died of something that is not an Exception)."""
-        error = "RuntimeError: the engine thread stopped without a result for this job"
-        left = [Outcome.failure(job.id, error) for job in self.jobs if job.id not in self.given]
+        error = RuntimeError("the engine thread stopped without a result for this job")
+        left = [self._outcome(job, error) for job in self.jobs if job.id not in self.given]
         self.given.update(o.job_id for o in left)
         return self.take_early() + left
 
@@ -214,6 +345,8 @@ class BatchRun:
         return outcomes
 
     def _abandoned(self, job: Job, running: bool) -> Outcome:
+        if job.id in self.cancelled:
+            return Outcome.cancelled(job.id)
         size = len(self.running)
         if running and size == 1:
             return Outcome.failure(job.id, f"TimeoutError: job ran past its timeout of {job.timeout:g} s")

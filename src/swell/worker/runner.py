@@ -7,13 +7,20 @@ jobs still open. A call that outlives its deadline (the sum of its jobs' timeout
 settled, the rest handed back to be leased in smaller batches (alone: failed, retryable), and
 `BatchTimeout` makes the process exit so the supervisor starts a clean worker.
 
+While a batch runs, this thread also sends what the engine reported (progress, streamed text,
+preview images stored through the result store) in one `queue.report` at most every REPORT_SECONDS,
+and asks `queue.cancel_requested` about the open jobs every CANCEL_SECONDS, so that the engine's
+`context.cancelled(job)` turns true (see `swell.worker.batch.Signals`). A job's pending reports are
+sent before its outcome is settled, so its event log has every delta before its final state.
+
 Storage that fails (`Unavailable`, OSError) stops neither: leasing backs off, outcomes are kept and
-recorded when storage answers again (`swell.worker.storage`). SIGTERM stops leasing; the running
-batch finishes and the worker exits 0.
+recorded when storage answers again, reports are kept and sent later (`swell.worker.storage`).
+SIGTERM stops leasing; the running batch finishes and the worker exits 0.
 """
 
 from __future__ import annotations
 
+import logging
 import queue as queues
 import threading
 import time
@@ -23,12 +30,18 @@ from pathlib import Path
 
 from swell.core.jobs import Job
 from swell.engines.base import Engine
-from swell.queue.base import Outcome, QueueBackend
-from swell.worker.batch import BatchRun, Event, Executor, Exited
-from swell.worker.storage import STORAGE_ERRORS, Backoff, Ledger, WorkerCounters
+from swell.engines.results import ResultStore, results_from_env
+from swell.queue.base import Outcome, QueueBackend, Update
+from swell.worker.batch import BatchKey, BatchRun, Event, Executor, Exited, Pending, Signals
+from swell.worker.storage import STORAGE_ERRORS, Backoff, Complaints, Ledger, WorkerCounters
 
 IDLE_SLEEP_MIN = 0.002
 IDLE_SLEEP_MAX = 0.05
+REPORT_SECONDS = 0.2  # the longest a progress report or a piece of text waits before it is sent
+CANCEL_SECONDS = 0.25  # how often the open jobs of a running batch are checked for a cancel request
+PREVIEW_TYPES = ((b"\x89PNG", ".png", "image/png"), (b"\xff\xd8", ".jpg", "image/jpeg"))
+
+log = logging.getLogger("swell.worker")
 
 __all__ = ["BatchTimeout", "Runner", "WorkerCounters"]
 
@@ -50,11 +63,18 @@ class Runner:
     lease_seconds: float = 30.0
     stopping: threading.Event = field(default_factory=threading.Event)
     on_change: Callable[[], None] = lambda: None
+    results: ResultStore | None = None  # where result files and previews go; None: SWELL_RESULTS_URL
+    batch_key: BatchKey | None = None  # the engine spec's: jobs with equal keys share a call
+    report_seconds: float = REPORT_SECONDS
+    cancel_seconds: float = CANCEL_SECONDS
     ledger: Ledger = field(init=False)
     _backoff: Backoff = field(default_factory=Backoff, init=False)
+    _previews: Complaints = field(default_factory=lambda: Complaints("storing a preview"), init=False)
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.queue, self.owner)
+        if self.results is None:
+            self.results = results_from_env(self.data_dir)
 
     @property
     def counters(self) -> WorkerCounters:
@@ -86,11 +106,18 @@ class Runner:
         batches does not rewrite the status file twice per batch."""
         self._set_busy(True)
         events: queues.SimpleQueue[Event] = queues.SimpleQueue()
-        run = BatchRun(tuple(jobs))
-        executor = Executor(self.engine, self.data_dir, events)
+        run, signals = BatchRun(tuple(jobs)), Signals()
+        executor = Executor(
+            self.engine,
+            self.data_dir,
+            events,
+            signals=signals,
+            results=self.results,
+            batch_key=self.batch_key,
+        )
         threading.Thread(target=executor.run, args=(jobs,), name="engine", daemon=True).start()
-        if not self._watch(run, events):
-            self._give_up(run, events)
+        if not self._watch(run, events, signals):
+            self._give_up(run, events, signals)
 
     def _lease(self) -> list[Job] | None:
         """A batch (perhaps empty), or None when storage failed."""
@@ -108,36 +135,86 @@ class Runner:
         self.ledger.answered()
         return jobs
 
-    def _watch(self, run: BatchRun, events: queues.SimpleQueue[Event]) -> bool:
+    def _watch(self, run: BatchRun, events: queues.SimpleQueue[Event], signals: Signals) -> bool:
         """Follow the engine thread until it exits (True) or its call passes its deadline (False)."""
-        renew_at = time.monotonic() + self.lease_seconds / 3
+        now = time.monotonic()
+        renew_at = now + self.lease_seconds / 3
+        report_at, cancel_at = now + self.report_seconds, now + self.cancel_seconds
         while True:
-            event = _next(events, min(renew_at, run.deadline) - time.monotonic())
+            wake = min(renew_at, run.deadline, cancel_at, report_at)
+            event = _next(events, wake - time.monotonic())
             if event is not None:
-                self._settle(run.apply(event))
+                self._settle(run.apply(event), signals)
             if isinstance(event, Exited):
-                self._settle(run.leftovers())
+                self._settle(run.leftovers(), signals)
                 return True
             now = time.monotonic()
             if now >= run.deadline:
                 return False
             if now >= renew_at:
-                self._settle(run.take_early())
+                self._settle(run.take_early(), signals)
                 self.ledger.renew(run.open_ids, self.lease_seconds)
                 renew_at = now + self.lease_seconds / 3
+            if now >= report_at:
+                self._report(signals)
+                report_at = now + self.report_seconds
+            if now >= cancel_at:
+                self._poll_cancels(run, signals)
+                cancel_at = now + self.cancel_seconds
 
-    def _give_up(self, run: BatchRun, events: queues.SimpleQueue[Event]) -> None:
+    def _give_up(self, run: BatchRun, events: queues.SimpleQueue[Event], signals: Signals) -> None:
         """Settle what finished, hand back the rest, and make the worker exit."""
         while (event := _next(events, 0.0)) is not None and not isinstance(event, Exited):
-            self._settle(run.apply(event))
-        self._settle(run.abandon())
+            self._settle(run.apply(event), signals)
+        self._settle(run.abandon(), signals)
         self.ledger.drain(self.lease_seconds)
         size = len(run.running)
         raise BatchTimeout(f"a call on {size} of a batch of {len(run.jobs)} ran past its deadline")
 
-    def _settle(self, outcomes: list[Outcome]) -> None:
-        if outcomes:  # the counters reach the status file with the next heartbeat
-            self.ledger.settle(outcomes)
+    def _settle(self, outcomes: list[Outcome], signals: Signals | None = None) -> None:
+        """Record `outcomes`, after sending what their jobs reported (their events come before the
+        final state); the counters reach the status file with the next heartbeat."""
+        if not outcomes:
+            return
+        if signals is not None:
+            settled = {o.job_id for o in outcomes}
+            self._report(signals, settled)
+            signals.drop(settled)
+        self.ledger.settle(outcomes)
+
+    def _report(self, signals: Signals, job_ids: set[str] | None = None) -> None:
+        """Send what the engine reported (for `job_ids`, when given) in one queue call; kept on failure."""
+        taken = signals.take(job_ids)
+        if taken and not self.ledger.report([self._update(job_id, p) for job_id, p in taken.items()]):
+            signals.put_back(taken)
+
+    def _update(self, job_id: str, pending: Pending) -> Update:
+        preview = self._store_preview(job_id, pending.preview) if pending.preview is not None else None
+        text = "".join(pending.text) or None
+        return Update(job_id, fraction=pending.fraction, message=pending.message, delta=text, preview=preview)
+
+    def _store_preview(self, job_id: str, data: bytes) -> str | None:
+        """The preview image stored as the job's `preview.<ext>` (replaced by each newer one), or None
+        when it is no image we know or cannot be stored now (progress goes on without it)."""
+        kind = next(((ext, ct) for magic, ext, ct in PREVIEW_TYPES if data.startswith(magic)), None)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            kind = (".webp", "image/webp")
+        if kind is None or self.results is None:
+            return None
+        try:
+            name = self.results.put(job_id, f"preview{kind[0]}", data, kind[1])
+        except Exception as exc:  # a preview is never worth failing a job for
+            self._previews.failed(exc)
+            return None
+        self._previews.worked()
+        return name
+
+    def _poll_cancels(self, run: BatchRun, signals: Signals) -> None:
+        """Mark the open jobs whose cancel was requested, for the engine and for their outcomes."""
+        asked = self.ledger.cancel_requested(run.open_ids)
+        if asked:
+            signals.mark_cancelled(asked)
+            run.cancelled = signals.cancelled_ids
 
     def _set_busy(self, busy: bool) -> None:
         if self.counters.busy != busy:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from swell.core.errors import LeaseLost, Unavailable
 from swell.core.jobs import Job, JobState
-from swell.queue.base import Outcome, QueueBackend
+from swell.queue.base import Outcome, QueueBackend, Update
 
 log = logging.getLogger("swell.worker")
 
@@ -73,12 +73,14 @@ class WorkerCounters:
     jobs_done: int = 0
     jobs_failed: int = 0
     jobs_handed_back: int = 0  # sent back untouched from a batch that failed as a whole
+    jobs_cancelled: int = 0  # stopped on a cancel request
     busy: bool = False
 
 
 @dataclass
 class Ledger:
-    """The queue calls of one worker that must survive a storage outage: settle and renew."""
+    """The queue calls of one worker that must survive a storage outage: settle, renew, report and
+    the cancel poll."""
 
     queue: QueueBackend
     owner: str
@@ -122,6 +124,31 @@ class Ledger:
         self.answered()
         return set()
 
+    def report(self, updates: Sequence[Update]) -> bool:
+        """Send what running jobs reported (progress, text); False when storage failed, and the
+        caller keeps them for the next try."""
+        if not updates:
+            return True
+        try:
+            self.queue.report(self.owner, updates)
+        except STORAGE_ERRORS as exc:
+            self.complaints.failed(exc)
+            return False
+        self.answered()
+        return True
+
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of `job_ids` whose cancel was requested; none when storage fails (asked again soon)."""
+        if not job_ids:
+            return set()
+        try:
+            found = self.queue.cancel_requested(job_ids)
+        except STORAGE_ERRORS as exc:
+            self.complaints.failed(exc)
+            return set()
+        self.answered()
+        return set(found)
+
     def answered(self) -> None:
         """Storage just answered a call."""
         self.last_ok = time.monotonic()
@@ -154,6 +181,8 @@ class Ledger:
                 continue  # the lease was lost: the job ran elsewhere
             if answer.state is JobState.SUCCEEDED:
                 self.counters.jobs_done += 1
+            elif answer.state is JobState.CANCELLED:
+                self.counters.jobs_cancelled += 1
             elif sent.split is not None and answer.state is JobState.QUEUED:
                 self.counters.jobs_handed_back += 1
             else:

@@ -30,7 +30,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if not os.environ.get(name):
             pytest.exit(f"SWELL_REQUIRE_SERVICES=1 but {name} is not set: it must name {what}", returncode=3)
     if not loopback_only():
-        pytest.exit("SWELL_REQUIRE_SERVICES=1 but this is not a loopback-only network namespace", returncode=3)
+        pytest.exit(
+            "SWELL_REQUIRE_SERVICES=1 but this is not a loopback-only network namespace", returncode=3
+        )
     import redis
 
     try:

@@ -84,14 +84,14 @@ class Server:
             self._uvicorn.should_exit = True
 
     async def _serve(self) -> None:
-        from swell.cluster.local import LocalSupervisor
+        from swell.cluster.base import open_cluster
         from swell.gateway.app import create_app
         from swell.gateway.protocol import serving_config
         from swell.gateway.webhooks import WebhookDispatcher
 
         settings, config = self.settings, self.config
         queue = self._queue or open_checked_queue(settings)
-        supervisor = LocalSupervisor(config, settings.database_url, settings.data_dir, clock=self.clock)
+        supervisor = open_cluster(config, settings.database_url, settings.data_dir, clock=self.clock)
         brain = self._brain(queue, supervisor)
         self._register_data_metrics(supervisor)
         app = create_app(

@@ -12,6 +12,8 @@ from pathlib import Path
 from swell.core.config import ServiceConfig
 from swell.core.jobs import JobSpec, JobState
 from swell.queue.base import QueueBackend, open_queue
+from swell.worker import contract
+from swell.worker.contract import Drained, WorkerArgs, WorkerState
 from swell.worker.status import read_status, status_path
 
 
@@ -22,6 +24,7 @@ def spawn(
     *,
     engine: str = "callable",
     env: dict[str, str] | None = None,
+    extra: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """A worker for service `svc` running `tests.worker.funcs:<function>` (or another `engine`)."""
     options = {"function": f"tests.worker.funcs:{function}"} if engine == "callable" else {}
@@ -39,6 +42,7 @@ def spawn(
             replica,
             "--data-dir",
             str(tmp_path),
+            *(extra or []),
         ],
         env=env,
     )
@@ -166,3 +170,49 @@ def test_a_hung_batch_is_handed_back_and_the_worker_exits(tmp_path: Path) -> Non
     assert first.state == JobState.SUCCEEDED, "the callable engine reports each result as it is made"
     assert [job.state for job in rest] == [JobState.QUEUED] * 3
     assert all(job.attempts == 0 and job.batch_limit == 2 for job in rest)
+
+
+def test_sigterm_past_the_grace_period_hands_the_job_back_and_exits(tmp_path: Path) -> None:
+    """A preemption notice with a grace period shorter than the job: the worker stops leasing,
+    hands the job back untouched before the grace period ends, says so, and exits 0."""
+    queue = queue_for(tmp_path)
+    held = [queue.submit(JobSpec("svc", {"seconds": 60}))[0].id for _ in range(2)]  # one batch
+    proc = spawn(tmp_path, "sleep", extra=["--drain-seconds", "2"])
+    wait_for(lambda: all(queue.get(i).state == JobState.LEASED for i in held))
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    later, _ = queue.submit(JobSpec("svc", {"seconds": 60}))  # a draining worker leases no more
+    assert proc.wait(20) == 0
+    took = time.monotonic() - signalled
+    print(f"SIGTERM to exit with a 2 s grace period and 60 s jobs: {took:.2f} s")
+    back = [queue.get(i) for i in held]
+    assert [(j.state, j.attempts) for j in back] == [(JobState.QUEUED, 0)] * 2, "no attempt counted"
+    assert queue.get(later.id).state == JobState.QUEUED
+    status = contract.load(status_path(tmp_path, "w1"))
+    assert status is not None and status.state is WorkerState.STOPPED and status.drained is not None
+    assert (status.drained.finished, status.drained.handed_back) == (0, 2)
+    assert 0 < status.drained.seconds < 2, "handed back within its grace period"
+
+
+def test_sigterm_within_the_grace_period_finishes_the_job(tmp_path: Path) -> None:
+    queue = queue_for(tmp_path)
+    job, _ = queue.submit(JobSpec("svc", {"seconds": 0.5}))
+    proc = spawn(tmp_path, "sleep", extra=["--drain-seconds", "20"])
+    wait_for(lambda: queue.get(job.id).state == JobState.LEASED)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert queue.get(job.id).state == JobState.SUCCEEDED
+    status = contract.load(status_path(tmp_path, "w1"))
+    assert status is not None and status.drained == Drained(
+        finished=1, handed_back=0, seconds=status.drained.seconds
+    )
+
+
+def test_the_drain_grace_period_comes_from_the_environment(tmp_path: Path) -> None:
+    service = ServiceConfig(name="svc", engine="callable", options={"function": "builtins:dict"})
+    argv = ["--service", service.model_dump_json(), "--replica-id", "r", "--data-dir", str(tmp_path)]
+    env = {"SWELL_WORKER_QUEUE": "memory://", "SWELL_DRAIN_SECONDS": "7.5"}
+    args = WorkerArgs.parse(argv, env)
+    assert (args.drain_seconds, args.queue_url, args.gpu_fraction) == (7.5, "memory://", None)
+    assert WorkerArgs.parse(args.argv(), env) == args

@@ -1,7 +1,8 @@
-"""Local worker processes kept at each service's replica count by a reconcile loop.
+"""Local worker processes kept at each service's replica count by a reconcile loop (the `local` Cluster).
 
-Each worker is `python -m swell.worker` in its own process group; it publishes its state in an atomic
-status file (swell.worker.status) every second. The monitor restarts a worker that exits unexpectedly
+Each worker is `python -m swell.worker` in its own process group, started with its
+`swell.worker.contract.WorkerArgs` through the `spawn` factory; it publishes its `WorkerStatus` in
+an atomic status file every second. The monitor restarts a worker that exits unexpectedly
 or whose heartbeat is older than `hang_seconds` (SIGKILL first), with an exponential restart back-off.
 
 Why a replica's latest process ended stays in `ReplicaInfo.last_error` after the process is gone: the
@@ -33,24 +34,36 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from swell.cluster.base import (
+    BACKOFF_MAX,
+    BACKOFF_MIN,
+    ClusterStats,
+    clamp,
+    count_states,
+    drained_dict,
+    exit_reason,
+    find_service,
+    one_line,
+    replica_state,
+    service_models,
+    services_by_name,
+)
 from swell.core.clock import Clock, SystemClock
 from swell.core.config import ServiceConfig, SwellConfig
-from swell.core.errors import ServiceNotFound
 from swell.core.replicas import ReplicaInfo, ReplicaState
 from swell.data.config import DatasetConfig
-from swell.worker import DATASETS_ENV, QUEUE_ENV
-from swell.worker.status import read_status, status_path
+from swell.engines.results import RESULTS_ENV
+from swell.worker import DATASETS_ENV
+from swell.worker import contract as worker_contract
+from swell.worker.contract import WorkerArgs, WorkerState, WorkerStatus
+from swell.worker.status import status_path
 
 HANG_SECONDS = 15.0
-BACKOFF_MIN = 0.5
-BACKOFF_MAX = 30.0
 MONITOR_INTERVAL = 0.25
-MAX_ERROR_CHARS = 1000
 
 PASS_NAMES = frozenset(
     {
@@ -90,11 +103,14 @@ class Slot:
     ready: bool = False  # the current process has become ready
     crash_streak: int = 0  # exits of processes that never became ready, since one did
     last_error: str | None = None  # why the latest process that ended ended
+    drained: dict[str, float] | None = None  # what the last drain of this slot did
     jobs: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0})
 
 
 class LocalSupervisor:
-    """Keeps each service at its desired number of local worker processes."""
+    """Keeps each service at its desired number of local worker processes (a `Cluster`)."""
+
+    kind = "local"
 
     def __init__(
         self,
@@ -116,8 +132,10 @@ class LocalSupervisor:
         self.hang_seconds = hang_seconds
         self._popen = spawn
         self._environ = environ
-        self._services = {service.name: service for service in config.services}
+        self._services = services_by_name(config)
         self._desired = {service.name: service.replicas.min for service in config.services}
+        self._models = {service.name: service_models(service) for service in config.services}
+        self._started = 0
         self._slots: list[Slot] = []
         self._retired: list[Slot] = []
         self._lock = threading.RLock()
@@ -149,11 +167,29 @@ class LocalSupervisor:
     def desired(self, service: str) -> int:
         return self._desired[self._service(service).name]
 
-    def scale(self, service: str, replicas: int) -> None:
-        """Set `service`'s replica count, clamped to its min..max; the monitor applies it."""
+    def scale(self, service: str, replicas: int, *, models: Sequence[str] | None = None) -> None:
+        """Set `service`'s replica count, clamped to its min..max; the monitor applies it. `models`
+        is recorded only: one machine has one node cache, so there is no placement to choose."""
         spec = self._service(service)
-        self._desired[service] = max(spec.replicas.min, min(spec.replicas.max, replicas))
+        self._desired[service] = clamp(spec, replicas)
+        if models is not None:
+            self._models[service] = tuple(models)
         self.reconcile()
+
+    def statistics(self) -> ClusterStats:
+        """Counts over every replica; `started_warm` stays 0: a local replica's node is this one."""
+        replicas = self.replicas()
+        with self._lock:
+            started = self._started
+        return ClusterStats(
+            kind=self.kind,
+            desired=dict(self._desired),
+            states=count_states(replicas),
+            restarts=sum(r.restarts for r in replicas),
+            started=started,
+            started_warm=0,
+            extra={"models": {name: list(models) for name, models in self._models.items()}},
+        )
 
     def replicas(self) -> list[ReplicaInfo]:
         with self._lock:
@@ -176,8 +212,8 @@ class LocalSupervisor:
     def _check(self, slot: Slot, now: float) -> None:
         proc = slot.proc
         if proc is not None and proc.poll() is None:
-            status = read_status(self._status_path(slot)) or {}
-            beat = float(status.get("heartbeat") or slot.started_at or now)
+            status = self._status(slot)
+            beat = (status.heartbeat if status is not None else 0.0) or slot.started_at or now
             if now - beat <= self.hang_seconds:
                 self._observe(slot, status)
                 return
@@ -189,20 +225,20 @@ class LocalSupervisor:
         if now >= slot.next_start:
             self._spawn(slot, now)
 
-    def _observe(self, slot: Slot, status: dict[str, Any]) -> None:
+    def _observe(self, slot: Slot, status: WorkerStatus | None) -> None:
         """A live worker's status: once it is ready its crash streak and back-off start over."""
-        if status.get("state") in ("ready", "busy"):
+        if status is not None and status.serving:
             _mark_ready(slot)
 
     def _exited(self, slot: Slot, proc: subprocess.Popen[bytes], now: float, *, hung: bool = False) -> None:
         """Record why the slot's process `proc` ended and when to start the next one."""
-        status = read_status(self._status_path(slot)) or {}
+        status = self._status(slot)
         self._remember_counts(slot, status)
-        if slot.ready or _became_ready(status):
+        if slot.ready or (status is not None and status.became_ready):
             _mark_ready(slot)
         else:
             slot.crash_streak += 1
-        slot.last_error = _exit_reason(status, proc.returncode, self.hang_seconds if hung else None)
+        slot.last_error = exit_reason(status, proc.returncode, self.hang_seconds if hung else None)
         slot.proc = None
         slot.restarts += 1
         slot.next_start = now + slot.backoff
@@ -222,8 +258,9 @@ class LocalSupervisor:
                 self._retired.append(slot)
 
     def _drain_order(self, slot: Slot) -> tuple[bool, float]:
-        status = read_status(self._status_path(slot)) or {}
-        return (status.get("state") == "busy", -(slot.started_at or 0.0))
+        status = self._status(slot)
+        busy = status is not None and status.state is WorkerState.BUSY
+        return (busy, -(slot.started_at or 0.0))
 
     def _reap_retired(self) -> None:
         self._retired = [slot for slot in self._retired if slot.proc is not None and slot.proc.poll() is None]
@@ -231,31 +268,41 @@ class LocalSupervisor:
     def _spawn(self, slot: Slot, now: float) -> None:
         path = self._status_path(slot)
         path.unlink(missing_ok=True)
-        argv = [
-            sys.executable, "-m", "swell.worker",
-            "--service", slot.service.model_dump_json(), "--replica-id", slot.id,
-            "--data-dir", str(self.data_dir),
-        ]  # fmt: skip
-        env = {**self.worker_env(slot.service), QUEUE_ENV: self.queue_url}  # a password stays out of `ps`
-        slot.proc = self._popen(argv, env)
+        args = self.worker_args(slot)
+        env = {**self.worker_env(slot.service), **args.environment()}  # a password stays out of `ps`
+        slot.proc = self._popen([sys.executable, "-m", "swell.worker", *args.argv()], env)
         slot.started_at = now
         slot.ready = False
+        self._started += 1
+
+    def worker_args(self, slot: Slot) -> WorkerArgs:
+        """What the worker filling `slot` is started with (swell.worker.contract)."""
+        gpus = slot.service.resources.gpus
+        return WorkerArgs(
+            service=slot.service,
+            replica_id=slot.id,
+            data_dir=self.data_dir,
+            queue_url=self.queue_url,
+            gpu_fraction=gpus if 0 < gpus < 1 else None,
+        )
 
     def worker_env(self, service: ServiceConfig) -> dict[str, str]:
         """The environment a worker of `service` starts with (the module docstring says what)."""
         environ = os.environ if self._environ is None else self._environ
         name = service.options.get("dataset")
         datasets = {name: self.config.datasets[name]} if name in self.config.datasets else {}
-        return worker_environment(environ, service.pass_env, datasets)
+        return worker_environment(environ, service.pass_env, datasets, self.config.cluster.results_url)
 
-    def _remember_counts(self, slot: Slot, status: dict[str, Any]) -> None:
-        slot.jobs["done"] += int(status.get("jobs_done", 0))
-        slot.jobs["failed"] += int(status.get("jobs_failed", 0))
+    def _remember_counts(self, slot: Slot, status: WorkerStatus | None) -> None:
+        if status is not None:
+            slot.jobs["done"] += status.jobs_done
+            slot.jobs["failed"] += status.jobs_failed
+            slot.drained = drained_dict(status) or slot.drained
 
     def _info(self, slot: Slot) -> ReplicaInfo:
         alive = slot.proc is not None and slot.proc.poll() is None
-        status = (read_status(self._status_path(slot)) or {}) if alive else {}
-        state = _replica_state(status.get("state")) if alive else ReplicaState.DEAD
+        status = (self._status(slot) if alive else None) or WorkerStatus()
+        state = replica_state(status) if alive else ReplicaState.DEAD
         if slot.draining:
             state = ReplicaState.DRAINING if alive else ReplicaState.STOPPED
         return ReplicaInfo(
@@ -263,24 +310,27 @@ class LocalSupervisor:
             service=slot.service.name,
             state=state,
             pid=slot.proc.pid if slot.proc is not None else None,
-            model=status.get("model"),
-            jobs_done=slot.jobs["done"] + int(status.get("jobs_done", 0)),
-            jobs_failed=slot.jobs["failed"] + int(status.get("jobs_failed", 0)),
+            model=status.model,
+            jobs_done=slot.jobs["done"] + status.jobs_done,
+            jobs_failed=slot.jobs["failed"] + status.jobs_failed,
             restarts=slot.restarts,
             started_at=slot.started_at,
-            last_heartbeat=status.get("heartbeat"),
-            phases=dict(status.get("phases", {})),
-            last_error=_one_line(status["error"]) if status.get("error") else slot.last_error,
+            last_heartbeat=status.heartbeat or None,
+            phases=dict(status.phases),
+            last_error=one_line(status.error) if status.error else slot.last_error,
             crash_streak=0 if state in (ReplicaState.READY, ReplicaState.BUSY) else slot.crash_streak,
+            node=status.node,
+            drained=drained_dict(status) or slot.drained,
         )
+
+    def _status(self, slot: Slot) -> WorkerStatus | None:
+        return worker_contract.load(self._status_path(slot))
 
     def _status_path(self, slot: Slot) -> Path:
         return status_path(self.data_dir, slot.id)
 
     def _service(self, name: str) -> ServiceConfig:
-        if name not in self._services:
-            raise ServiceNotFound(f"no service {name!r}", field="service")
-        return self._services[name]
+        return find_service(self._services, name)
 
     def __repr__(self) -> str:
         return f"LocalSupervisor(desired={self._desired}, replicas={len(self._slots)})"
@@ -292,15 +342,22 @@ def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
 
 
 def worker_environment(
-    environ: Mapping[str, str], pass_env: list[str], datasets: dict[str, DatasetConfig]
+    environ: Mapping[str, str],
+    pass_env: list[str],
+    datasets: dict[str, DatasetConfig],
+    results_url: str | None = None,
 ) -> dict[str, str]:
-    """The part of `environ` a worker may see, plus `datasets` as JSON (see the module docstring)."""
+    """The part of `environ` a worker may see, plus `datasets` as JSON and the result store's URL
+    (see the module docstring)."""
     prefixes = PASS_PREFIXES + tuple(p.removesuffix("*") for p in pass_env if p.endswith("*"))
-    if any(spec.source.startswith("s3://") for spec in datasets.values()):
+    sources = [spec.source for spec in datasets.values()] + [results_url or ""]
+    if any(source.startswith("s3://") for source in sources):
         prefixes += S3_PREFIXES
     names = PASS_NAMES | {p for p in pass_env if not p.endswith("*")}
     env = {k: v for k, v in environ.items() if k in names or k.startswith(prefixes)}
     env[DATASETS_ENV] = json.dumps({name: spec.model_dump(mode="json") for name, spec in datasets.items()})
+    if results_url:
+        env[RESULTS_ENV] = results_url
     return env
 
 
@@ -308,38 +365,3 @@ def _mark_ready(slot: Slot) -> None:
     slot.ready = True
     slot.crash_streak = 0
     slot.backoff = BACKOFF_MIN
-
-
-def _became_ready(status: dict[str, Any]) -> bool:
-    """Whether a worker's last status shows it got ready (its load phases are written then), for one
-    that became ready and ended between two looks."""
-    return status.get("state") in ("ready", "busy") or bool(status.get("phases"))
-
-
-def _exit_reason(status: dict[str, Any], returncode: int | None, hung_after: float | None) -> str:
-    if hung_after is not None:
-        return f"stopped answering (no heartbeat for {hung_after:g} s); killed"
-    if status.get("error"):
-        return _one_line(status["error"])
-    if returncode is not None and returncode < 0:
-        return f"killed by {_signal_name(-returncode)}"
-    return f"exited with status {returncode}"
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())[:MAX_ERROR_CHARS]
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _replica_state(value: object) -> ReplicaState:
-    """A worker's reported state; "failed" (it could not start or is dying) reads as dead."""
-    try:
-        return ReplicaState(str(value or "starting"))
-    except ValueError:
-        return ReplicaState.DEAD

@@ -1,4 +1,8 @@
-"""What the cluster layer reports about its worker replicas, read by the gateway and the brain."""
+"""What the cluster layer reports about its worker replicas, read by the gateway and the brain.
+
+Every backend (swell.cluster: local processes, Ray actors, the fake) reports `ReplicaInfo` rows built
+from the worker's `swell.worker.contract.WorkerStatus`, so one reader serves all of them.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +36,9 @@ class ReplicaInfo:
     phases: dict[str, float] = field(default_factory=dict)  # seconds in fetch / load / warmup
     last_error: str | None = None  # why the latest process of this replica failed (load or run)
     crash_streak: int = 0  # exits without ever becoming ready, since it was last ready
+    node: str | None = None  # where it runs (a host name, a Ray node id)
+    warm: bool | None = None  # placed on a node whose cache held its model (None: no model to hold)
+    drained: dict[str, float] | None = None  # the last drain: {finished, handed_back, seconds}
 
     def to_public(self) -> dict[str, Any]:
         return {
@@ -47,6 +54,9 @@ class ReplicaInfo:
             "phases": dict(self.phases),
             "last_error": self.last_error,
             "crash_streak": self.crash_streak,
+            "node": self.node,
+            "warm": self.warm,
+            "drained": dict(self.drained) if self.drained is not None else None,
         }
 
 

@@ -1,65 +1,84 @@
-"""`python -m swell.worker`: one worker process for one service (started by the supervisor).
+"""`python -m swell.worker`: one worker process for one service (started by a cluster backend).
 
+It is started with `swell.worker.contract.WorkerArgs` and reports a `WorkerStatus` in its status file.
 Exit status: 0 after a drain (SIGTERM, or the supervisor gone), EXIT_FAILED when the engine could not
-be built or loaded or the worker died of an error (its status file then says `failed` and why),
+be built or loaded or the worker died of an error (its status then says `failed` and why),
 EXIT_TIMEOUT when a batch hung past its deadline (status `dead`). Files it creates are private to
 the user (umask 077): results, status files, the job files engines write.
+
+Drain (a preemption notice: SIGTERM with a grace period, as Kubernetes and Spot interruption
+handlers send): the worker stops leasing at once and lets the batch it runs finish. Should the batch
+still run when the grace period (`--drain-seconds`, `SWELL_DRAIN_SECONDS`) is nearly over, the jobs it
+still holds go back to the queue untouched (`queue.release`: no attempt counted, a preemption is not
+the job's fault) and the process exits 0 at once, since an engine thread cannot be stopped. Either
+way the status says `drained: {finished, handed_back, seconds}`.
+
+Shared GPUs: a worker given a fraction of a GPU (`--gpu-fraction`) measures the engine's footprint
+after load and, where CUDA exists, caps its own allocator at its share, refusing to start when the
+footprint with headroom does not fit (swell.cluster.gpu). An allocation past the cap fails that job
+(retryable), not its neighbours on the GPU.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from swell.cluster import gpu
 from swell.core import heap
-from swell.core.config import ServiceConfig
+from swell.core.jobs import Job
 from swell.data.config import DatasetConfig
-from swell.engines.base import Engine
-from swell.engines.registry import create_engine
-from swell.queue.base import QueueBackend, open_queue
-from swell.worker import DATASETS_ENV, QUEUE_ENV
+from swell.engines.base import Engine, LoadTimings
+from swell.engines.registry import batch_key_of, create_engine
+from swell.engines.results import results_from_env
+from swell.queue.base import Outcome, QueueBackend, open_queue
+from swell.worker import DATASETS_ENV
+from swell.worker.contract import Drained, GpuShare, WorkerArgs, WorkerState, WorkerStatus, publish
 from swell.worker.runner import BatchTimeout, Runner
-from swell.worker.status import WorkerState, describe_error, status_path, touch_status, write_status
+from swell.worker.status import describe_error, status_path, touch_status
 from swell.worker.storage import STORAGE_ERRORS, Backoff, Complaints
 
 HEARTBEAT_SECONDS = 1.0
 EXIT_FAILED = 1
 EXIT_TIMEOUT = 3
 PRIVATE_UMASK = 0o077
+EXIT_MARGIN = 0.2  # share of the grace period kept for handing back and exiting (at most MARGIN_MAX)
+MARGIN_MAX = 5.0
+NODE_ENV = "SWELL_NODE_ID"  # set by a cluster backend: the node this worker runs on
 
 log = logging.getLogger("swell.worker")
 
 
 class Reporter:
-    """Writes the worker's state, counters and phases to its status file, and again every heartbeat.
+    """Writes the worker's `WorkerStatus` to its status file, and again every heartbeat.
 
     Never raises for the file: a write that fails (a full disk) is logged once per kind of error,
     the file's time stamp is still set so the supervisor sees the worker alive, and the next beat
     writes again."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Any, node: str | None = None) -> None:
         self.path = path
-        self.status: dict[str, Any] = {"state": WorkerState.STARTING, "phases": {}, "model": None}
+        self.status = WorkerStatus(node=node)
         self.runner: Runner | None = None
         self._lock = threading.Lock()
         self._complaints = Complaints(f"writing the status file {path}")
 
     def update(self, **fields: Any) -> None:
         with self._lock:
-            self.status.update(fields)
+            status = self.status.evolve(**fields)
             if self.runner is not None:
-                self._count(self.runner)
-            self.status["heartbeat"] = time.time()
+                status = _counted(status, self.runner)
+            self.status = status.evolve(heartbeat=time.time())
             self._publish()
 
     def beat(self, stop: threading.Event, orphaned: Callable[[], None]) -> None:
@@ -75,17 +94,9 @@ class Reporter:
             except Exception as exc:  # the heartbeat must outlive any one bad beat
                 self._complaints.failed(exc)
 
-    def _count(self, runner: Runner) -> None:
-        counters = runner.counters
-        self.status["jobs_done"] = counters.jobs_done
-        self.status["jobs_failed"] = counters.jobs_failed
-        self.status["jobs_handed_back"] = counters.jobs_handed_back
-        if self.status["state"] in (WorkerState.READY, WorkerState.BUSY):
-            self.status["state"] = WorkerState.BUSY if counters.busy else WorkerState.READY
-
     def _publish(self) -> None:
         try:
-            write_status(self.path, self.status)
+            publish(self.path, self.status)
         except OSError as exc:
             self._complaints.failed(exc)
             with contextlib.suppress(OSError):  # no file yet: nothing to keep alive
@@ -94,18 +105,66 @@ class Reporter:
         self._complaints.worked()
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="swell.worker")
-    parser.add_argument(
-        "--queue", default=os.environ.get(QUEUE_ENV), help=f"queue URL (default: ${QUEUE_ENV})"
+def _counted(status: WorkerStatus, runner: Runner) -> WorkerStatus:
+    counters = runner.counters
+    state = status.state
+    if state in (WorkerState.READY, WorkerState.BUSY):
+        state = WorkerState.BUSY if counters.busy else WorkerState.READY
+    return status.evolve(
+        state=state,
+        jobs_done=counters.jobs_done,
+        jobs_failed=counters.jobs_failed,
+        jobs_handed_back=counters.jobs_handed_back,
     )
-    parser.add_argument("--service", required=True, help="the service's config as JSON")
-    parser.add_argument("--replica-id", required=True)
-    parser.add_argument("--data-dir", required=True, type=Path)
-    args = parser.parse_args(argv)
-    if not args.queue:
-        parser.error(f"the queue URL is needed: --queue or ${QUEUE_ENV}")
-    return args
+
+
+@dataclass
+class HeldJobs:
+    """The queue as this worker uses it, keeping count of the jobs it holds: a drain whose grace
+    period runs out hands exactly those back. Leasing, settling and releasing are intercepted;
+    every other call goes to `queue` unchanged."""
+
+    queue: QueueBackend
+    held: set[str] = field(default_factory=set)
+    settled: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def lease(self, service: str, owner: str, **options: Any) -> list[Job]:
+        jobs = self.queue.lease(service, owner, **options)
+        with self.lock:
+            self.held.update(job.id for job in jobs)
+        return jobs
+
+    def settle(self, owner: str, outcomes: Sequence[Outcome]) -> list[Any]:
+        answers = self.queue.settle(owner, outcomes)
+        self._let_go([o.job_id for o, a in zip(outcomes, answers, strict=False) if isinstance(a, Job)])
+        return answers
+
+    def release(self, job_id: str, owner: str) -> Job:
+        job = self.queue.release(job_id, owner)
+        self._let_go([job_id], count=False)
+        return job
+
+    def hand_back(self, owner: str) -> int:
+        """Release every job still held; how many went back (a lost lease went back already)."""
+        with self.lock:
+            held, self.held = sorted(self.held), set()
+        returned = 0
+        for job_id in held:
+            with contextlib.suppress(Exception):  # lost, or storage down: its lease runs out instead
+                self.queue.release(job_id, owner)
+                returned += 1
+        return returned
+
+    def _let_go(self, job_ids: list[str], *, count: bool = True) -> None:
+        with self.lock:
+            for job_id in job_ids:
+                if job_id in self.held:
+                    self.held.discard(job_id)
+                    self.settled += int(count)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.queue, name)
 
 
 def datasets_from_env(environ: Mapping[str, str] | None = None) -> dict[str, DatasetConfig]:
@@ -116,10 +175,11 @@ def datasets_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Dat
 
 def main(argv: list[str] | None = None) -> int:
     os.umask(PRIVATE_UMASK)
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = WorkerArgs.parse(sys.argv[1:] if argv is None else argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    reporter = Reporter(status_path(args.data_dir, args.replica_id))
+    node = os.environ.get(NODE_ENV) or socket.gethostname()
+    reporter = Reporter(status_path(args.data_dir, args.replica_id), node=node)
     try:
         return Worker(args, reporter).run()
     except Exception as exc:
@@ -131,11 +191,17 @@ def main(argv: list[str] | None = None) -> int:
 class Worker:
     """One worker's life: load the engine, open the queue, serve, drain."""
 
-    def __init__(self, args: argparse.Namespace, reporter: Reporter) -> None:
+    def __init__(self, args: WorkerArgs, reporter: Reporter) -> None:
         self.args = args
         self.reporter = reporter
-        self.service = ServiceConfig.model_validate(json.loads(args.service))
+        self.service = args.service
+        self.results = results_from_env(args.data_dir)  # SWELL_RESULTS_URL, or files/ in the data dir
         self.stopping, self.stop_beat = threading.Event(), threading.Event()
+        self.queue: HeldJobs | None = None
+        self._drain_lock = threading.Lock()
+        self._drain_started: float | None = None
+        self._settled_before = 0
+        self._stopped_cleanly = False
 
     def run(self) -> int:
         self._install_signals()
@@ -147,8 +213,35 @@ class Worker:
             self.stop_beat.set()
 
     def drain(self) -> None:
+        """Stop leasing; hand back what is still held when the grace period is nearly over."""
+        with self._drain_lock:
+            if self._drain_started is not None:
+                return
+            self._drain_started = time.monotonic()
+            self._settled_before = self.queue.settled if self.queue is not None else 0
         self.reporter.update(state=WorkerState.DRAINING)
         self.stopping.set()
+        threading.Thread(target=self._grace_watch, name="grace", daemon=True).start()
+
+    def _grace_watch(self) -> None:
+        """At the end of the grace period (less a margin to exit in), give up on the running batch."""
+        budget = self.args.drain_seconds
+        time.sleep(max(0.0, budget - min(MARGIN_MAX, budget * EXIT_MARGIN)))
+        with self._drain_lock:
+            if self._stopped_cleanly:
+                return
+            returned = self.queue.hand_back(self.args.replica_id) if self.queue is not None else 0
+            log.warning("grace period over: handed back %d jobs; exiting", returned)
+            self.reporter.update(state=WorkerState.STOPPED, drained=self._drained(returned))
+            logging.shutdown()
+            os._exit(0)  # an engine thread cannot be stopped; the jobs it held are back in the queue
+
+    def _drained(self, handed_back: int) -> Drained | None:
+        if self._drain_started is None:
+            return None
+        finished = (self.queue.settled if self.queue is not None else 0) - self._settled_before
+        seconds = round(time.monotonic() - self._drain_started, 3)
+        return Drained(finished=finished, handed_back=handed_back, seconds=seconds)
 
     def _install_signals(self) -> None:
         def on_signal(signum: int, frame: object) -> None:
@@ -159,19 +252,23 @@ class Worker:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
-    def _load(self) -> tuple[Engine, dict[str, float]]:
+    def _load(self) -> tuple[Engine, dict[str, float], GpuShare | None]:
         datasets = datasets_from_env()
         options = self.service.options
-        engine = create_engine(self.service.engine, options, data_dir=self.args.data_dir, datasets=datasets)
-        return engine, engine.load()
+        engine = create_engine(
+            self.service.engine, options, data_dir=self.args.data_dir, datasets=datasets, results=self.results
+        )
+        phases = LoadTimings.of(engine.load()).to_dict()
+        return engine, phases, gpu.cap_to_share(self.args.gpu_fraction)
 
-    def _serve(self, loaded: tuple[Engine, dict[str, float]]) -> int:
-        engine, phases = loaded
+    def _serve(self, loaded: tuple[Engine, dict[str, float], GpuShare | None]) -> int:
+        engine, phases, share = loaded
         queue = self._open_queue()
         if queue is None:
             return self._stopped(engine)
+        self.queue = HeldJobs(queue)
         runner = Runner(
-            queue,
+            self.queue,  # type: ignore[arg-type]  # a QueueBackend by delegation
             engine,
             self.service.name,
             self.args.replica_id,
@@ -180,11 +277,13 @@ class Worker:
             lease_seconds=self.service.lease_seconds,
             stopping=self.stopping,
             on_change=self.reporter.update,
+            results=self.results,
+            batch_key=batch_key_of(self.service.engine),
         )
         self.reporter.runner = runner
         heap.freeze()  # the model's objects live as long as the process: keep the collector off them
         if not self.stopping.is_set():
-            self.reporter.update(state=WorkerState.READY, phases=phases, model=engine.model)
+            self.reporter.update(state=WorkerState.READY, phases=phases, model=engine.model, gpu=share)
         try:
             runner.serve()
         except BatchTimeout as exc:
@@ -197,7 +296,7 @@ class Worker:
         backoff, complaints = Backoff(), Complaints(f"opening the queue for {self.service.name}")
         while not self.stopping.is_set():
             try:
-                queue = open_queue(self.args.queue)
+                queue = open_queue(self.args.queue_url)
             except STORAGE_ERRORS as exc:
                 complaints.failed(exc)
                 self.stopping.wait(backoff.next())
@@ -208,7 +307,9 @@ class Worker:
 
     def _stopped(self, engine: Engine) -> int:
         engine.unload()
-        self.reporter.update(state=WorkerState.STOPPED)
+        with self._drain_lock:  # the grace watch must not exit the process under a clean stop
+            self.reporter.update(state=WorkerState.STOPPED, drained=self._drained(0))
+            self._stopped_cleanly = True
         return 0
 
 

@@ -1,10 +1,10 @@
 """The worker's status channel: an atomic JSON file data_dir/replicas/<id>.json, rewritten each heartbeat.
 
-Fields: `state` (a `WorkerState`), `heartbeat` (time.time() of the last write), `phases`, `model`,
-`jobs_done`, `jobs_failed`, `jobs_handed_back`, and `error` ("Type: message", one line, secrets
-masked) once the worker has failed. On a full disk a new file cannot be written, but its time stamp
-can still be set: the worker then touches the file, and `read_status` takes the later of the
-recorded heartbeat and the file's mtime, so a live worker is not taken for a hung one.
+This module moves the bytes; what they mean (the fields, their types) is `swell.worker.contract`'s
+`WorkerStatus`, and only that module reads or writes them for the supervisors. The file is private
+(0600 in a 0700 directory, whatever the umask). On a full disk a new file cannot be written, but its
+time stamp can still be set: the worker then touches the file, and `read_status` takes the later of
+the recorded heartbeat and the file's mtime, so a live worker is not taken for a hung one.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,6 @@ ERROR_CHARS = 400  # an error longer than this is cut: the status file is not a 
 SECRET_NAMES = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
 MIN_SECRET_CHARS = 6  # shorter values would mask ordinary words
-
-
-class WorkerState(StrEnum):
-    STARTING = "starting"  # process started, nothing loaded
-    LOADING = "loading"  # building and loading the engine
-    READY = "ready"  # idle, pulling jobs
-    BUSY = "busy"  # running a batch
-    DRAINING = "draining"  # asked to stop: finishing its batch
-    STOPPED = "stopped"  # exited on purpose
-    DEAD = "dead"  # a batch hung past its deadline; exits for a clean restart
-    FAILED = "failed"  # could not start or died of an error; `error` says why
 
 
 def status_path(data_dir: Path, replica_id: str) -> Path:
@@ -45,7 +33,9 @@ def write_status(path: Path, status: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(status))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(status))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

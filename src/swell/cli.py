@@ -282,11 +282,15 @@ def _print_last_errors(replicas: list[dict[str, Any]]) -> None:
 
 
 def _mount_subapps() -> None:
-    """`swell data ...` and `swell sim ...`: their modules import heavy dependencies lazily."""
+    """`swell data|models|deploy|sim ...`: their modules import heavy dependencies lazily."""
     from swell.data.cli import app as data_app
+    from swell.deploy.cli import app as deploy_app
+    from swell.models.cli import app as models_app
     from swell.sim.cli import mount as mount_sim
 
     app.add_typer(data_app, name="data", help="Datasets of model files and the node cache.")
+    app.add_typer(models_app, name="models", help="Tiny random models for tests and CPU demos.")
+    app.add_typer(deploy_app, name="deploy", help="Deploy past one machine: Kubernetes with KubeRay.")
     mount_sim(app)
 
 

@@ -127,7 +127,8 @@ class SwellClient:
             cursor = page.next_cursor
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        """DELETE /v1/jobs/{id}: cancel a queued job (409 once a worker holds it or it is final)."""
+        """DELETE /v1/jobs/{id}: cancel a queued job; a running one is asked to stop (202,
+        `cancel_requested`); 409 once final."""
         return self._job_call("DELETE", f"/v1/jobs/{job_id}")
 
     def cancel_many(self, *, service: str) -> int:

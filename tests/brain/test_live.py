@@ -16,6 +16,7 @@ from swell.core.config import Replicas, ServiceConfig, SwellConfig
 from swell.core.errors import ConfigError
 from swell.core.jobs import Job, JobSpec, JobState, Priority
 from swell.core.replicas import ReplicaInfo, ReplicaState
+from swell.engines.registry import work_units
 from swell.queue.base import QueueBackend, open_queue
 
 
@@ -55,7 +56,7 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
         queue = open_queue(url, clock=clock)
         queues.append(queue)
         service = ServiceConfig.model_validate(
-            {"name": "img", "engine": "callable", "replicas": Replicas(min=low, max=high)}
+            {"name": "img", "engine": "diffusers", "replicas": Replicas(min=low, max=high)}
         )
         config = SwellConfig(services=[service], brain=BrainConfig(mode=mode, policy=policy, **brain))  # type: ignore[arg-type]
         supervisor = FakeSupervisor({"img": low})
@@ -148,13 +149,14 @@ def test_learns_from_finished_jobs_once(make: Make) -> None:
     assert "swell" in repr(loop)
 
 
-def test_job_units_reads_steps_images_and_tokens() -> None:
+def test_job_units_are_what_the_engines_spec_counts() -> None:
     def job(data: dict[str, object]) -> Job:
         return Job.create(JobSpec(service="s", input=data), 0.0)
 
-    assert job_units(job({"num_inference_steps": 30, "num_images_per_prompt": 4})) == 120
-    assert job_units(job({"max_tokens": 100, "prompt": "abcd" * 10})) == 110
-    assert job_units(job({"text": "x"})) == 1
+    image = job({"prompt": "x", "steps": 30, "images": 4})
+    assert job_units("diffusers", image) == work_units("diffusers", image.input) == 120
+    assert job_units("transformers", job({"prompt": "x", "max_tokens": 100})) >= 100
+    assert job_units("callable", job({"steps": 30, "max_tokens": 100})) == 1, "no guessing from keys"
     assert JobState.QUEUED.value == "queued"
 
 
@@ -184,7 +186,7 @@ def test_swell_knobs_from_yaml_run_a_tick(make: Make) -> None:
         "enforce", policy="swell", options={"warm_models": 2, "keep_alive": 600, "seasonal": 0}
     )
     for _ in range(4):  # 30 steps each at the prior 1 s per step: 120 GPU-s to drain within 30 s
-        queue.submit(JobSpec(service="img", input={"num_inference_steps": 30}, model="m1"))
+        queue.submit(JobSpec(service="img", input={"prompt": "x", "steps": 30}, model="m1"))
     clock.advance(10)
     loop.tick()
     plan = loop.plan_view()["img"]["plan"]

@@ -18,6 +18,7 @@ from swell.core.jobs import (
     WebhookState,
     next_state,
     request_fingerprint,
+    state_event_data,
 )
 
 POLICY = RetryPolicy(backoff_base=1.0, backoff_cap=30.0, aging_seconds=60.0)
@@ -91,10 +92,75 @@ def test_renew_needs_the_owner() -> None:
         job().renew("w", now=105, lease_seconds=10)
 
 
-def test_cancel_only_while_queued() -> None:
+def test_a_queued_job_cancels_at_once_a_leased_one_on_request() -> None:
     assert job().cancel(now=101).state is JobState.CANCELLED
+    leased = job().lease("w", now=100, lease_seconds=10)
+    asked = leased.request_cancel()
+    assert (asked.state, asked.cancel_requested, asked.lease_owner) == (JobState.LEASED, True, "w")
+    assert asked.request_cancel() is asked
+    stopped = asked.cancel(now=102)
+    assert (stopped.state, stopped.finished_at, stopped.lease_owner) == (JobState.CANCELLED, 102, None)
+    for final in (stopped, job().cancel(now=101)):
+        with pytest.raises(IllegalTransition):
+            final.request_cancel()
+        with pytest.raises(IllegalTransition):
+            final.cancel(now=103)
     with pytest.raises(IllegalTransition):
-        job().lease("w", now=100, lease_seconds=10).cancel(now=101)
+        job().request_cancel()
+
+
+def test_a_requested_cancel_replaces_every_way_back_to_the_queue() -> None:
+    asked = job(max_attempts=3).lease("w", now=100, lease_seconds=10).request_cancel()
+    for after in (
+        asked.fail("flaky", now=101, retryable=True, policy=POLICY),
+        asked.release(now=101),
+        asked.expire(now=111, policy=POLICY),
+        asked.handback("batch hung", now=101, batch_limit=1, policy=POLICY),
+        dataclasses.replace(asked, leased_with=4).expire(now=111, policy=POLICY),
+    ):
+        assert after.state is JobState.CANCELLED, after
+    assert asked.succeed({"ok": 1}, now=101).state is JobState.SUCCEEDED, "a result that came first wins"
+    assert asked.fail("bad", now=101, retryable=False, policy=POLICY).state is JobState.FAILED
+
+
+def test_progress_belongs_to_one_delivery() -> None:
+    leased = job().lease("w", now=100, lease_seconds=10)
+    half = leased.with_progress(0.5, "step 10/20").with_progress(1.7, None)
+    assert (half.progress, half.progress_message) == (1.0, "step 10/20")
+    assert half.with_progress(-1, "x").progress == 0.0
+    assert half.to_public()["progress"] == {"fraction": 1.0, "message": "step 10/20"}
+    again = leased.with_progress(0.3, None).fail("flaky", now=101, retryable=True, policy=POLICY)
+    assert again.lease("w", now=200, lease_seconds=10).progress is None
+    assert leased.succeed({}, now=101).progress is None, "no progress reported, none made up"
+    assert leased.with_progress(0.2, None).succeed({}, now=101).progress == 1.0
+    redriven = leased.request_cancel().cancel(now=101).redrive(now=102)
+    assert (redriven.cancel_requested, redriven.progress) == (False, None)
+
+
+def test_state_event_data_says_what_changed() -> None:
+    queued = job()
+    leased = queued.lease("w", now=101, lease_seconds=10)
+    assert state_event_data(None, queued) == {"state": "queued", "attempt": 0, "service": "s"}
+    assert state_event_data(queued, leased) == {"state": "leased", "attempt": 1, "service": "s"}
+    assert state_event_data(leased, leased.renew("w", now=102, lease_seconds=10)) is None
+    retried = leased.fail("OSError: disk", now=103, retryable=True, policy=POLICY)
+    assert state_event_data(leased, retried) == {
+        "state": "queued",
+        "attempt": 1,
+        "service": "s",
+        "error": "OSError: disk",
+    }
+    done = retried.lease("w", now=110, lease_seconds=10).succeed({}, now=112)
+    assert state_event_data(retried, done) == {
+        "state": "succeeded",
+        "attempt": 2,
+        "service": "s",
+        "created_at": 100.0,
+        "started_at": 110,
+        "finished_at": 112,
+    }
+    redriven = leased.fail("bad", now=103, retryable=False, policy=POLICY).redrive(now=104)
+    assert "error" not in (state_event_data(None, redriven) or {}), "an old error is not news"
 
 
 def test_aging_keeps_low_priority_from_starving() -> None:

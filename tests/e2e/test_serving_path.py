@@ -224,3 +224,50 @@ def test_the_serving_path_on_redis(start_swell) -> None:
         assert swell.stop(signal.SIGTERM) == 0
     finally:
         redis.Redis.from_url(url).flushdb()
+
+
+STREAMING = """
+services:
+  - name: words
+    engine: callable
+    options: {function: "e2e_jobs:count_until_cancelled", batch: false}
+    replicas: {min: 1, max: 1}
+brain: {mode: "off"}
+"""
+
+
+def _sse(lines: Iterator[str]) -> Iterator[dict[str, object]]:
+    """The events of a server-sent event stream, each its `data` JSON."""
+    for line in lines:
+        if line.startswith("data:"):
+            yield json.loads(line.removeprefix("data:"))
+
+
+@pytest.mark.slow
+def test_a_running_job_streams_its_words_and_stops_when_cancelled(start_swell) -> None:
+    """A real worker streams text and progress into the job's events; DELETE stops it at its next
+    step, the stream ends with `cancelled`, and the worker goes on to the next job."""
+    swell = start_swell(STREAMING, pythonpath=[HERE])
+    swell.wait_ready(1)
+    with swell.client() as client:
+        job_id = client.post("/v1/jobs", json={"service": "words", "input": {"limit": 600}}).json()["id"]
+        seen: list[dict[str, object]] = []
+        with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60) as response:
+            assert response.status_code == 200
+            for event in _sse(response.iter_lines()):
+                seen.append(event)
+                if event["kind"] == "delta" and sum(e["kind"] == "delta" for e in seen) == 3:
+                    asked = client.delete(f"/v1/jobs/{job_id}")
+                    assert asked.status_code == 202 and asked.json()["cancel_requested"] is True
+        # the stream ended by itself, after the final state
+        states = [e["data"]["state"] for e in seen if e["kind"] == "state"]  # type: ignore[index]
+        assert states == ["queued", "leased", "cancelled"]
+        assert "cancel" in [e["kind"] for e in seen]
+        text = "".join(e["data"]["text"] for e in seen if e["kind"] == "delta")  # type: ignore[index]
+        words = text.split()
+        assert words == [str(n) for n in range(len(words))] and 3 <= len(words) < 600
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["state"] == "cancelled" and 0 < job["progress"]["fraction"] < 1
+        short = client.post("/v1/jobs", json={"service": "words", "input": {"limit": 3}, "wait": 30}).json()
+        assert (short["state"], short["result"]) == ("succeeded", {"words": 3})
+    assert swell.stop(signal.SIGTERM) == 0

@@ -11,6 +11,7 @@ import pytest
 from swell.core.errors import ValidationError
 from swell.core.replicas import ReplicaInfo, ReplicaState
 from swell.gateway.files import plain_name
+from swell.queue.base import Outcome, Update
 from tests.gateway.helpers import Gateway, MakeGateway, complete_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -177,16 +178,35 @@ async def test_list_filters_and_bounds(client: httpx.AsyncClient) -> None:
         assert response.status_code == 422 and response.json()["field"] == field
 
 
-async def test_cancel_a_queued_job_but_not_a_running_one(client: httpx.AsyncClient, gateway: Gateway) -> None:
+async def test_cancel_a_queued_job_at_once_and_a_running_one_by_request(
+    client: httpx.AsyncClient, gateway: Gateway
+) -> None:
     queued = (await client.post("/v1/jobs", json=job())).json()["id"]
     cancelled = await client.delete(f"/v1/jobs/{queued}")
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
-    assert (await client.delete(f"/v1/jobs/{queued}")).status_code == 409
+    refused = await client.delete(f"/v1/jobs/{queued}")
+    assert refused.status_code == 409 and refused.json()["error"] == "IllegalTransition"
 
     running = (await client.post("/v1/jobs", json=job())).json()["id"]
     assert [j.id for j in gateway.queue.lease("echo", "w", max_jobs=1)] == [running]
-    refused = await client.delete(f"/v1/jobs/{running}")
-    assert refused.status_code == 409 and refused.json()["error"] == "IllegalTransition"
+    asked = await client.delete(f"/v1/jobs/{running}")
+    assert asked.status_code == 202
+    assert (asked.json()["state"], asked.json()["cancel_requested"]) == ("leased", True)
+    assert gateway.queue.cancel_requested([running]) == {running}
+    gateway.queue.settle("w", [Outcome.cancelled(running)])
+    assert (await client.get(f"/v1/jobs/{running}")).json()["state"] == "cancelled"
+    assert (await client.delete(f"/v1/jobs/{running}")).status_code == 409
+
+
+async def test_a_running_job_shows_its_progress(client: httpx.AsyncClient, gateway: Gateway) -> None:
+    job_id = (await client.post("/v1/jobs", json=job())).json()["id"]
+    gateway.queue.lease("echo", "w", max_jobs=1)
+    assert "progress" not in (await client.get(f"/v1/jobs/{job_id}")).json()
+    gateway.queue.report("w", [Update(job_id, fraction=0.4, message="step 8/20")])
+    shown = (await client.get(f"/v1/jobs/{job_id}")).json()
+    assert shown["progress"] == {"fraction": 0.4, "message": "step 8/20"}
+    listed = (await client.get("/v1/jobs")).json()["jobs"][0]
+    assert listed["progress"]["fraction"] == 0.4
     missing = await client.get("/v1/jobs/no-such-job")
     assert missing.status_code == 404 and missing.json()["field"] == "id"
     assert (await client.delete("/v1/jobs/no-such-job")).status_code == 404

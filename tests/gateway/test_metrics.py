@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from swell.core.clock import ManualClock
+from swell.core.errors import Unavailable
 from swell.core.jobs import JobSpec
 from swell.core.replicas import ReplicaInfo, ReplicaState
 from swell.gateway.metrics import GatewayMetrics
@@ -74,7 +75,7 @@ def test_histograms_use_the_jobs_own_timestamps(tmp_path: Path) -> None:
     clock = ManualClock(START)
     queue = open_queue(f"sqlite:///{tmp_path}/q.db", clock=clock)
     registry = CollectorRegistry()
-    metrics = GatewayMetrics(registry, queue, clock=clock)
+    metrics = GatewayMetrics(registry, queue)
     job, _ = queue.submit(JobSpec(service="echo", input={}))
     clock.advance(2)
     queue.lease("echo", "w", max_jobs=1)
@@ -95,7 +96,7 @@ def test_a_job_committed_after_a_later_one_is_still_seen(tmp_path: Path) -> None
     slow_clock, fast_clock = ManualClock(START), ManualClock(START + 0.5)
     slow = open_queue(f"sqlite:///{tmp_path}/q.db", clock=slow_clock)
     fast = open_queue(f"sqlite:///{tmp_path}/q.db", clock=fast_clock)
-    metrics = GatewayMetrics(CollectorRegistry(), fast, clock=fast_clock)
+    metrics = GatewayMetrics(CollectorRegistry(), fast)
     a, _ = slow.submit(JobSpec(service="echo", input={}))
     b, _ = slow.submit(JobSpec(service="echo", input={}))
     leased = {j.id for j in slow.lease("echo", "w", max_jobs=2)}
@@ -104,5 +105,48 @@ def test_a_job_committed_after_a_later_one_is_still_seen(tmp_path: Path) -> None
     assert metrics.collect_finished() == 1
     slow.complete(a.id, "w", {})  # finished_at half a second before b's
     assert metrics.collect_finished() == 1
+    assert metrics.collect_finished() == 0
     slow.close()
     fast.close()
+
+
+def test_history_from_before_the_gateway_started_is_not_counted(tmp_path: Path) -> None:
+    queue = open_queue(f"sqlite:///{tmp_path}/q.db")
+    old, _ = queue.submit(JobSpec(service="echo", input={}))
+    queue.cancel(old.id)
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry, queue)
+    new, _ = queue.submit(JobSpec(service="echo", input={}))
+    queue.cancel(new.id)
+    assert metrics.collect_finished() == 1
+    assert (
+        registry.get_sample_value("swell_jobs_finished_total", {"service": "echo", "state": "cancelled"}) == 1
+    )
+    queue.close()
+
+
+def test_a_gateway_started_while_storage_fails_finds_the_cursor_later(tmp_path: Path) -> None:
+    queue = open_queue(f"sqlite:///{tmp_path}/q.db")
+    failing = _Failing(queue)
+    metrics = GatewayMetrics(CollectorRegistry(), failing)  # type: ignore[arg-type]
+    failing.broken = False
+    assert metrics.collect_finished() == 0, "the first read finds where the log ends"
+    job, _ = queue.submit(JobSpec(service="echo", input={}))
+    queue.cancel(job.id)
+    assert metrics.collect_finished() == 1
+    queue.close()
+
+
+class _Failing:
+    """A queue whose event cursor is out of reach while `broken`."""
+
+    def __init__(self, queue: QueueBackend) -> None:
+        self.queue, self.broken = queue, True
+
+    def event_cursor(self) -> int:
+        if self.broken:
+            raise Unavailable("the disk is gone", retry_after=1)
+        return self.queue.event_cursor()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.queue, name)

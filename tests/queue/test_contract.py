@@ -11,8 +11,8 @@ import pytest
 
 from swell.core.clock import ManualClock
 from swell.core.errors import Conflict, IllegalTransition, JobNotFound, LeaseLost, QueueFull, ValidationError
-from swell.core.jobs import Job, JobSpec, JobState, Priority, WebhookState
-from swell.queue.base import JobTimes, Outcome, QueueBackend, QueueStats
+from swell.core.jobs import Job, JobEvent, JobSpec, JobState, Priority, WebhookState
+from swell.queue.base import EVENT_RETENTION, Outcome, QueueBackend, QueueStats, Update
 from tests.queue.conftest import POLICY, OpenQueue
 
 
@@ -149,12 +149,64 @@ def test_cancel_a_queued_job(queue: QueueBackend, clock: ManualClock) -> None:
         queue.cancel(job.id)
 
 
-def test_cancel_a_leased_job_is_refused(queue: QueueBackend) -> None:
+def test_cancel_of_a_leased_job_is_a_request_its_worker_answers(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    job, other = submit(queue), submit(queue)
+    leased = {j.id: j for j in queue.lease("svc", "w1", max_jobs=2)}
+    assert queue.cancel_requested([job.id, other.id, "nope"]) == set()
+    requested = queue.cancel(job.id)
+    assert (requested.state, requested.cancel_requested, requested.lease_owner) == (
+        JobState.LEASED,
+        True,
+        "w1",
+    )
+    assert queue.cancel(job.id) == requested, "a second request changes nothing"
+    assert queue.get(job.id) == requested and queue.get(other.id) == leased[other.id]
+    assert queue.cancel_requested([job.id, other.id, "nope"]) == {job.id}
+    assert requested.to_public()["cancel_requested"] is True
+    clock.advance(1)
+    [stopped, lost] = queue.settle("w1", [Outcome.cancelled(job.id), Outcome.cancelled("nope")])
+    assert isinstance(stopped, Job) and isinstance(lost, JobNotFound)
+    assert (stopped.state, stopped.finished_at, stopped.lease_owner) == (
+        JobState.CANCELLED,
+        clock.now(),
+        None,
+    )
+    assert queue.get(job.id) == stopped
+    assert queue.cancel_requested([job.id]) == {job.id}, "a cancelled job is one to stop too"
+    assert queue.depth() == {"svc": {"leased": 1, "cancelled": 1}}
+    assert [e.kind for e in queue.events(job.id)] == ["state", "state", "cancel", "state"]
+
+
+def test_a_requested_cancel_wins_over_every_way_back_to_the_queue(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    jobs = [submit(queue) for _ in range(4)]
+    queue.lease("svc", "w1", max_jobs=1)
+    queue.lease("svc", "w2", max_jobs=1)
+    queue.lease("svc", "w3", max_jobs=2)
+    for job in jobs:
+        queue.cancel(job.id)
+    retried = queue.fail(jobs[0].id, "w1", "transient", retryable=True)
+    released = queue.release(jobs[1].id, "w2")
+    [handed] = queue.settle("w3", [Outcome.handback(jobs[2].id, "batch hung", batch_limit=1)])
+    clock.advance(31)
+    assert queue.reap() == 1  # the fourth job's lease ran out
+    assert isinstance(handed, Job)
+    for settled in (retried, released, handed, queue.get(jobs[3].id)):
+        assert settled.state is JobState.CANCELLED, settled
+    assert queue.lease("svc", "w9", max_jobs=10) == []
+
+
+def test_a_result_that_arrives_before_the_cancel_is_honoured_wins(queue: QueueBackend) -> None:
     job = submit(queue)
-    leased = lease_one(queue)
+    lease_one(queue)
+    queue.cancel(job.id)
+    done = queue.complete(job.id, "w1", {"ok": True})
+    assert (done.state, done.result) == (JobState.SUCCEEDED, {"ok": True})
     with pytest.raises(IllegalTransition):
         queue.cancel(job.id)
-    assert queue.get(job.id) == leased
 
 
 def test_permanent_failure_fails_at_once(queue: QueueBackend, clock: ManualClock) -> None:
@@ -558,28 +610,158 @@ def test_jobs_newest_first_with_filters(queue: QueueBackend, clock: ManualClock)
     assert queue.jobs(service="c") == []
 
 
-def test_finished_since_uses_finish_time_oldest_first(queue: QueueBackend, clock: ManualClock) -> None:
+def finished(queue: QueueBackend, after: int = 0) -> list[tuple[str, str]]:
+    """(job id, state) of the final state events after `after`, in order."""
+    return [(e.job_id, e.data["state"]) for e in queue.events_since(after) if e.data["state"] in FINAL]
+
+
+FINAL = {state.value for state in JobState if state.final}
+
+
+def test_events_since_follows_every_transition_in_commit_order(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
     early, late, open_ = submit(queue), submit(queue), submit(queue)
     clock.advance(5)
     queue.cancel(late.id)
-    clock.advance(5)
-    since = clock.now()
+    cursor = queue.events_since(0)[-1].seq
     queue.cancel(early.id)
     clock.advance(5)
     lease_one(queue)
-    queue.complete(open_.id, "w1", {})
-    assert [j.id for j in queue.finished_since(0)] == [late.id, early.id, open_.id]
-    assert [j.id for j in queue.finished_since(since)] == [early.id, open_.id]
-    assert [j.id for j in queue.finished_since(since, limit=1)] == [early.id]
-    for start, limit in ((0, 1000), (since, 1000), (since, 1)):
-        assert queue.finished_times_since(start, limit) == [
-            JobTimes.of(j) for j in queue.finished_since(start, limit)
-        ]
-    assert [(t.state, t.started_at is None) for t in queue.finished_times_since(0)] == [
-        (JobState.CANCELLED, True),
-        (JobState.CANCELLED, True),
-        (JobState.SUCCEEDED, False),
+    queue.complete(open_.id, "w1", {"big": "x" * 100})
+    events = queue.events_since(0)
+    assert [(e.job_id, e.data["state"]) for e in events] == [
+        (early.id, "queued"),
+        (late.id, "queued"),
+        (open_.id, "queued"),
+        (late.id, "cancelled"),
+        (early.id, "cancelled"),
+        (open_.id, "leased"),
+        (open_.id, "succeeded"),
     ]
+    assert [e.seq for e in events] == sorted({e.seq for e in events})
+    assert finished(queue, cursor) == [(early.id, "cancelled"), (open_.id, "succeeded")]
+    assert queue.events_since(cursor, limit=1) == [events[4]]
+    last = events[-1]
+    assert last.data == {
+        "state": "succeeded",
+        "attempt": 1,
+        "service": "svc",
+        "created_at": open_.created_at,
+        "started_at": clock.now(),
+        "finished_at": clock.now(),
+    }
+    assert queue.events_since(last.seq) == []
+    with pytest.raises(ValidationError):
+        queue.events_since(0, kinds=("nonsense",))
+
+
+def test_a_jobs_events_tell_its_story(queue: QueueBackend, clock: ManualClock) -> None:
+    job = submit(queue, max_attempts=2)
+    lease_one(queue)
+    clock.advance(1)
+    queue.fail(job.id, "w1", "OSError: disk")
+    clock.advance(60)
+    lease_one(queue)
+    queue.fail(job.id, "w1", "OSError: disk again")
+    events = queue.events(job.id)
+    assert [(e.kind, e.data["state"], e.data["attempt"], e.data.get("error")) for e in events] == [
+        ("state", "queued", 0, None),
+        ("state", "leased", 1, None),
+        ("state", "queued", 1, "OSError: disk"),
+        ("state", "leased", 2, None),
+        ("state", "dead", 2, "OSError: disk again"),
+    ]
+    assert all(isinstance(e, JobEvent) and e.job_id == job.id for e in events)
+    assert queue.events(job.id, after=events[2].seq) == events[3:]
+    assert queue.events(job.id, after=events[0].seq, limit=2) == events[1:3]
+    assert events[-1].at == clock.now()
+    with pytest.raises(JobNotFound):
+        queue.events("nope")
+
+
+def test_report_records_progress_and_deltas_of_held_jobs_only(queue: QueueBackend) -> None:
+    job, other = submit(queue), submit(queue)
+    lease_one(queue, "w1")
+    queue.report(
+        "w1",
+        [
+            Update(job.id, fraction=0.25, message="step 5/20"),
+            Update(job.id, delta="Hel"),
+            Update(job.id, delta="lo", fraction=1.5, preview="preview-1.png"),
+            Update(other.id, fraction=0.5),  # queued: nobody holds it
+            Update("nope", delta="x"),
+        ],
+    )
+    queue.report("w2", [Update(job.id, fraction=0.9)])  # not the owner: ignored
+    queue.report("w1", [])
+    stored = queue.get(job.id)
+    assert (stored.progress, stored.progress_message) == (1.0, "step 5/20")
+    assert stored.to_public()["progress"] == {"fraction": 1.0, "message": "step 5/20"}
+    assert queue.get(other.id).progress is None and "progress" not in queue.get(other.id).to_public()
+    activity = [(e.kind, e.data) for e in queue.events(job.id) if e.kind != "state"]
+    assert activity == [
+        ("progress", {"fraction": 0.25, "message": "step 5/20"}),
+        ("delta", {"text": "Hel"}),
+        ("progress", {"fraction": 1.0, "message": "step 5/20", "preview": "preview-1.png"}),
+        ("delta", {"text": "lo"}),
+    ]
+    assert [e.data["text"] for e in queue.events_since(0, kinds=("delta",))] == ["Hel", "lo"]
+    mixed = queue.events_since(0, kinds=("state", "progress"))
+    assert [e.kind for e in mixed] == ["state", "state", "state", "progress", "progress"]
+    assert [e.seq for e in mixed] == sorted(e.seq for e in mixed)
+    done = queue.complete(job.id, "w1", {})
+    assert done.progress == 1.0
+    queue.report("w1", [Update(job.id, delta="late")])  # final now: ignored
+    assert [e.kind for e in queue.events(job.id)][-1] == "state"
+
+
+def test_a_new_delivery_starts_without_progress(queue: QueueBackend, clock: ManualClock) -> None:
+    job = submit(queue)
+    lease_one(queue)
+    queue.report("w1", [Update(job.id, fraction=0.5)])
+    queue.fail(job.id, "w1", "transient")
+    assert queue.get(job.id).progress == 0.5
+    clock.advance(60)
+    assert lease_one(queue, "w2").progress is None
+
+
+def test_activity_events_are_capped_per_job(queue: QueueBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("swell.queue._common.MAX_ACTIVITY_EVENTS", 3)
+    job = submit(queue)
+    lease_one(queue)
+    queue.report("w1", [Update(job.id, delta="a"), Update(job.id, delta="b")])
+    queue.report("w1", [Update(job.id, delta="c", fraction=0.5), Update(job.id, fraction=0.75)])
+    kept = [e.data for e in queue.events(job.id) if e.kind != "state"]
+    assert kept == [{"text": "a"}, {"text": "b"}, {"fraction": 0.5}]
+    assert queue.get(job.id).progress == 0.75, "the progress moves on past the cap"
+    queue.complete(job.id, "w1", {})
+    assert queue.events(job.id)[-1].data["state"] == "succeeded", "state events are never capped"
+
+
+def test_activity_of_old_final_jobs_is_trimmed_and_their_states_kept(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    old, running = submit(queue), submit(queue)
+    queue.lease("svc", "w1", max_jobs=2)
+    queue.report("w1", [Update(old.id, fraction=0.5, delta="x"), Update(running.id, delta="y")])
+    queue.complete(old.id, "w1", {})
+    states = [e for e in queue.events(old.id) if e.kind == "state"]
+    clock.advance(EVENT_RETENTION - 1)
+    queue.renew([running.id], "w1", 30)
+    queue.reap()
+    assert len(queue.events(old.id)) == 5, "not old enough yet"
+    clock.advance(2)
+    queue.reap()
+    assert queue.events(old.id) == states
+    assert [e.job_id for e in queue.events_since(0, kinds=("progress", "delta"))] == [running.id]
+    assert [e.data["text"] for e in queue.events(running.id) if e.kind == "delta"] == ["y"]
+
+
+def test_get_many_returns_those_that_exist_in_the_order_asked(queue: QueueBackend) -> None:
+    a, b = submit(queue), submit(queue)
+    assert queue.get_many([b.id, "nope", a.id]) == [b, a]
+    assert queue.get_many([]) == []
 
 
 def test_depth_and_statistics(queue: QueueBackend, clock: ManualClock) -> None:
@@ -753,11 +935,13 @@ def test_retry_re_drives_a_dead_job_from_the_start(queue: QueueBackend, clock: M
     assert (again.webhook_state, again.webhook_attempts) == (WebhookState.WAITING, 0)
     assert again.error == "RuntimeError: out of memory", "the last error stays until replaced"
     assert queue.get(job.id) == again
-    assert queue.finished_since(0) == [] and queue.due_webhooks() == []
+    assert queue.due_webhooks() == []
+    assert finished(queue) == [(job.id, "dead")]
+    assert queue.events(job.id)[-1].data == {"state": "queued", "attempt": 0, "service": "svc"}
     assert queue.depth() == {"svc": {"queued": 1}}
     lease_one(queue)
     done = queue.complete(job.id, "w1", {"ok": True})
-    assert [j.id for j in queue.finished_since(0)] == [job.id] and queue.finished_since(0)[0] == done
+    assert finished(queue) == [(job.id, "dead"), (job.id, "succeeded")] and queue.get(job.id) == done
     assert [j.id for j in queue.due_webhooks()] == [job.id]
     stats = queue.statistics()
     assert (stats.redriven, stats.dead, stats.succeeded) == (1, 1, 1)

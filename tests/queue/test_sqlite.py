@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from swell.core.clock import ManualClock
 from swell.core.errors import ConfigError, Conflict, Unavailable
 from swell.core.jobs import JobSpec, JobState
 from swell.queue import sqlite as schema
-from swell.queue.base import open_queue
+from swell.queue.base import Update, open_queue
 from swell.queue.memory import MemoryQueue
 from swell.queue.sqlite import SQLiteQueue
 from tests.support import wait_for
@@ -124,15 +125,18 @@ def test_a_version_1_file_is_migrated_and_its_jobs_keep_working(tmp_path: Path) 
     db.close()
     queue = SQLiteQueue(path)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == len(schema.MIGRATIONS) == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(schema.MIGRATIONS) == 3
     old = queue.get("old")
     assert (old.batch_limit, old.leased_with, old.fingerprint) == (None, 0, None)
+    assert (old.progress, old.cancel_requested) == (None, False)
+    assert queue.events("old") == [] and queue.event_cursor() == 0, "history before the log is not made up"
     again, created = queue.submit(JobSpec(service="svc", input={"n": 1}, idempotency_key="k"))
     assert (again.id, created) == ("old", False), "an old job is fingerprinted from its stored input"
     with pytest.raises(Conflict):
         queue.submit(JobSpec(service="svc", input={"n": 2}, idempotency_key="k"))
     (leased,) = queue.lease("svc", "w1")
     assert leased.leased_with == 1
+    assert [(e.seq, e.data["state"]) for e in queue.events("old")] == [(1, "leased")]
     queue.probe()
     assert queue.statistics().deduplicated == 1
     queue.close()
@@ -261,3 +265,22 @@ def test_a_read_only_data_dir_is_unavailable_at_open(tiny_disk: Path) -> None:
         with pytest.raises(Unavailable) as error:
             SQLiteQueue(path)
         assert str(path) in error.value.message
+
+
+def test_event_seqs_keep_rising_across_a_trim_and_a_reopen(tmp_path: Path) -> None:
+    clock = ManualClock(1_700_000_000.0)
+    queue = SQLiteQueue(tmp_path / "q.db", clock=clock, event_retention=10)
+    job, _ = queue.submit(JobSpec(service="svc", input={}))
+    queue.lease("svc", "w1")
+    queue.report("w1", [Update(job.id, delta="a"), Update(job.id, delta="b")])
+    queue.complete(job.id, "w1", {})
+    newest = queue.event_cursor()
+    clock.advance(11)
+    queue.reap()
+    assert [e.kind for e in queue.events(job.id)] == ["state", "state", "state"]
+    queue.close()
+    reopened = SQLiteQueue(tmp_path / "q.db", clock=clock)
+    assert reopened.event_cursor() == newest
+    other, _ = reopened.submit(JobSpec(service="svc", input={}))
+    assert reopened.events(other.id)[0].seq == newest + 1
+    reopened.close()

@@ -4,7 +4,9 @@ A hypothesis state machine drives the memory queue (the reference) and SQLite (a
 `SWELL_TEST_REDIS_URL` is set) with the same operations on one manual clock, and after each step
 checks that every job, listing (paged by cursor too), depth and counter agrees. Job ids are random,
 so jobs are compared by their submission number. The operations include batches handed back split,
-re-drives, bulk cancels and idempotency keys reused for the same and for another request.
+re-drives, bulk cancels, idempotency keys reused for the same and for another request, progress and
+text reports, cancel requests and their answers; every job's event log and the global cursor
+(`events_since`, all kinds) must agree too, sequence numbers included.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from hypothesis.stateful import (
 
 from swell.core.clock import ManualClock
 from swell.core.errors import QueueFull, SwellError
-from swell.core.jobs import Job, JobSpec, Priority
-from swell.queue.base import JobTimes, Outcome, QueueBackend
+from swell.core.jobs import Job, JobEvent, JobSpec, Priority
+from swell.queue.base import Outcome, QueueBackend, Update
 from swell.queue.memory import MemoryQueue
 from swell.queue.sqlite import SQLiteQueue
 from tests.queue.conftest import POLICY, START, drop_redis_keys
@@ -86,7 +88,11 @@ class BackendsAgree(RuleBasedStateMachine):
             return type(error).__name__
 
     def _number(self, backend: int, value: Any) -> Any:
-        if isinstance(value, Job | JobTimes):
+        if isinstance(value, JobEvent):
+            return dataclasses.replace(
+                value, job_id=str(self.numbers[backend].get(value.job_id, value.job_id))
+            )
+        if isinstance(value, Job):
             numbers = self.numbers[backend]
             if value.id not in numbers:
                 numbers[value.id] = len(self.ids[backend])
@@ -158,7 +164,18 @@ class BackendsAgree(RuleBasedStateMachine):
         n=st.integers(0, 50),
         owner=OWNERS,
         action=st.sampled_from(
-            ["complete", "fail", "fail_permanent", "release", "cancel", "renew", "retry", "handback"]
+            [
+                "complete",
+                "fail",
+                "fail_permanent",
+                "release",
+                "cancel",
+                "renew",
+                "retry",
+                "handback",
+                "stop",
+                "report",
+            ]
         ),
         batch_limit=st.integers(1, 3),
     )
@@ -176,6 +193,13 @@ class BackendsAgree(RuleBasedStateMachine):
             "renew": lambda q, job_id: q.renew([job_id], owner, 10.0),
             "retry": lambda q, job_id: q.retry(job_id),
             "handback": handback,
+            "stop": lambda q, job_id: [
+                x if isinstance(x, Job) else type(x).__name__
+                for x in q.settle(owner, [Outcome.cancelled(job_id)])
+            ],
+            "report": lambda q, job_id: q.report(
+                owner, [Update(job_id, fraction=batch_limit / 4, delta=f"t{batch_limit}")]
+            ),
         }
         self.on_all(lambda b, q: operations[action](q, self.job_id(b, n)))
 
@@ -235,8 +259,9 @@ class BackendsAgree(RuleBasedStateMachine):
     def everything_agrees(self) -> None:
         self.on_all(lambda _, q: q.jobs(limit=1000))
         self.on_all(lambda _, q: _pages(q, service="a", size=3))
-        self.on_all(lambda _, q: q.finished_since(START))
-        self.on_all(lambda _, q: q.finished_times_since(START))
+        self.on_all(lambda _, q: q.events_since(0, kinds=("state", "progress", "delta", "cancel")))
+        self.on_all(lambda b, q: [q.events(job_id) for job_id in self.ids[b]])
+        self.on_all(lambda b, q: sorted(self.numbers[b][i] for i in q.cancel_requested(self.ids[b])))
         self.on_all(lambda _, q: q.due_webhooks())
         self.on_all(lambda _, q: (q.depth(), q.statistics()))
 

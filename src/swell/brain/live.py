@@ -1,10 +1,12 @@
 """The brain inside `swell up`: on each tick, read the serving path, plan replicas per service.
 
 The loop builds the same `Context` the simulator builds, from what the queue and the supervisor
-report, and runs the configured policy wrapped in the guardrails: the fall-back to the reactive
-policy while recent SLO attainment is below target, a limit on changes per minute, and each
-service's `replicas.min..max`. In `dry-run` the plan is logged and shown (`plan_view`, /metrics);
-in `enforce` the supervisor is told to follow it.
+report (finished jobs through the queue's event cursor, `events_since`, the one the gateway's
+metrics read too: a sequence number, so a job that finished is learned from once), and runs the
+configured policy wrapped in the guardrails: the fall-back to the reactive policy while recent SLO
+attainment is below target, a limit on changes per minute, and each service's `replicas.min..max`.
+In `dry-run` the plan is logged and shown (`plan_view`, /metrics); in `enforce` the supervisor is
+told to follow it.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from swell.core.config import ServiceConfig, SwellConfig
 from swell.core.errors import ConfigError, ValidationError
 from swell.core.jobs import Job, JobState
 from swell.core.replicas import ReplicaInfo, ReplicaState
+from swell.engines.registry import work_units
 from swell.queue.base import QueueBackend
 
 log = logging.getLogger("swell.brain")
 
 LIVE = frozenset({ReplicaState.STARTING, ReplicaState.LOADING, ReplicaState.READY, ReplicaState.BUSY})
 SERVING = frozenset({ReplicaState.READY, ReplicaState.BUSY})
-SCAN_LIMIT = 1000  # jobs read per state per tick
+SCAN_LIMIT = 1000  # jobs read per state per tick, and state events per tick
+FINAL = frozenset(state.value for state in JobState if state.final)
 
 
 class Supervisor(Protocol):
@@ -40,18 +44,10 @@ class Supervisor(Protocol):
     def scale(self, service: str, replicas: int) -> None: ...
 
 
-def job_units(job: Job) -> float:
-    """Work known at submission: steps x images for image jobs, tokens for text, else one."""
-    data = job.input
-    steps = data.get("num_inference_steps", data.get("steps"))
-    if isinstance(steps, int | float):
-        images = data.get("num_images_per_prompt", data.get("n", data.get("batch_size", 1)))
-        return float(steps) * float(images if isinstance(images, int | float) else 1)
-    tokens = data.get("max_tokens")
-    if isinstance(tokens, int | float):
-        prompt = data.get("prompt", data.get("messages", ""))
-        return float(tokens) + len(str(prompt)) / 4
-    return 1.0
+def job_units(engine: str, job: Job) -> float:
+    """The work a job carries, as its engine's spec counts it (steps x images x area for images,
+    tokens for text; one for an engine that knows nothing finer): what work rates are learned on."""
+    return work_units(engine, job.input)
 
 
 @dataclass
@@ -83,8 +79,7 @@ class LiveLoop:
         self._policy = _policy(b.policy, b.options, "brain.policy")
         self._reactive = _policy(b.reactive_policy, b.reactive_options, "brain.reactive_policy")
         self.services = {s.name: self._service_brain(s) for s in config.services}
-        self._since = clock.now()
-        self._seen_at_since: set[str] = set()
+        self._cursor = queue.event_cursor()  # what finished before the loop started is not news
         self._last_tick: float | None = None
         labels = ["service"]
         self._planned = Gauge(
@@ -132,23 +127,19 @@ class LiveLoop:
         self._last_tick = now
 
     def _finished(self) -> list[Job]:
-        """Jobs finished since the previous tick, each once (the cursor is inclusive)."""
-        jobs = [
-            j
-            for j in self.queue.finished_since(self._since, limit=SCAN_LIMIT)
-            if j.id not in self._seen_at_since
-        ]
-        if jobs:
-            latest = max(j.finished_at or self._since for j in jobs)
-            at_latest = {j.id for j in jobs if j.finished_at == latest}
-            self._seen_at_since = at_latest | (self._seen_at_since if latest == self._since else set())
-            self._since = latest
-        return jobs
+        """Jobs that reached a final state since the previous tick, each once, as they are now
+        (one re-driven meanwhile is left out: it is queued again). At most SCAN_LIMIT state events
+        a tick; the cursor resumes after the last one read."""
+        events = self.queue.events_since(self._cursor, kinds=("state",), limit=SCAN_LIMIT)
+        if events:
+            self._cursor = events[-1].seq
+        ids = list(dict.fromkeys(e.job_id for e in events if e.data.get("state") in FINAL))
+        return [job for job in self.queue.get_many(ids) if job.state.final] if ids else []
 
     def _learn(self, sb: ServiceBrain, done: list[Job], now: float) -> None:
         for job in done:
             if job.state is JobState.SUCCEEDED and job.started_at is not None and job.finished_at is not None:
-                sb.rate = sb.rate.observe(job.finished_at - job.started_at, job_units(job))
+                sb.rate = sb.rate.observe(job.finished_at - job.started_at, job_units(sb.config.engine, job))
             if job.started_at is not None:
                 sb.outcomes.append((now, job.started_at - job.created_at <= self.brain.slo_wait_seconds))
         while sb.outcomes and sb.outcomes[0][0] < now - self.brain.fallback_window_seconds:
@@ -164,7 +155,8 @@ class LiveLoop:
         # a job may move between the reads (queued, then leased, then done): count it once
         seen = {j.id: j for j in (*done, *queued, *leased)}
         arrived = [j for j in seen.values() if j.created_at > last]
-        est = {j.id: sb.rate.estimate(job_units(j)) for j in (*queued, *leased, *arrived)}
+        engine = sb.config.engine
+        est = {j.id: sb.rate.estimate(job_units(engine, j)) for j in (*queued, *leased, *arrived)}
         late = sum(1 for j in queued if now - j.created_at > self.brain.slo_wait_seconds)
         outcomes = [ok for _, ok in sb.outcomes]
         total = len(outcomes) + late

@@ -7,11 +7,23 @@ The lifecycle is one transition table (as h11 keeps HTTP's states) and one `appl
       │  │              │ ├───bury──────▶ dead        (out of attempts; kept with its last error)
       │  │              │ ├─retry/release/expire─▶ queued
       │  │              │ └─handback───▶ queued       (its batch failed as a whole: split, not counted)
+      │  │              │ └─cancel────▶ cancelled   (the worker stopped it at a cancel request)
       │  └──redrive──── dead | failed | cancelled     (an operator tries it again from the start)
       └──cancel──▶ cancelled
 
 Backends only persist what `apply` decides; an event the table does not hold raises
 `IllegalTransition` instead of overwriting anything.
+
+Cancelling a running job. A client cannot take a job away from the worker that holds it: a cancel of
+a leased job only raises `cancel_requested` (`request_cancel`), which the worker sees between steps
+and answers by settling the job `cancelled`. Until then the job stays leased; should the delivery end
+any other way that would queue it again (a retry, a release, an expired lease, a hand-back), it ends
+`cancelled` instead, so a job the client gave up on never runs again. A result that arrives first
+still wins: the work is done.
+
+What happened to a job is also kept as an event log (`JobEvent`): one `state` event per transition,
+appended by the backend in the transaction of the transition (`state_event_data` decides its data),
+plus the `progress` and `delta` events a worker reports and a `cancel` event per request.
 
 Batches. A job leased together with others remembers how many (`leased_with`). When the batch
 fails as a whole (it ran past its deadline, the worker crashed or its lease expired), the failure is
@@ -57,7 +69,7 @@ class Event(StrEnum):
     BURY = "bury"  # an error with no attempts left: dead letter
     RELEASE = "release"  # a draining worker hands the job back untouched
     EXPIRE = "expire"  # the lease ran out (the worker died or hung)
-    CANCEL = "cancel"  # the client gave up on a job no worker holds
+    CANCEL = "cancel"  # the client gave up on a queued job, or a worker stopped a job at its request
     HANDBACK = "handback"  # the job's batch failed as a whole: back untouched, to a smaller batch
     REDRIVE = "redrive"  # an operator re-drives a dead, failed or cancelled job
 
@@ -72,6 +84,7 @@ TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
     (JobState.LEASED, Event.RELEASE): JobState.QUEUED,
     (JobState.LEASED, Event.EXPIRE): JobState.QUEUED,
     (JobState.LEASED, Event.HANDBACK): JobState.QUEUED,
+    (JobState.LEASED, Event.CANCEL): JobState.CANCELLED,
     (JobState.DEAD, Event.REDRIVE): JobState.QUEUED,
     (JobState.FAILED, Event.REDRIVE): JobState.QUEUED,
     (JobState.CANCELLED, Event.REDRIVE): JobState.QUEUED,
@@ -184,6 +197,9 @@ class Job:
     batch_limit: int | None = None  # the most jobs this job may be leased together with (None: no cap)
     leased_with: int = 0  # how many jobs were in the lease that took it last (itself included)
     fingerprint: str | None = None  # `request_fingerprint` of a job with an idempotency key
+    progress: float | None = None  # the latest fraction done the worker reported for this delivery
+    progress_message: str | None = None
+    cancel_requested: bool = False  # the client asked to cancel it while a worker held it
 
     @classmethod
     def create(cls, spec: JobSpec, now: float, job_id: str | None = None) -> Job:
@@ -227,11 +243,14 @@ class Job:
             lease_owner=owner,
             lease_expires_at=now + lease_seconds,
             leased_with=batch,
+            progress=None,
+            progress_message=None,
         )
 
     def succeed(self, result: dict[str, Any], now: float) -> Job:
         self._check(Event.SUCCEED)
-        return self._finish(JobState.SUCCEEDED, now, result=result, error=None)
+        done = None if self.progress is None else 1.0
+        return self._finish(JobState.SUCCEEDED, now, result=result, error=None, progress=done)
 
     def fail(self, error: str, now: float, *, retryable: bool, policy: RetryPolicy) -> Job:
         """A delivery failed: back to the queue after a back-off, dead when out of attempts,
@@ -274,6 +293,9 @@ class Job:
             lease_owner=None,
             lease_expires_at=None,
             batch_limit=None,
+            progress=None,
+            progress_message=None,
+            cancel_requested=False,
             webhook_state=WebhookState.WAITING if self.callback_url else WebhookState.NONE,
             webhook_attempts=0,
             webhook_next_at=None,
@@ -281,8 +303,11 @@ class Job:
         )
 
     def release(self, now: float) -> Job:
-        """A draining worker hands the job back; the delivery does not count against it."""
+        """A draining worker hands the job back; the delivery does not count against it (a job
+        whose cancel was requested is cancelled instead)."""
         self._check(Event.RELEASE)
+        if self.cancel_requested:
+            return self.cancel(now)
         return dataclasses.replace(
             self,
             state=JobState.QUEUED,
@@ -293,8 +318,27 @@ class Job:
         )
 
     def cancel(self, now: float) -> Job:
+        """Cancelled: a queued job at once, a leased one when its worker stops it."""
         self._check(Event.CANCEL)
         return self._finish(JobState.CANCELLED, now, error="cancelled by the client")
+
+    def request_cancel(self) -> Job:
+        """Ask the worker holding the job to stop it; the job stays leased until it does (a second
+        request changes nothing). `IllegalTransition` unless the job is leased."""
+        if self.state is not JobState.LEASED:
+            raise IllegalTransition(f"cannot request a cancel of a job that is {self.state.value}")
+        return self if self.cancel_requested else dataclasses.replace(self, cancel_requested=True)
+
+    def with_progress(self, fraction: float | None, message: str | None) -> Job:
+        """The job with the progress its worker reported (a missing part keeps its last value);
+        fractions are clamped to 0..1."""
+        if fraction is not None:
+            fraction = min(1.0, max(0.0, float(fraction)))
+        return dataclasses.replace(
+            self,
+            progress=self.progress if fraction is None else fraction,
+            progress_message=self.progress_message if message is None else message,
+        )
 
     def renew(self, owner: str, now: float, lease_seconds: float) -> Job:
         if self.state is not JobState.LEASED or self.lease_owner != owner:
@@ -336,6 +380,8 @@ class Job:
 
     def _hand_back(self, error: str, now: float, batch_limit: int) -> Job:
         self._check(Event.HANDBACK)
+        if self.cancel_requested:
+            return self.cancel(now)
         return dataclasses.replace(
             self,
             state=JobState.QUEUED,
@@ -348,6 +394,8 @@ class Job:
         )
 
     def _retry_or_bury(self, error: str, now: float, policy: RetryPolicy, event: Event) -> Job:
+        if self.cancel_requested:
+            return self.cancel(now)
         if self.attempts >= self.max_attempts:
             self._check(Event.BURY)
             return self._finish(JobState.DEAD, now, error=error)
@@ -397,6 +445,12 @@ class Job:
             body["result"] = self.result
         if self.error is not None:
             body["error"] = self.error
+        if self.progress is not None:
+            body["progress"] = {"fraction": self.progress}
+            if self.progress_message is not None:
+                body["progress"]["message"] = self.progress_message
+        if self.cancel_requested:
+            body["cancel_requested"] = True
         if self.webhook_state is not WebhookState.NONE:
             body["webhook"] = {
                 "state": self.webhook_state.value,
@@ -404,3 +458,62 @@ class Job:
                 "error": self.webhook_error,
             }
         return body
+
+
+# -- the event log ----------------------------------------------------------------------------------
+
+
+class EventKind(StrEnum):
+    STATE = "state"  # a transition: {state, attempt, service, error?} (+ the job's times when final)
+    PROGRESS = "progress"  # the worker's progress: {fraction, message?, preview?: a result file name}
+    DELTA = "delta"  # a streamed piece of output text: {text}
+    CANCEL = "cancel"  # the client asked to cancel the job while a worker held it: {}
+
+
+ACTIVITY_KINDS = frozenset({EventKind.PROGRESS, EventKind.DELTA})  # trimmed once the job is final and old
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One entry of a job's history. `seq` orders every event of one queue (a cursor: a reader
+    that resumes after the last `seq` it saw misses none and sees none twice); `at` is the
+    queue clock's time of the event."""
+
+    seq: int
+    job_id: str
+    kind: str
+    at: float
+    data: dict[str, Any]
+
+    def to_public(self) -> dict[str, Any]:
+        return {"seq": self.seq, "job_id": self.job_id, "kind": self.kind, "at": self.at, "data": self.data}
+
+
+def state_event_data(before: Job | None, after: Job) -> dict[str, Any] | None:
+    """The data of the `state` event that storing `after` in place of `before` appends, or None
+    when its state did not change (a renewal, progress, a webhook's bookkeeping).
+
+    A final event carries the job's times, so a reader of finished jobs (the gateway's metrics)
+    needs nothing else; an error is carried where it explains the new state."""
+    if before is not None and before.state is after.state:
+        return None
+    data: dict[str, Any] = {"state": after.state.value, "attempt": after.attempts, "service": after.service}
+    requeued = after.state is JobState.QUEUED and before is not None and before.state is JobState.LEASED
+    explained = after.state in (JobState.FAILED, JobState.DEAD, JobState.CANCELLED) or requeued
+    if explained and after.error is not None:
+        data["error"] = after.error
+    if after.state.final:
+        data["created_at"] = after.created_at
+        data["started_at"] = after.started_at
+        data["finished_at"] = after.finished_at
+    return data
+
+
+def progress_event_data(job: Job, preview: str | None) -> dict[str, Any]:
+    """The data of a `progress` event for a job that has just recorded its progress."""
+    data: dict[str, Any] = {"fraction": job.progress if job.progress is not None else 0.0}
+    if job.progress_message is not None:
+        data["message"] = job.progress_message
+    if preview is not None:
+        data["preview"] = preview
+    return data

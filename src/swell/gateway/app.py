@@ -3,8 +3,10 @@
     POST   /v1/jobs                      submit; 202 while the job is not final, 200 once it is
     GET    /v1/jobs                      newest first; ?service=&state=&limit=&cursor=&include=result
     DELETE /v1/jobs?service=NAME         cancel every queued job of a service
-    GET    /v1/jobs/{id}                 one job
-    DELETE /v1/jobs/{id}                 cancel a queued job (409 once leased or final)
+    GET    /v1/jobs/{id}                 one job, with `progress` while it runs
+    GET    /v1/jobs/{id}/events          its event log as server-sent events (resumable: Last-Event-ID)
+    DELETE /v1/jobs/{id}                 cancel: a queued job at once (200), a running one is asked to
+                                         stop (202, `cancel_requested`); 409 once final
     POST   /v1/jobs/{id}/retry           re-drive a dead, failed or cancelled job
     GET    /v1/jobs/{id}/files/{name}    a file the job wrote to the data dir
     GET    /v1/services                  services with queue depth by state and their replicas
@@ -28,8 +30,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from swell.core.clock import Clock, SystemClock
@@ -48,6 +50,8 @@ from swell.core.replicas import ReplicaView
 from swell.gateway.auth import bearer_key
 from swell.gateway.batching import GroupCommit
 from swell.gateway.errors import install_error_handlers, retry_headers
+from swell.gateway.events import HEADERS as SSE_HEADERS
+from swell.gateway.events import EventStream, resume_point
 from swell.gateway.files import DescriptorResponse, open_job_file, plain_name
 from swell.gateway.health import ServiceHealth, StorageHealth
 from swell.gateway.limits import BodyLimit, GatewayLimits, InternalErrors, LagMonitor, Shedding
@@ -91,7 +95,7 @@ def create_app(
     `limits` replaces those `config.gateway` sets.
 
     Every route and middleware is mounted here; `app.state` holds the parts tests and `swell up`
-    look at (`limits`, `storage`, `metrics`, `registry`, `lag`)."""
+    look at (`limits`, `storage`, `metrics`, `registry`, `lag`, `events`)."""
     limits = limits or GatewayLimits.of(config.gateway)
     storage = AsyncQueue(
         queue,
@@ -99,7 +103,7 @@ def create_app(
         max_backlog=limits.max_storage_backlog,
         retry_after=limits.retry_after_seconds,
     )
-    metrics = GatewayMetrics(registry or CollectorRegistry(), queue, replicas=replicas, clock=clock)
+    metrics = GatewayMetrics(registry or CollectorRegistry(), queue, replicas=replicas)
     services = ServiceHealth(replicas, storage)
     ops = Operations(StorageHealth(storage.probe), services, config.services, storage, metrics)
     api = JobsAPI(config, settings, storage, metrics, limits, services, extra_services=extra_services)
@@ -111,7 +115,7 @@ def create_app(
         lifespan=_lifespan(metrics, storage, lag, api),
     )
     app.state.limits, app.state.storage, app.state.lag = limits, storage, lag
-    app.state.metrics, app.state.registry = metrics, metrics.registry
+    app.state.metrics, app.state.registry, app.state.events = metrics, metrics.registry, api.event_stream
     install_error_handlers(app)
     app.include_router(api.router(settings))
     app.include_router(ops.router())
@@ -199,6 +203,7 @@ class JobsAPI:
         self.extra_services = extra_services
         self.files = settings.data_dir / "files"
         self.validate_input = _engine_validator()
+        self.event_stream = EventStream(storage)
 
     def router(self, settings: Settings) -> APIRouter:
         auth = [Depends(bearer_key(settings.api_key))] if settings.auth else []
@@ -208,6 +213,13 @@ class JobsAPI:
         router.add_api_route("/jobs", self.cancel_jobs, methods=["DELETE"], responses=_BULK_CANCEL)
         router.add_api_route("/jobs/{job_id}", self.get_job, methods=["GET"], responses=_JOB)
         router.add_api_route("/jobs/{job_id}", self.cancel_job, methods=["DELETE"], responses=_CANCEL)
+        router.add_api_route(
+            "/jobs/{job_id}/events",
+            self.job_events,
+            methods=["GET"],
+            responses=_EVENTS,
+            response_class=Response,
+        )
         router.add_api_route(
             "/jobs/{job_id}/retry", self.retry_job, methods=["POST"], status_code=202, responses=_RETRY
         )
@@ -261,8 +273,24 @@ class JobsAPI:
         return JSONResponse((await self.storage.get(job_id)).to_public())
 
     async def cancel_job(self, job_id: str) -> JSONResponse:
-        """Cancel a queued job; 409 once a worker holds it or it is final."""
-        return JSONResponse((await self.storage.cancel(job_id)).to_public())
+        """Cancel a queued job (200, cancelled); ask the worker running one to stop it (202, still
+        leased with `cancel_requested`: it ends `cancelled` at its next step); 409 once final."""
+        job = await self.storage.cancel(job_id)
+        return JSONResponse(job.to_public(), status_code=200 if job.state.final else 202)
+
+    async def job_events(
+        self,
+        job_id: str,
+        request: Request,
+        after: int | None = Query(None, ge=0, description="Start after this event id"),
+        last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=32),
+    ) -> StreamingResponse:
+        """The job's events as server-sent events (`id` seq, `event` kind, `data` JSON), ending after
+        its final state; resumes after `Last-Event-ID` (or `after`)."""
+        start = resume_point(last_event_id, after)
+        job = await self.storage.get(job_id)
+        body = self.event_stream.stream(job, start, request.is_disconnected)
+        return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def retry_job(self, job_id: str) -> JSONResponse:
         """Send a dead, failed or cancelled job back to the queue (attempts reset, webhook re-armed)."""
@@ -478,7 +506,17 @@ _JOB: dict[int | str, dict[str, Any]] = {
     503: _UNAVAILABLE,
 }
 _LIST: dict[int | str, dict[str, Any]] = {200: {"model": JobList}, 422: _error("A bad filter or cursor")}
-_CANCEL: dict[int | str, dict[str, Any]] = {**_JOB, 409: _error("The job is already running or final")}
+_CANCEL: dict[int | str, dict[str, Any]] = {
+    **_JOB,
+    202: {"model": JobView, "description": "The job is running: its worker is asked to stop it"},
+    409: _error("The job is final"),
+}
+_EVENTS: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "Server-sent events until the job is final"},
+    404: _error("Unknown job"),
+    422: _error("A bad Last-Event-ID or after"),
+    503: _UNAVAILABLE,
+}
 _RETRY: dict[int | str, dict[str, Any]] = {
     202: {"model": JobView, "description": "The job is queued again"},
     404: _error("Unknown job"),

@@ -1,9 +1,11 @@
 """Prometheus metrics of the serving path, on a registry other parts can add their collectors to.
 
-Workers are separate processes, so the gateway learns about finished jobs from the queue:
-`collect_finished()` reads `queue.finished_times_since(...)` (the times alone: no input or result is
-decoded) and feeds the wait, run and latency histograms. Depth and replica gauges are read at scrape
-time by custom collectors.
+Workers are separate processes, so the gateway learns about finished jobs from the queue's event
+log: `collect_finished()` follows `queue.events_since(cursor)` (state events only; a final one
+carries the job's times, so no job is read) and feeds the wait, run and latency histograms. The
+cursor is a sequence number, so a job is counted once however its commit raced its neighbours';
+it starts at the newest event, so a restarted gateway does not count history. Depth and replica
+gauges are read at scrape time by custom collectors.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from swell.core.clock import Clock, SystemClock
+from swell.core.errors import SwellError
+from swell.core.jobs import JobEvent, JobState
 from swell.core.replicas import ReplicaView
-from swell.queue.base import JobTimes, QueueBackend
+from swell.queue.base import QueueBackend
 
+FINAL = frozenset(state.value for state in JobState if state.final)
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 
@@ -66,14 +70,10 @@ class GatewayMetrics:
         queue: QueueBackend,
         *,
         replicas: ReplicaView | None = None,
-        clock: Clock = SystemClock(),
-        lag: float = 2.0,
     ) -> None:
         self.registry = registry
         self.queue = queue
-        self.lag = lag  # finished jobs committed out of timestamp order are still seen within this
-        self._cursor = clock.now()
-        self._seen: dict[str, float] = {}  # job id -> finished_at, for jobs inside the lag window
+        self._cursor = _newest(queue)  # the seq of the last event read; None: find it at the first read
         self.arrivals = Counter(
             "swell_jobs_submitted", "Submits accepted (new jobs)", ["service"], registry=registry
         )
@@ -98,30 +98,40 @@ class GatewayMetrics:
             registry.register(ReplicaCollector(replicas))
 
     def collect_finished(self, batch: int = 1000) -> int:
-        """Observe jobs that finished since the last call; returns how many were new."""
-        since = self._cursor - self.lag
+        """Observe jobs that finished since the last call; returns how many. The first call only
+        finds where the log ends now."""
+        if self._cursor is None:
+            self._cursor = self.queue.event_cursor()
+            return 0
         new = 0
         while True:
-            jobs = self.queue.finished_times_since(since, limit=batch)
-            new += sum(self._observe(job) for job in jobs)
-            if len(jobs) < batch or jobs[-1].finished_at == since:
-                break
-            since = jobs[-1].finished_at
-        horizon = self._cursor - self.lag
-        self._seen = {job_id: at for job_id, at in self._seen.items() if at >= horizon}
-        return new
+            events = self.queue.events_since(self._cursor, kinds=("state",), limit=batch)
+            new += sum(self._observe(event) for event in events)
+            if events:
+                self._cursor = events[-1].seq
+            if len(events) < batch:
+                return new
 
-    def _observe(self, job: JobTimes) -> bool:
-        if job.id in self._seen:
+    def _observe(self, event: JobEvent) -> bool:
+        data = event.data
+        if data.get("state") not in FINAL or data.get("finished_at") is None:
             return False
-        self._seen[job.id] = job.finished_at
-        self._cursor = max(self._cursor, job.finished_at)
-        self.finished.labels(job.service, job.state.value).inc()
-        self.latency.labels(job.service).observe(max(0.0, job.finished_at - job.created_at))
-        if job.started_at is not None:
-            self.queue_wait.labels(job.service).observe(max(0.0, job.started_at - job.created_at))
-            self.run_time.labels(job.service).observe(max(0.0, job.finished_at - job.started_at))
+        service, finished_at, created_at = data["service"], data["finished_at"], data["created_at"]
+        started_at = data.get("started_at")
+        self.finished.labels(service, data["state"]).inc()
+        self.latency.labels(service).observe(max(0.0, finished_at - created_at))
+        if started_at is not None:
+            self.queue_wait.labels(service).observe(max(0.0, started_at - created_at))
+            self.run_time.labels(service).observe(max(0.0, finished_at - started_at))
         return True
+
+
+def _newest(queue: QueueBackend) -> int | None:
+    """Where the event log ends now, or None while the storage cannot say (asked again later)."""
+    try:
+        return queue.event_cursor()
+    except SwellError:
+        return None
 
 
 def _histogram(name: str, documentation: str, registry: CollectorRegistry) -> Histogram:

@@ -59,6 +59,11 @@ class WebhookView(BaseModel):
     error: str | None
 
 
+class ProgressView(BaseModel):
+    fraction: float = Field(description="Done so far, 0..1, as the worker last reported")
+    message: str | None = None
+
+
 class JobView(BaseModel):
     """A job as the API shows it (`Job.to_public()`); optional keys appear only when set."""
 
@@ -78,6 +83,8 @@ class JobView(BaseModel):
     idempotency_key: str | None = None
     callback_url: str | None = None
     webhook: WebhookView | None = None
+    progress: ProgressView | None = Field(None, description="While it runs (and after, as last reported)")
+    cancel_requested: bool | None = Field(None, description="A cancel was asked while a worker held it")
 
 
 class JobList(BaseModel):

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from swell.core.errors import SwellError, Unavailable
-from swell.core.jobs import Job, JobSpec, JobState
+from swell.core.jobs import Job, JobEvent, JobSpec, JobState
 from swell.queue.base import QueueBackend, Submitted
 
 log = logging.getLogger("swell.gateway")
@@ -99,6 +99,9 @@ class AsyncQueue:
 
     async def cancel_many(self, *, service: str | None) -> int:
         return int(await self.run(self.queue.cancel_many, service=service))
+
+    async def events(self, job_id: str, *, after: int, limit: int) -> list[JobEvent]:
+        return await self.run(self.queue.events, job_id, after, limit)
 
     async def retry(self, job_id: str) -> Job:
         return await self.run(self.queue.retry, job_id)

@@ -12,8 +12,18 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from swell.core.errors import Conflict, LeaseLost, SwellError, ValidationError
-from swell.core.jobs import Job, JobSpec, JobState, RetryPolicy
-from swell.queue.base import Outcome, QueueStats, Submitted
+from swell.core.jobs import (
+    EventKind,
+    Job,
+    JobSpec,
+    JobState,
+    RetryPolicy,
+    progress_event_data,
+    state_event_data,
+)
+from swell.queue.base import MAX_ACTIVITY_EVENTS, Outcome, QueueStats, Submitted, Update
+
+Appended = tuple[str, dict[str, Any]]  # an event to append: its kind and data
 
 T = TypeVar("T")
 
@@ -31,12 +41,62 @@ def require_owner(job: Job, owner: str) -> None:
 def apply_outcome(job: Job, owner: str, outcome: Outcome, now: float, policy: RetryPolicy) -> Job:
     """The job after `owner` reported `outcome` for it; `LeaseLost` unless `owner` holds it."""
     require_owner(job, owner)
+    if outcome.cancel:
+        return job.cancel(now)
     if outcome.split is not None:
         error = outcome.error or "its batch was handed back"
         return job.handback(error, now, batch_limit=outcome.split, policy=policy)
     if outcome.error is None:
         return job.succeed(outcome.result or {}, now)
     return job.fail(outcome.error, now, retryable=outcome.retryable, policy=policy)
+
+
+def cancel_or_request(job: Job, now: float) -> Job:
+    """`queue.cancel`: a queued job is cancelled now, a leased one gets a request its worker
+    answers (a final one raises `IllegalTransition`)."""
+    return job.request_cancel() if job.state is JobState.LEASED else job.cancel(now)
+
+
+def transition_events(before: Job | None, after: Job) -> list[Appended]:
+    """The events that storing `after` in place of `before` appends: its transition's `state` event,
+    or the `cancel` event of a new cancel request."""
+    state = state_event_data(before, after)
+    if state is not None:
+        return [(EventKind.STATE.value, state)]
+    if before is not None and after.cancel_requested and not before.cancel_requested:
+        return [(EventKind.CANCEL.value, {})]
+    return []
+
+
+def reported(job: Job, update: Update, activity: int) -> tuple[Job, list[Appended]]:
+    """The job after `update` and the events it appends, given the `activity` events (progress and
+    delta) the job holds already: none past `MAX_ACTIVITY_EVENTS`, though the progress still moves."""
+    if update.progress:
+        job = job.with_progress(update.fraction, update.message)
+    events: list[Appended] = []
+    if update.progress:
+        events.append((EventKind.PROGRESS.value, progress_event_data(job, update.preview)))
+    if update.delta:
+        events.append((EventKind.DELTA.value, {"text": update.delta}))
+    return job, events[: max(0, MAX_ACTIVITY_EVENTS - activity)]
+
+
+def holds(job: Job | None, owner: str) -> bool:
+    return job is not None and job.state is JobState.LEASED and job.lease_owner == owner
+
+
+def wants_stop(job: Job) -> bool:
+    """Whether a worker running `job` should stop it (`queue.cancel_requested`)."""
+    return job.cancel_requested or job.state is JobState.CANCELLED
+
+
+def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    """`kinds` as known event kinds; `ValidationError` (field `kinds`) naming an unknown one."""
+    known = {kind.value for kind in EventKind}
+    unknown = sorted(set(kinds) - known)
+    if unknown:
+        raise ValidationError(f"unknown event kinds {', '.join(unknown)}", field="kinds")
+    return tuple(kinds)
 
 
 def uncounted(before: Job, after: Job) -> bool:

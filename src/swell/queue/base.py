@@ -4,6 +4,19 @@ Backends persist what the pure transitions in `swell.core.jobs` decide; they own
 (a job is leased by one worker at a time, an idempotency key maps to one job) and nothing else.
 Every method is synchronous and safe to call from several threads and processes at once
 (for the memory backend: threads of one process).
+
+Events. Each backend keeps a job's history as `JobEvent`s numbered by one per-queue sequence:
+every transition appends its `state` event in the same atomic step that stores the job, a cancel
+request its `cancel` event, and `report` the `progress` and `delta` events of a running job. Two
+readers share the sequence: `events(job_id, after)` (one job's history: `GET /v1/jobs/{id}/events`)
+and `events_since(after_seq, kinds)` (every job's: the gateway's metrics and the brain read finished
+jobs through it). Retention, the same in every backend:
+
+- `state` and `cancel` events are kept as long as their job (a handful per delivery);
+- `progress` and `delta` events are capped at `MAX_ACTIVITY_EVENTS` per job (later ones are dropped,
+  while the job's `progress` field keeps moving: its result holds the whole output anyway), and
+  deleted once the job has been final for `event_retention` seconds (default `EVENT_RETENTION`);
+  trimming runs in `reap()` and, at most every `TRIM_EVERY` seconds, in `settle`.
 """
 
 from __future__ import annotations
@@ -13,9 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from swell.core.errors import SwellError
-from swell.core.jobs import Job, JobSpec, JobState
+from swell.core.jobs import Job, JobEvent, JobSpec, JobState
 
 Submitted = tuple[Job, bool]  # the job, and whether this submit created it
+
+EVENT_RETENTION = 3600.0  # seconds a final job keeps its progress and delta events
+MAX_ACTIVITY_EVENTS = 10_000  # progress and delta events kept per job
+TRIM_EVERY = 60.0  # seconds between the trims `settle` runs on the side
+TRIM_BATCH = 500  # jobs trimmed per pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +45,7 @@ class Outcome:
     error: str | None = None
     retryable: bool = True  # for an error: try again after back-off (False: the job fails for good)
     split: int | None = None  # hand the job back untouched, to be leased in batches of at most this
+    cancel: bool = False  # the worker stopped the job at a cancel request: it ends cancelled
 
     @classmethod
     def failure(cls, job_id: str, error: str, *, retryable: bool = True) -> Outcome:
@@ -38,24 +57,28 @@ class Outcome:
         attempt does not count; it goes back to be leased with at most `batch_limit` jobs."""
         return cls(job_id, error=error, split=max(1, batch_limit))
 
+    @classmethod
+    def cancelled(cls, job_id: str) -> Outcome:
+        """The worker stopped the job because its cancel was requested (`queue.cancel_requested`):
+        it ends `cancelled`, its attempt spent."""
+        return cls(job_id, cancel=True)
+
 
 @dataclass(frozen=True, slots=True)
-class JobTimes:
-    """When one finished job was submitted, last started and finished: a job without its input,
-    result or error, for readers (the gateway's metrics) that would otherwise decode them for nothing."""
+class Update:
+    """What a worker reports about a job while it runs: any of a fraction done (0..1), a message, a
+    piece of streamed text, the name of a preview file it stored with the job's results."""
 
-    id: str
-    service: str
-    state: JobState
-    created_at: float
-    started_at: float | None
-    finished_at: float
+    job_id: str
+    fraction: float | None = None
+    message: str | None = None
+    delta: str | None = None
+    preview: str | None = None
 
-    @classmethod
-    def of(cls, job: Job) -> JobTimes:
-        if job.finished_at is None:
-            raise ValueError(f"job {job.id} has not finished")
-        return cls(job.id, job.service, job.state, job.created_at, job.started_at, job.finished_at)
+    @property
+    def progress(self) -> bool:
+        """Whether the update carries progress (and so appends a `progress` event)."""
+        return self.fraction is not None or self.message is not None or self.preview is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +123,10 @@ class QueueBackend(Protocol):
         """The job, or `JobNotFound`."""
         ...
 
+    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        """The jobs of those ids that exist, in the order asked (one read, for readers of many)."""
+        ...
+
     def lease(
         self,
         service: str,
@@ -140,7 +167,36 @@ class QueueBackend(Protocol):
         ...
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a queued job; `IllegalTransition` (409) once leased or final."""
+        """Cancel a queued job at once. For a leased job, record a cancel request instead (its
+        `cancel_requested` flag and a `cancel` event) and return it still leased: the worker stops
+        it and settles it with `Outcome.cancelled`. `IllegalTransition` (409) once final."""
+        ...
+
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of `job_ids` a worker should stop: a cancel was requested, or the job is cancelled
+        already. Cheap: a worker calls it every fraction of a second while a batch runs."""
+        ...
+
+    def report(self, owner: str, updates: Sequence[Update]) -> None:
+        """Record what a worker reports about jobs it runs: the job's progress (shown by `get`), a
+        `progress` event for an update with a fraction, message or preview, a `delta` event for one
+        with text. Updates for jobs `owner` does not hold (any more) are ignored, never an error."""
+        ...
+
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+        """The job's events with `seq > after`, oldest first; `JobNotFound` for an unknown job."""
+        ...
+
+    def events_since(
+        self, after_seq: int, kinds: Sequence[str] = ("state",), limit: int = 1000
+    ) -> list[JobEvent]:
+        """Every job's events of `kinds` with `seq > after_seq`, in `seq` order: the one cursor
+        through which readers follow what happens to all jobs."""
+        ...
+
+    def event_cursor(self) -> int:
+        """The seq of the newest event (0 before any): where a reader that wants only what happens
+        from now on starts `events_since`."""
         ...
 
     def cancel_many(self, *, service: str | None = None) -> int:
@@ -153,7 +209,8 @@ class QueueBackend(Protocol):
         ...
 
     def reap(self) -> int:
-        """Return jobs whose lease expired to the queue (or bury them); returns how many."""
+        """Return jobs whose lease expired to the queue (or bury them), and trim the events of
+        old final jobs; returns how many leases expired."""
         ...
 
     def jobs(
@@ -167,14 +224,6 @@ class QueueBackend(Protocol):
         """Newest first: by creation time, ties in submission order. `before` is a cursor: the id
         of the last job of the previous page, whose successors follow (whatever its state is now);
         `ValidationError` (field `cursor`) when it names no job."""
-        ...
-
-    def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
-        """Jobs that reached a final state at or after `since`, oldest first (the brain)."""
-        ...
-
-    def finished_times_since(self, since: float, limit: int = 1000) -> list[JobTimes]:
-        """The times of the same jobs as `finished_since`, in the same order, reading nothing else."""
         ...
 
     def depth(self) -> dict[str, dict[str, int]]:

@@ -5,6 +5,10 @@ lease costs O(log n) however long the queue. Heap entries are never removed in p
 the token of the job's latest enqueue, and an entry whose token is stale is dropped when met.
 Ties in rank go to the job available first, then to the one submitted first: the order of the
 SQLite backend's index, so that every backend leases in the same order.
+
+Events: one list per job and one log of every event in `seq` order, appended under the same lock
+as the change they record (`_store` appends the state event of every transition). Final jobs wait
+in a heap by finish time for their progress and delta events to be trimmed.
 """
 
 from __future__ import annotations
@@ -16,26 +20,41 @@ import itertools
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from swell.core.clock import Clock, SystemClock
 from swell.core.errors import Conflict, JobNotFound, LeaseLost, QueueFull, SwellError
-from swell.core.jobs import Job, JobSpec, JobState, RetryPolicy, WebhookState
+from swell.core.jobs import (
+    ACTIVITY_KINDS,
+    Job,
+    JobEvent,
+    JobSpec,
+    JobState,
+    RetryPolicy,
+    WebhookState,
+)
 from swell.queue._common import (
     ACTIVE_STATES,
     ADMISSION_WINDOW,
     Counters,
     OneAtATime,
     apply_outcome,
+    cancel_or_request,
+    check_kinds,
     fit_batch,
     full_message,
+    holds,
     idempotency_conflict,
     lease_expired,
+    reported,
     require_owner,
     retry_after,
+    transition_events,
     uncounted,
     unknown_cursor,
+    wants_stop,
 )
-from swell.queue.base import JobTimes, Outcome, QueueStats, Submitted
+from swell.queue.base import EVENT_RETENTION, TRIM_EVERY, Outcome, QueueStats, Submitted, Update
 
 _Entry = tuple[float, float, int, int, str]  # (rank, available_at, submission number, token, job id)
 
@@ -96,9 +115,16 @@ class _ReadyIndex:
 class MemoryQueue(OneAtATime):
     """A `QueueBackend` held in this process; safe across its threads, lost when it exits."""
 
-    def __init__(self, *, clock: Clock = SystemClock(), policy: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock = SystemClock(),
+        policy: RetryPolicy = RetryPolicy(),
+        event_retention: float = EVENT_RETENTION,
+    ) -> None:
         self._clock = clock
         self._policy = policy
+        self.event_retention = event_retention
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._numbers: dict[str, int] = {}  # job id -> submission number
@@ -110,6 +136,12 @@ class MemoryQueue(OneAtATime):
         self._finished: list[tuple[float, int]] = []  # (finished_at, submission number), sorted
         self._webhooks: set[str] = set()  # ids whose webhook_state is pending
         self._counts = Counters()
+        self._events: dict[str, list[JobEvent]] = defaultdict(list)  # job id -> its events
+        self._log: list[JobEvent] = []  # every event, by seq
+        self._activity: Counter[str] = Counter()  # job id -> progress and delta events kept
+        self._untrimmed: list[tuple[float, str]] = []  # heap of (finished_at, id) of final jobs
+        self._trimmed_at = clock.now()
+        self._last_seq = 0
 
     # -- the protocol -----------------------------------------------------------------------------
 
@@ -130,6 +162,10 @@ class MemoryQueue(OneAtATime):
     def get(self, job_id: str) -> Job:
         with self._lock:
             return self._get(job_id)
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        with self._lock:
+            return [self._jobs[i] for i in job_ids if i in self._jobs]
 
     def lease(
         self,
@@ -178,6 +214,8 @@ class MemoryQueue(OneAtATime):
                     settled.append(self._finish(job, apply_outcome(job, owner, outcome, now, self._policy)))
                 except (LeaseLost, JobNotFound) as exc:
                     settled.append(exc)
+            if now - self._trimmed_at >= TRIM_EVERY:
+                self._trim(now)
             return settled
 
     def release(self, job_id: str, owner: str) -> Job:
@@ -187,7 +225,43 @@ class MemoryQueue(OneAtATime):
 
     def cancel(self, job_id: str) -> Job:
         with self._lock:
-            return self._store(self._get(job_id).cancel(self._clock.now()))
+            return self._store(cancel_or_request(self._get(job_id), self._clock.now()))
+
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        with self._lock:
+            return {i for i in job_ids if i in self._jobs and wants_stop(self._jobs[i])}
+
+    def report(self, owner: str, updates: Sequence[Update]) -> None:
+        with self._lock:
+            for update in updates:
+                job = self._jobs.get(update.job_id)
+                if job is None or not holds(job, owner):
+                    continue
+                new, events = reported(job, update, self._activity[job.id])
+                self._store(new)
+                for kind, data in events:
+                    self._append(job.id, kind, data)
+
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+        with self._lock:
+            self._get(job_id)
+            events = self._events.get(job_id, [])
+            start = bisect.bisect_right(events, after, key=lambda e: e.seq)
+            return events[start : start + limit]
+
+    def events_since(
+        self, after_seq: int, kinds: Sequence[str] = ("state",), limit: int = 1000
+    ) -> list[JobEvent]:
+        wanted = check_kinds(kinds)
+        with self._lock:
+            start = bisect.bisect_right(self._log, after_seq, key=lambda e: e.seq)
+            found: list[JobEvent] = []
+            for event in itertools.islice(self._log, start, None):
+                if len(found) >= limit:
+                    break
+                if event.kind in wanted:
+                    found.append(event)
+            return found
 
     def cancel_many(self, *, service: str | None = None) -> int:
         with self._lock:
@@ -207,9 +281,16 @@ class MemoryQueue(OneAtATime):
             self._counts.redriven += 1
             return job
 
+    def event_cursor(self) -> int:
+        with self._lock:
+            return self._last_seq
+
     def reap(self) -> int:
         with self._lock:
-            return self._reap(list(self._leased), self._clock.now())
+            now = self._clock.now()
+            reaped = self._reap(list(self._leased), now)
+            self._trim(now)
+            return reaped
 
     def jobs(
         self,
@@ -229,14 +310,6 @@ class MemoryQueue(OneAtATime):
                 if (service is None or job.service == service) and (state is None or job.state is state):
                     found.append(job)
             return found
-
-    def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
-        with self._lock:
-            start = bisect.bisect_left(self._finished, (since, -1))
-            return [self._jobs[self._ids[n]] for _, n in self._finished[start : start + limit]]
-
-    def finished_times_since(self, since: float, limit: int = 1000) -> list[JobTimes]:
-        return [JobTimes.of(job) for job in self.finished_since(since, limit)]
 
     def depth(self) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -320,6 +393,7 @@ class MemoryQueue(OneAtATime):
             for i in self._leased.get(s, ())
             if lease_expired(self._jobs[i], now)
         ]
+        expired.sort(key=lambda j: (j.lease_expires_at or 0.0, self._numbers[j.id]))  # as every backend
         for job in expired:
             self._finish(job, job.expire(now, self._policy))
         self._counts.expired += len(expired)
@@ -353,8 +427,11 @@ class MemoryQueue(OneAtATime):
             self._leased[job.service].add(job.id)
         else:
             self._leased[job.service].discard(job.id)
+        for kind, data in transition_events(old, job):
+            self._append(job.id, kind, data)
         if job.finished_at is not None and (old is None or old.finished_at is None):
             bisect.insort(self._finished, (job.finished_at, number))
+            heapq.heappush(self._untrimmed, (job.finished_at, job.id))
         elif job.finished_at is None and old is not None and old.finished_at is not None:
             del self._finished[bisect.bisect_left(self._finished, (old.finished_at, number))]
         if job.webhook_state is WebhookState.PENDING:
@@ -362,6 +439,26 @@ class MemoryQueue(OneAtATime):
         else:
             self._webhooks.discard(job.id)
         return job
+
+    def _append(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        self._last_seq += 1
+        event = JobEvent(self._last_seq, job_id, kind, self._clock.now(), data)
+        self._events[job_id].append(event)
+        self._log.append(event)
+        if kind in ACTIVITY_KINDS:
+            self._activity[job_id] += 1
+
+    def _trim(self, now: float) -> None:
+        """Drop the progress and delta events of jobs final for `event_retention` seconds."""
+        self._trimmed_at = now
+        trimmed: set[str] = set()
+        while self._untrimmed and self._untrimmed[0][0] <= now - self.event_retention:
+            finished_at, job_id = heapq.heappop(self._untrimmed)
+            if self._jobs[job_id].finished_at == finished_at and self._activity.pop(job_id, 0):
+                trimmed.add(job_id)
+                self._events[job_id] = [e for e in self._events[job_id] if e.kind not in ACTIVITY_KINDS]
+        if trimmed:
+            self._log = [e for e in self._log if e.kind not in ACTIVITY_KINDS or e.job_id not in trimmed]
 
     def _depth_view(self) -> dict[str, dict[str, int]]:
         view: dict[str, dict[str, int]] = {}

@@ -13,16 +13,31 @@ Key schema (every key starts with the `prefix`, `swell` unless told otherwise):
     {p}:services                 set of every service that has had a job (reap)
     {p}:created[:{service}]      zset of job ids by seq (listing, newest first)
     {p}:state:{state}            zset of job ids by seq, per state
-    {p}:finished[:{service}]     zset `{seq}:{id}` by finished_at
+    {p}:finished:{service}       zset `{seq}:{id}` by finished_at (admission's drain rate)
     {p}:webhooks                 zset `{seq}:{id}` by webhook_next_at, jobs whose webhook is pending
     {p}:depth                    hash `{service}|{state}` -> count
     {p}:counters                 hash of the cumulative `QueueStats` counters
     {p}:probe                    string set with an expiry by `probe()` (readiness)
+    {p}:eventseq                 counter handing out event sequence numbers (the events cursor)
+    {p}:events:{id}              stream: the job's `state` and `cancel` events, entry id `0-{seq}`,
+                                 fields kind, at, data (JSON); kept as long as the job
+    {p}:activity:{id}            stream: the job's `progress` and `delta` events, the same shape;
+                                 deleted once the job has been final for `event_retention` seconds
+                                 (the job hash's `activity` field counts them for the per-job cap)
+    {p}:log                      stream: every job's `state` and `cancel` events (fields job, kind,
+                                 at, data), approximately capped at LOG_MAX entries
+    {p}:log:activity             stream: every job's `progress` and `delta` events, capped at
+                                 ACTIVITY_LOG_MAX (a reader further behind than a cap misses the
+                                 oldest entries, and nothing else)
+    {p}:untrimmed                zset of final job ids by finished_at, waiting for their trim
 
 Transitions are decided in Python by `swell.core.jobs`; Redis only applies the writes, atomically,
 through two Lua scripts: `APPLY` writes a job and its index entries only if the job's `version` is
 still the one read (optimistic concurrency: a worker that lost the race re-reads and tries again),
-and `SUBMIT` adds a job unless its idempotency key is taken or the service is full. Times come from
+and `SUBMIT` adds a job unless its idempotency key is taken or the service is full. An event is
+one more op of the same script (`EVENT`: take the next seq, add the entry to the job's stream and
+to the log), so a transition and its `state` event are written together or not at all; `TRIM`
+deletes the activity streams of jobs final for longer than the retention. Times come from
 the injected clock and reach Redis as arguments, never from Redis TIME, so tests run on virtual time.
 
 Listing pages by submission number (the `created` and `state` zsets' score), which is creation order
@@ -54,24 +69,47 @@ from swell.core.errors import (
     SwellError,
     Unavailable,
 )
-from swell.core.jobs import Job, JobSpec, JobState, Priority, RetryPolicy, WebhookState
+from swell.core.jobs import (
+    ACTIVITY_KINDS,
+    Job,
+    JobEvent,
+    JobSpec,
+    JobState,
+    Priority,
+    RetryPolicy,
+    WebhookState,
+)
 from swell.queue._common import (
     ACTIVE_STATES,
     ADMISSION_WINDOW,
     COUNTER_NAMES,
+    Appended,
     Counters,
     OneAtATime,
     apply_outcome,
+    cancel_or_request,
+    check_kinds,
     fit_batch,
     full_message,
+    holds,
     idempotency_conflict,
     lease_expired,
+    reported,
     require_owner,
     retry_after,
+    transition_events,
     uncounted,
     unknown_cursor,
 )
-from swell.queue.base import JobTimes, Outcome, QueueStats, Submitted
+from swell.queue.base import (
+    EVENT_RETENTION,
+    TRIM_BATCH,
+    TRIM_EVERY,
+    Outcome,
+    QueueStats,
+    Submitted,
+    Update,
+)
 
 CONFLICT_RETRIES = 50  # re-reads before an operation on one job gives up on a hot conflict
 LEASE_ROUNDS = 8  # candidate pages a lease tries while other workers keep taking its picks
@@ -92,13 +130,45 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _APPLY_OPS = """
+-- An op is {command, key index, arg...}, or {'EVENT', seq key, job stream, log, log cap, job id,
+-- kind, at, data}: the next event seq, its entry added to the job's stream and to the log.
 local function apply_ops(ops)
   for _, op in ipairs(ops) do
-    local args = {op[1], KEYS[op[2]]}
-    for i = 3, #op do args[#args + 1] = op[i] end
-    redis.call(unpack(args))
+    if op[1] == 'EVENT' then
+      local id = '0-' .. redis.call('INCR', KEYS[op[2]])
+      redis.call('XADD', KEYS[op[3]], id, 'kind', op[7], 'at', op[8], 'data', op[9])
+      redis.call('XADD', KEYS[op[4]], 'MAXLEN', '~', op[5], id,
+                 'job', op[6], 'kind', op[7], 'at', op[8], 'data', op[9])
+    else
+      local args = {op[1], KEYS[op[2]]}
+      for i = 3, #op do args[#args + 1] = op[i] end
+      redis.call(unpack(args))
+    end
   end
 end
+"""
+
+TRIM = """
+-- KEYS[1] untrimmed zset, KEYS[2] the activity log. ARGV: cutoff, key prefix, job ids. Each job
+-- still final since before the cutoff loses its activity stream, its entries in the log (and its
+-- count) and leaves the zset.
+local trimmed = 0
+for i = 3, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= tonumber(ARGV[1]) then
+    local stream = ARGV[2] .. ':activity:' .. ARGV[i]
+    for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+')) do
+      redis.call('XDEL', KEYS[2], entry[1])
+    end
+    redis.call('DEL', stream)
+    if redis.call('EXISTS', ARGV[2] .. ':job:' .. ARGV[i]) == 1 then
+      redis.call('HSET', ARGV[2] .. ':job:' .. ARGV[i], 'activity', '0')
+    end
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    trimmed = trimmed + 1
+  end
+end
+return trimmed
 """
 
 APPLY = (
@@ -158,7 +228,9 @@ _FLOATS = frozenset(
         "webhook_next_at",
     }
 )
+_FLOATS = _FLOATS | {"progress"}
 _INTS = frozenset({"max_attempts", "attempts", "webhook_attempts", "batch_limit", "leased_with"})
+_BOOLS = frozenset({"cancel_requested"})
 _JSON = frozenset({"input", "result"})
 _ENUMS: dict[str, Callable[[str], Any]] = {
     "priority": Priority,
@@ -166,7 +238,9 @@ _ENUMS: dict[str, Callable[[str], Any]] = {
     "webhook_state": WebhookState,
 }
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
-_TIMES_FIELDS = ("id", "service", "state", "created_at", "started_at", "finished_at")
+STORED_KINDS = frozenset({"state", "cancel"})  # the kinds `{p}:log` holds
+LOG_MAX = 1_000_000  # entries `{p}:log` keeps, about
+ACTIVITY_LOG_MAX = 100_000  # entries `{p}:log:activity` keeps, about
 
 
 def _encode(value: Any, name: str) -> str:
@@ -188,15 +262,22 @@ def _decode(name: str, text: str) -> Any:
         return float(text)
     if name in _INTS:
         return int(text)
+    if name in _BOOLS:
+        return text == "True"
     return text
 
 
-def _times(values: list[str | None]) -> JobTimes | None:
-    id_, service, state, created_at, started_at, finished_at = values
-    if not (id_ and service and state and created_at and finished_at):
-        return None  # removed since the index was read
-    started = float(started_at) if started_at is not None else None
-    return JobTimes(id_, service, JobState(state), float(created_at), started, float(finished_at))
+def _seq(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[1])
+
+
+def _event(job_id: str, entry_id: str, values: dict[str, str]) -> JobEvent:
+    return JobEvent(_seq(entry_id), job_id, values["kind"], float(values["at"]), json.loads(values["data"]))
+
+
+def _merged(streams: Iterable[list[JobEvent]], limit: int) -> list[JobEvent]:
+    """The first `limit` events of several streams' reads, each in seq order, by seq."""
+    return sorted((e for events in streams for e in events), key=lambda e: e.seq)[:limit]
 
 
 def _unavailable(where: str, exc: redis.RedisError) -> Unavailable | None:
@@ -256,7 +337,13 @@ class _Keys:
         return self._positions[name]
 
     def indexed(self, ops: Iterable[tuple[str, ...]]) -> list[list[str | int]]:
-        return [[command, self.index(key), *args] for command, key, *args in ops]
+        return [self._op(command, key, *args) for command, key, *args in ops]
+
+    def _op(self, command: str, key: str, *args: str) -> list[str | int]:
+        if command == "EVENT":  # three keys: seq counter, the job's stream, the log
+            stream, log, *rest = args
+            return [command, self.index(key), self.index(stream), self.index(log), *rest]
+        return [command, self.index(key), *args]
 
 
 @dataclass
@@ -281,11 +368,14 @@ class RedisQueue(OneAtATime):
         clock: Clock = SystemClock(),
         policy: RetryPolicy = RetryPolicy(),
         prefix: str = "swell",
+        event_retention: float = EVENT_RETENTION,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self._clock = clock
         self._policy = policy
+        self.event_retention = event_retention
+        self._trimmed_at = clock.now()
         # Any: redis-py types every reply as sync-or-async; with decode_responses they are str.
         self._redis: Any = redis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
@@ -296,6 +386,7 @@ class RedisQueue(OneAtATime):
         self.where += f"/{options.get('db', 0)}"
         self._apply_script = self._redis.register_script(APPLY)
         self._submit_script = self._redis.register_script(SUBMIT)
+        self._trim_script = self._redis.register_script(TRIM)
         with _storage(self.where):
             self._baseline = self._counters()
 
@@ -356,6 +447,10 @@ class RedisQueue(OneAtATime):
         return self._load(job_id).job
 
     @_translated
+    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        return self._load_many(job_ids)
+
+    @_translated
     def lease(
         self,
         service: str,
@@ -366,7 +461,7 @@ class RedisQueue(OneAtATime):
         model: str | None = None,
     ) -> list[Job]:
         now = self._clock.now()
-        self._reap(service, now)
+        self._reap([service], now)
         leased: list[Job] = []
         for _ in range(LEASE_ROUNDS):
             want = max_jobs - len(leased)
@@ -416,6 +511,9 @@ class RedisQueue(OneAtATime):
                 settled.append(self._change(outcome.job_id, decide, settling=True))
             except (LeaseLost, JobNotFound) as exc:
                 settled.append(exc)
+        now = self._clock.now()
+        if now - self._trimmed_at >= TRIM_EVERY:
+            self._trim(now)
         return settled
 
     @_translated
@@ -428,7 +526,53 @@ class RedisQueue(OneAtATime):
 
     @_translated
     def cancel(self, job_id: str) -> Job:
-        return self._change(job_id, lambda job: job.cancel(self._clock.now()))
+        return self._change(job_id, lambda job: cancel_or_request(job, self._clock.now()))
+
+    @_translated
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self._key("job", job_id), ["state", "cancel_requested"])
+        return {
+            job_id
+            for job_id, (state, requested) in zip(job_ids, pipe.execute(), strict=True)
+            if requested == "True" or state == JobState.CANCELLED.value
+        }
+
+    @_translated
+    def report(self, owner: str, updates: Sequence[Update]) -> None:
+        """One checked write per job: its progress, activity count and events, retried on a race."""
+        by_job: dict[str, list[Update]] = {}
+        for update in updates:
+            by_job.setdefault(update.job_id, []).append(update)
+        for job_id, job_updates in by_job.items():
+            self._report(job_id, owner, job_updates)
+
+    @_translated
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.exists(self._key("job", job_id))
+        for stream in (self._key("events", job_id), self._key("activity", job_id)):
+            pipe.xrange(stream, f"(0-{after}", "+", count=limit)
+        exists, *reads = pipe.execute()
+        if not exists:
+            raise JobNotFound(f"no job {job_id!r}", field="id")
+        return _merged(([_event(job_id, i, v) for i, v in read] for read in reads), limit)
+
+    @_translated
+    def events_since(
+        self, after_seq: int, kinds: Sequence[str] = ("state",), limit: int = 1000
+    ) -> list[JobEvent]:
+        wanted = set(check_kinds(kinds))
+        logs = [
+            log
+            for log, held in (
+                (self._key("log"), STORED_KINDS),
+                (self._key("log", "activity"), ACTIVITY_KINDS),
+            )
+            if wanted & held
+        ]
+        return _merged((self._log_read(log, after_seq, wanted, limit) for log in logs), limit)
 
     @_translated
     def cancel_many(self, *, service: str | None = None) -> int:
@@ -438,6 +582,7 @@ class RedisQueue(OneAtATime):
             ids = self._redis.zrange(self._key("state", JobState.QUEUED.value), 0, -1)
         else:
             ids = [_member_id(m) for m in self._redis.zrange(self._key("ready", service), 0, -1)]
+            ids = [s.job.id for s in sorted(self._load_stored(ids), key=lambda s: s.seq)]
         cancelled = 0
         for job_id in ids:
             try:
@@ -452,11 +597,15 @@ class RedisQueue(OneAtATime):
         return self._change(job_id, lambda job: job.redrive(self._clock.now()), redriven=1)
 
     @_translated
+    def event_cursor(self) -> int:
+        return int(self._redis.get(self._key("eventseq")) or 0)
+
+    @_translated
     def reap(self) -> int:
         now = self._clock.now()
-        return sum(
-            self._reap(service, now) for service in sorted(self._redis.smembers(self._key("services")))
-        )
+        reaped = self._reap(sorted(self._redis.smembers(self._key("services"))), now)
+        self._trim(now)
+        return reaped
 
     @_translated
     def jobs(
@@ -482,17 +631,6 @@ class RedisQueue(OneAtATime):
             ]
             top = f"({int(rows[-1][1])}"
         return found[:limit]
-
-    @_translated
-    def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
-        return self._load_many(self._finished_ids(since, limit))
-
-    @_translated
-    def finished_times_since(self, since: float, limit: int = 1000) -> list[JobTimes]:
-        pipe = self._redis.pipeline(transaction=False)
-        for job_id in self._finished_ids(since, limit):
-            pipe.hmget(self._key("job", job_id), _TIMES_FIELDS)
-        return [times for times in map(_times, pipe.execute()) if times is not None]
 
     @_translated
     def depth(self) -> dict[str, dict[str, int]]:
@@ -566,9 +704,17 @@ class RedisQueue(OneAtATime):
         self._redis.hincrby(self._key("counters"), "deduplicated", 1)
         return job
 
-    def _finished_ids(self, since: float, limit: int) -> list[str]:
-        members = self._redis.zrangebyscore(self._key("finished"), since, "+inf", start=0, num=limit)
-        return [_member_id(m) for m in members]
+    def _log_read(self, log: str, after: int, kinds: set[str], limit: int) -> list[JobEvent]:
+        """The first `limit` events of `kinds` in `log` after seq `after`, a page at a time."""
+        found: list[JobEvent] = []
+        start = f"(0-{after}"
+        while len(found) < limit:
+            entries = self._redis.xrange(log, start, "+", count=max(limit, 100))
+            found += [_event(v["job"], i, v) for i, v in entries if v["kind"] in kinds]
+            if len(entries) < max(limit, 100):
+                break
+            start = f"({entries[-1][0]}"
+        return found[:limit]
 
     def _load_many(self, job_ids: Iterable[str]) -> list[Job]:
         return [s.job for s in self._load_stored(job_ids)]
@@ -645,9 +791,61 @@ class RedisQueue(OneAtATime):
             raise LeaseLost(f"job {job.id} is not leased to {owner}")
         return job.renew(owner, self._clock.now(), lease_seconds)
 
-    def _reap(self, service: str, now: float) -> int:
-        ids = self._redis.zrangebyscore(self._key("leased", service), "-inf", repr(now))
+    def _report(self, job_id: str, owner: str, updates: Sequence[Update]) -> None:
+        for _ in range(CONFLICT_RETRIES):
+            values = self._redis.hgetall(self._key("job", job_id))
+            stored = self._parse(values)
+            if stored is None or not holds(stored.job, owner):
+                return
+            job, activity = stored.job, int(values.get("activity", 0))
+            events: list[Appended] = []
+            for update in updates:
+                job, new = reported(job, update, activity + len(events))
+                events += new
+            if self._apply_report(stored, job, events):
+                return
+
+    def _apply_report(self, stored: _Stored, job: Job, events: list[Appended]) -> bool:
+        writes = _Writes(job.id, str(stored.version))
+        job_key = self._key("job", job.id)
+        progress = [
+            item
+            for name in ("progress", "progress_message")
+            if getattr(job, name) is not None
+            for item in (name, _encode(getattr(job, name), name))
+        ]
+        writes.add("HSET", job_key, *progress, "version", str(stored.version + 1))
+        writes.add("HINCRBY", job_key, "activity", str(len(events)))
+        self._add_events(writes, job.id, events)
+        return bool(self._run_groups([writes]))
+
+    def _add_events(self, writes: _Writes, job_id: str, events: Iterable[Appended]) -> None:
+        at = repr(self._clock.now())
+        for kind, data in events:
+            activity = kind in ACTIVITY_KINDS
+            stream = self._key("activity" if activity else "events", job_id)
+            log, cap = (
+                (self._key("log", "activity"), ACTIVITY_LOG_MAX) if activity else (self._key("log"), LOG_MAX)
+            )
+            encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+            writes.add("EVENT", self._key("eventseq"), stream, log, str(cap), job_id, kind, at, encoded)
+
+    def _trim(self, now: float) -> None:
+        """Delete the activity streams of jobs final for `event_retention` seconds, a batch a call."""
+        self._trimmed_at = now
+        cutoff = repr(now - self.event_retention)
+        ids = self._redis.zrangebyscore(self._key("untrimmed"), "-inf", cutoff, start=0, num=TRIM_BATCH)
+        if ids:
+            keys = [self._key("untrimmed"), self._key("log", "activity")]
+            self._trim_script(keys=keys, args=[cutoff, self.prefix, *ids])
+
+    def _reap(self, services: Sequence[str], now: float) -> int:
+        """Expire the leases of `services` that ran out, by expiry then submission (as every backend)."""
+        ids = [
+            i for s in services for i in self._redis.zrangebyscore(self._key("leased", s), "-inf", repr(now))
+        ]
         expired = [s for s in self._load_stored(ids) if lease_expired(s.job, now)]
+        expired.sort(key=lambda s: (s.job.lease_expires_at or 0.0, s.seq))
         changes = [(s, s.job.expire(now, self._policy)) for s in expired]
         reaped = 0
         for stored, new in changes:
@@ -666,13 +864,17 @@ class RedisQueue(OneAtATime):
                 if delta:
                     writes.add("HINCRBY", self._key("counters"), name, str(delta))
             groups.append(writes)
+        applied = self._run_groups(groups)
+        return [new for (_, new), ok in zip(changes, applied, strict=True) if ok]
+
+    def _run_groups(self, groups: Sequence[_Writes]) -> list[int]:
+        """Run APPLY on `groups`: 1 for each applied, 0 for each whose job changed since read."""
         keys = _Keys([])
         encoded = [
             {"key": keys.index(self._key("job", w.job_id)), "version": w.version, "ops": keys.indexed(w.ops)}
             for w in groups
         ]
-        applied = self._apply_script(keys=keys.names, args=[json.dumps(encoded)])
-        return [new for (_, new), ok in zip(changes, applied, strict=True) if ok]
+        return list(self._apply_script(keys=keys.names, args=[json.dumps(encoded)]))
 
     def _writes(self, old: _Stored | None, new: _Stored) -> _Writes:
         """The commands that take the job and every index from `old` to `new`."""
@@ -700,11 +902,12 @@ class RedisQueue(OneAtATime):
         self._index_lease(writes, before, job)
         member = f"{new.seq:012d}:{job.id}"
         if job.finished_at is not None and (before is None or before.finished_at is None):
-            writes.add("ZADD", self._key("finished"), repr(job.finished_at), member)
             writes.add("ZADD", self._key("finished", job.service), repr(job.finished_at), member)
+            writes.add("ZADD", self._key("untrimmed"), repr(job.finished_at), job.id)
         elif job.finished_at is None and before is not None and before.finished_at is not None:
-            writes.add("ZREM", self._key("finished"), member)  # re-driven: not finished any more
-            writes.add("ZREM", self._key("finished", job.service), member)
+            writes.add("ZREM", self._key("finished", job.service), member)  # re-driven
+            writes.add("ZREM", self._key("untrimmed"), job.id)
+        self._add_events(writes, job.id, transition_events(before, job))
         webhooks = self._key("webhooks")
         if job.webhook_state is WebhookState.PENDING and job.webhook_next_at is not None:
             writes.add("ZADD", webhooks, repr(job.webhook_next_at), f"{new.seq:012d}:{job.id}")

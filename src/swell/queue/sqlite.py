@@ -1,6 +1,6 @@
 """The embedded queue: one SQLite file in WAL mode, shared by the gateway and worker processes.
 
-Schema (version 2, kept in `PRAGMA user_version`; `MIGRATIONS[i]` moves a file from version i,
+Schema (version 3, kept in `PRAGMA user_version`; `MIGRATIONS[i]` moves a file from version i,
 each named for what it adds):
 
     jobs      one row per job; lifecycle columns are rewritten from the `Job` value that
@@ -13,6 +13,11 @@ each named for what it adds):
     counters  one row of cumulative totals for `statistics()`, bumped in the transaction that
               did the work, so every process sees the same numbers
     probe     one row that `probe()` rewrites to learn whether the file takes a write now
+    events    the job event log: `seq` (AUTOINCREMENT, so a seq is never handed out twice, even
+              after the newest rows are trimmed) is the cursor of `events` and `events_since`; a
+              transition inserts its `state` event in the transaction that updates the job row.
+              `jobs.activity` counts a job's progress and delta events (the cap), and the partial
+              index `jobs_untrimmed` finds final jobs whose such events are due for trimming
 
 Storage failures (a full or read-only disk, I/O errors, a write lock not had within BUSY_TIMEOUT,
 a file that cannot be opened) leave every public method as `Unavailable` (503), never as a raw
@@ -51,22 +56,36 @@ from swell.core.errors import (
     SwellError,
     Unavailable,
 )
-from swell.core.jobs import Job, JobSpec, JobState, Priority, RetryPolicy, WebhookState
+from swell.core.jobs import Job, JobEvent, JobSpec, JobState, Priority, RetryPolicy, WebhookState
 from swell.queue._common import (
     ADMISSION_WINDOW,
     COUNTER_NAMES,
     Counters,
     OneAtATime,
     apply_outcome,
+    cancel_or_request,
+    check_kinds,
     fit_batch,
     full_message,
+    holds,
     idempotency_conflict,
+    reported,
     require_owner,
     retry_after,
+    transition_events,
     uncounted,
     unknown_cursor,
+    wants_stop,
 )
-from swell.queue.base import JobTimes, Outcome, QueueStats, Submitted
+from swell.queue.base import (
+    EVENT_RETENTION,
+    TRIM_BATCH,
+    TRIM_EVERY,
+    Outcome,
+    QueueStats,
+    Submitted,
+    Update,
+)
 
 BUSY_TIMEOUT = 30.0  # seconds a connection waits for another process's write lock
 PROBE_TIMEOUT = 2.0  # seconds `probe` waits for the write lock before it calls the file unavailable
@@ -175,22 +194,40 @@ MIGRATIONS: tuple[Migration, ...] = (
     INSERT INTO probe VALUES (1, 0);
     """,
     ),
+    Migration(
+        "job events, progress and cancel requests",
+        """
+    CREATE TABLE events (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        kind   TEXT NOT NULL,
+        at     REAL NOT NULL,
+        data   TEXT NOT NULL
+    );
+    CREATE INDEX events_job ON events (job_id, seq);
+    CREATE INDEX events_kind ON events (kind, seq);
+    ALTER TABLE jobs ADD COLUMN progress REAL;
+    ALTER TABLE jobs ADD COLUMN progress_message TEXT;
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN activity INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_untrimmed ON jobs (finished_at) WHERE activity > 0 AND finished_at IS NOT NULL;
+    """,
+    ),
 )
 
 COLUMNS = (
     "id, service, state, priority, input, created_at, available_at, max_attempts, timeout, attempts, "
     "idempotency_key, callback_url, tenant, model, started_at, finished_at, lease_owner, lease_expires_at, "
     "result, error, webhook_state, webhook_attempts, webhook_next_at, webhook_error, "
-    "batch_limit, leased_with, fingerprint"
+    "batch_limit, leased_with, fingerprint, progress, progress_message, cancel_requested"
 )
 SELECT = f"SELECT {COLUMNS} FROM jobs"
-FINISHED = "WHERE finished_at >= ? ORDER BY finished_at, rowid LIMIT ?"  # finished_since and its times
-FINISHED_TIMES = f"SELECT id, service, state, created_at, started_at, finished_at FROM jobs {FINISHED}"
-INSERT = f"INSERT INTO jobs (rank, {COLUMNS}) VALUES ({', '.join('?' * 28)})"
+INSERT = f"INSERT INTO jobs (rank, {COLUMNS}) VALUES ({', '.join('?' * 31)})"
 UPDATE = (
     "UPDATE jobs SET state = ?, rank = ?, available_at = ?, attempts = ?, started_at = ?, finished_at = ?, "
     "lease_owner = ?, lease_expires_at = ?, result = ?, error = ?, webhook_state = ?, webhook_attempts = ?, "
-    "webhook_next_at = ?, webhook_error = ?, batch_limit = ?, leased_with = ? WHERE id = ?"
+    "webhook_next_at = ?, webhook_error = ?, batch_limit = ?, leased_with = ?, progress = ?, "
+    "progress_message = ?, cancel_requested = ? WHERE id = ?"
 )
 UPDATE_WEBHOOK = (
     "UPDATE jobs SET webhook_state = ?, webhook_attempts = ?, webhook_next_at = ?, webhook_error = ? "
@@ -223,6 +260,19 @@ CURSOR = "SELECT created_at, rowid FROM jobs WHERE id = ?"
 NEWEST_FIRST = "ORDER BY created_at DESC, rowid DESC LIMIT ?"  # a page of `jobs`
 PAGE_AFTER = "created_at <= ? AND (created_at < ? OR rowid < ?)"  # after the cursor: an index range
 PROBE = "UPDATE probe SET at = ? WHERE one = 1"
+EVENT_COLUMNS = "seq, job_id, kind, at, data"
+INSERT_EVENT = "INSERT INTO events (job_id, kind, at, data) VALUES (?, ?, ?, ?)"
+JOB_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+REPORTED = (
+    "UPDATE jobs SET progress = ?, progress_message = ?, activity = activity + ? "
+    "WHERE id = ? AND state = 'leased' AND lease_owner = ?"
+)
+UNTRIMMED = (
+    "SELECT id FROM jobs INDEXED BY jobs_untrimmed "
+    "WHERE activity > 0 AND finished_at IS NOT NULL AND finished_at <= ? LIMIT ?"
+)
+TRIM_EVENTS = "DELETE FROM events WHERE job_id = ? AND kind IN ('progress', 'delta')"
+TRIMMED = "UPDATE jobs SET activity = 0 WHERE id = ?"
 
 
 def _dump(value: dict[str, Any] | None) -> str | None:
@@ -260,6 +310,9 @@ def _row(job: Job, policy: RetryPolicy) -> tuple[Any, ...]:
         job.batch_limit,
         job.leased_with,
         job.fingerprint,
+        job.progress,
+        job.progress_message,
+        int(job.cancel_requested),
     )
 
 
@@ -282,6 +335,9 @@ def _changes(job: Job, policy: RetryPolicy) -> tuple[Any, ...]:
         job.webhook_error,
         job.batch_limit,
         job.leased_with,
+        job.progress,
+        job.progress_message,
+        int(job.cancel_requested),
         job.id,
     )
 
@@ -292,7 +348,7 @@ def _job(row: tuple[Any, ...]) -> Job:
     ]
     (key, callback_url, tenant, model, started_at, finished_at, owner, expires_at, result, error) = row[10:20]
     (webhook_state, webhook_attempts, webhook_next_at, webhook_error) = row[20:24]
-    (batch_limit, leased_with, fingerprint) = row[24:]
+    (batch_limit, leased_with, fingerprint, progress, progress_message, cancel_requested) = row[24:]
     return Job(
         id=id_,
         service=service,
@@ -321,7 +377,24 @@ def _job(row: tuple[Any, ...]) -> Job:
         batch_limit=batch_limit,
         leased_with=leased_with,
         fingerprint=fingerprint,
+        progress=progress,
+        progress_message=progress_message,
+        cancel_requested=bool(cancel_requested),
     )
+
+
+def _event(row: tuple[Any, ...]) -> JobEvent:
+    seq, job_id, kind, at, data = row
+    return JobEvent(seq, job_id, kind, at, json.loads(data))
+
+
+def _event_rows(pairs: Iterable[tuple[Job | None, Job]], now: float) -> list[tuple[Any, ...]]:
+    """INSERT_EVENT parameters for the state events of storing each (before, after) pair."""
+    return [
+        (after.id, kind, now, _dump(data))
+        for before, after in pairs
+        for kind, data in transition_events(before, after)
+    ]
 
 
 def _missing(job_id: str) -> Job:
@@ -414,10 +487,13 @@ class SQLiteQueue(OneAtATime):
         *,
         clock: Clock = SystemClock(),
         policy: RetryPolicy = RetryPolicy(),
+        event_retention: float = EVENT_RETENTION,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._policy = policy
+        self.event_retention = event_retention
+        self._trimmed_at = clock.now()
         self._pool = _Pool(self._connect)
         self._writers = _Pool(lambda: self._connect(busy_timeout=0.0))  # `_begin_immediate` waits
         self._checkpointer = _Checkpointer(lambda: self._connect(busy_timeout=0.0))
@@ -449,6 +525,13 @@ class SQLiteQueue(OneAtATime):
         with self._read() as db:
             return self._get(db, job_id)
 
+    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        found: dict[str, Job] = {}
+        with self._read(snapshot=True) as db:
+            for start in range(0, len(job_ids), 500):  # under SQLite's limit on parameters
+                found.update((job.id, job) for job in self._many(db, job_ids[start : start + 500]))
+        return [found[i] for i in job_ids if i in found]
+
     def lease(
         self,
         service: str,
@@ -466,7 +549,7 @@ class SQLiteQueue(OneAtATime):
             self._reap(db, now, service)
             chosen = fit_batch(self._ready(db, service, model, now, max_jobs), max_jobs)
             leased = [job.lease(owner, now, lease_seconds, batch=len(chosen)) for job in chosen]
-            db.executemany(UPDATE, [_changes(job, self._policy) for job in leased])
+            self._save(db, list(zip(chosen, leased, strict=True)), now)
             self._bump(db, leased=len(leased))
             return leased
 
@@ -496,39 +579,89 @@ class SQLiteQueue(OneAtATime):
                     settled.append(apply_outcome(job, owner, outcome, now, self._policy))
                 except (LeaseLost, JobNotFound) as exc:
                     settled.append(exc)
-            self._save_final(db, [(held[job.id], job) for job in settled if isinstance(job, Job)])
+            self._save_final(db, [(held[job.id], job) for job in settled if isinstance(job, Job)], now)
+            if now - self._trimmed_at >= TRIM_EVERY:
+                self._trim(db, now)
         return settled
 
     def release(self, job_id: str, owner: str) -> Job:
         with self._write() as db:
-            job = self._owned(db, job_id, owner).release(self._clock.now())
-            db.execute(UPDATE, _changes(job, self._policy))
+            now = self._clock.now()
+            before = self._owned(db, job_id, owner)
+            job = before.release(now)
+            self._save(db, [(before, job)], now)
             return job
 
     def cancel(self, job_id: str) -> Job:
         with self._write() as db:
-            job = self._get(db, job_id).cancel(self._clock.now())
-            db.execute(UPDATE, _changes(job, self._policy))
+            now = self._clock.now()
+            before = self._get(db, job_id)
+            job = cancel_or_request(before, now)
+            self._save(db, [(before, job)], now)
             return job
 
     def cancel_many(self, *, service: str | None = None) -> int:
         query, params = (QUEUED, ()) if service is None else (f"{QUEUED} AND service = ?", (service,))
+        query += " ORDER BY rowid"  # submission order, as in every backend
         with self._write() as db:
             now = self._clock.now()
-            cancelled = [_job(row).cancel(now) for row in db.execute(query, params).fetchall()]
-            db.executemany(UPDATE, [_changes(job, self._policy) for job in cancelled])
-            return len(cancelled)
+            queued = [_job(row) for row in db.execute(query, params).fetchall()]
+            self._save(db, [(job, job.cancel(now)) for job in queued], now)
+            return len(queued)
+
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        return {job.id for job in self.get_many(job_ids) if wants_stop(job)}
+
+    def report(self, owner: str, updates: Sequence[Update]) -> None:
+        if not updates:
+            return
+        with self._write() as db:
+            now = self._clock.now()
+            ids = sorted({u.job_id for u in updates})
+            marks = ", ".join("?" * len(ids))
+            activity = dict(db.execute(f"SELECT id, activity FROM jobs WHERE id IN ({marks})", ids))
+            held = {job.id: job for job in self._many(db, ids) if holds(job, owner)}
+            for update in updates:
+                if update.job_id in held:
+                    self._report(db, held, activity, update, owner, now)
+
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+        with self._read(snapshot=True) as db:
+            self._get(db, job_id)
+            return [_event(row) for row in db.execute(JOB_EVENTS, (job_id, after, limit))]
+
+    def events_since(
+        self, after_seq: int, kinds: Sequence[str] = ("state",), limit: int = 1000
+    ) -> list[JobEvent]:
+        wanted = check_kinds(kinds)
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        query = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? AND kind IN ({marks}) ORDER BY seq LIMIT ?"
+        with self._read() as db:
+            return [_event(row) for row in db.execute(query, (after_seq, *wanted, limit))]
+
+    def event_cursor(self) -> int:
+        """AUTOINCREMENT's high-water mark: right even when the newest events were trimmed."""
+        with self._read() as db:
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return 0 if row is None else int(row[0])
 
     def retry(self, job_id: str) -> Job:
         with self._write() as db:
-            job = self._get(db, job_id).redrive(self._clock.now())
-            db.execute(UPDATE, _changes(job, self._policy))
+            now = self._clock.now()
+            before = self._get(db, job_id)
+            job = before.redrive(now)
+            self._save(db, [(before, job)], now)
             self._bump(db, redriven=1)
             return job
 
     def reap(self) -> int:
         with self._write() as db:
-            return self._reap(db, self._clock.now(), None)
+            now = self._clock.now()
+            reaped = self._reap(db, now, None)
+            self._trim(db, now)
+            return reaped
 
     def jobs(
         self,
@@ -543,15 +676,6 @@ class SQLiteQueue(OneAtATime):
             where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
             query = f"{SELECT} {where} {NEWEST_FIRST}"
             return [_job(row) for row in db.execute(query, [*params, limit])]
-
-    def finished_since(self, since: float, limit: int = 1000) -> list[Job]:
-        with self._read() as db:
-            return [_job(row) for row in db.execute(f"{SELECT} {FINISHED}", (since, limit))]
-
-    def finished_times_since(self, since: float, limit: int = 1000) -> list[JobTimes]:
-        with self._read() as db:
-            rows = db.execute(FINISHED_TIMES, (since, limit)).fetchall()
-        return [JobTimes(i, service, JobState(state), c, s, f) for i, service, state, c, s, f in rows]
 
     def depth(self) -> dict[str, dict[str, int]]:
         with self._read() as db:
@@ -677,6 +801,7 @@ class SQLiteQueue(OneAtATime):
                 )
         job = Job.create(spec, now)
         db.execute(INSERT, _row(job, self._policy))
+        db.executemany(INSERT_EVENT, _event_rows([(None, job)], now))
         self._bump(db, submitted=1)
         return job, True
 
@@ -731,15 +856,44 @@ class SQLiteQueue(OneAtATime):
         query, params = (
             (EXPIRED, (now,)) if service is None else (EXPIRED + " AND service = ?", (now, service))
         )
+        query += " ORDER BY lease_expires_at, rowid"  # every backend expires (and logs) in this order
         changes = [(job, job.expire(now, self._policy)) for job in map(_job, db.execute(query, params))]
-        self._save_final(db, changes)
+        self._save_final(db, changes, now)
         self._bump(db, expired=len(changes))
         return len(changes)
 
-    def _save_final(self, db: sqlite3.Connection, changes: Sequence[tuple[Job, Job]]) -> None:
+    def _save(self, db: sqlite3.Connection, changes: Sequence[tuple[Job, Job]], now: float) -> None:
+        """Persist (before, after) pairs, with the state events of their transitions."""
+        db.executemany(UPDATE, [_changes(after, self._policy) for _, after in changes])
+        db.executemany(INSERT_EVENT, _event_rows(changes, now))
+
+    def _report(
+        self,
+        db: sqlite3.Connection,
+        held: dict[str, Job],
+        activity: dict[str, int],
+        update: Update,
+        owner: str,
+        now: float,
+    ) -> None:
+        """Record one update of a job `owner` holds; `held` and `activity` follow it."""
+        job, events = reported(held[update.job_id], update, activity.get(update.job_id, 0))
+        held[job.id] = job
+        activity[job.id] = activity.get(job.id, 0) + len(events)
+        db.execute(REPORTED, (job.progress, job.progress_message, len(events), job.id, owner))
+        db.executemany(INSERT_EVENT, [(job.id, kind, now, _dump(data)) for kind, data in events])
+
+    def _trim(self, db: sqlite3.Connection, now: float) -> None:
+        """Delete the progress and delta events of jobs final for `event_retention` seconds."""
+        self._trimmed_at = now
+        ids = [(row[0],) for row in db.execute(UNTRIMMED, (now - self.event_retention, TRIM_BATCH))]
+        db.executemany(TRIM_EVENTS, ids)
+        db.executemany(TRIMMED, ids)
+
+    def _save_final(self, db: sqlite3.Connection, changes: Sequence[tuple[Job, Job]], now: float) -> None:
         """Persist (before, after) pairs of jobs whose delivery ended, counting those that reached a
         final state or went back uncounted."""
-        db.executemany(UPDATE, [_changes(after, self._policy) for _, after in changes])
+        self._save(db, changes, now)
         counts = Counters()
         for before, after in changes:
             counts.count_final(after)

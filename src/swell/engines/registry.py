@@ -35,6 +35,7 @@ ENGINES: dict[str, str] = {
     "embeddings": "swell.engines.embeddings:SPEC",
     "diffusers": "swell.engines.diffusers.spec:SPEC",
     "transformers": "swell.engines.transformers.spec:SPEC",
+    "http": "swell.engines.http.spec:SPEC",
 }
 
 __all__ = [

@@ -24,7 +24,8 @@ from swell.deploy import kubernetes as k8s
 from swell.deploy.cli import app
 
 K8S_VERSION = "1.31.0"  # kubernetes-validate carries 1.25 to 1.37 offline; KubeRay 1.5 supports 1.31
-CRD = Path(os.environ.get("SWELL_RAYCLUSTER_CRD", "/work/shared/k8s/ray.io_rayclusters.yaml"))
+SHARED_CRD = Path(__file__).resolve().parents[2].parent / "shared" / "k8s" / "ray.io_rayclusters.yaml"
+CRD = Path(os.environ.get("SWELL_RAYCLUSTER_CRD") or SHARED_CRD)  # ../shared beside the checkout
 SECRETS = k8s.Secrets(api_key="k" * 43, webhook_secret="w" * 43, ray_token="t" * 43, redis_password="p" * 43)
 
 MULTI = {

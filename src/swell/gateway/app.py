@@ -11,6 +11,11 @@
     GET    /v1/jobs/{id}/files/{name}    a file the job wrote to the data dir
     GET    /v1/services                  services with queue depth by state and their replicas
     GET    /healthz, /readyz, /metrics, /openapi.json, /docs   (no key needed)
+    GET    /v1/models, POST /v1/chat/completions, /v1/completions, /v1/embeddings
+                                         the OpenAI-compatible door (swell.gateway.openai)
+
+Every door submits through one `Submissions` (swell.gateway.submissions): service lookup,
+validation, admission, idempotency, group commit and metrics are the same behind each.
 
 A submit answers with the job. The status follows the job's state, not how it was reached: 202
 while the job is queued or running, 200 once it is final (after `wait`, or on an idempotent repeat
@@ -37,18 +42,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from swell.core.clock import Clock, SystemClock
 from swell.core.config import ServiceConfig, Settings, SwellConfig
 from swell.core.errors import (
-    Conflict,
     NotFound,
-    QueueFull,
     ServiceNotFound,
-    SwellError,
     Unavailable,
     ValidationError,
 )
-from swell.core.jobs import Job, JobSpec, JobState
+from swell.core.jobs import Job, JobState
 from swell.core.replicas import ReplicaView
 from swell.gateway.auth import bearer_key
-from swell.gateway.batching import GroupCommit
 from swell.gateway.errors import install_error_handlers, retry_headers
 from swell.gateway.events import HEADERS as SSE_HEADERS
 from swell.gateway.events import EventStream, resume_point
@@ -56,6 +57,7 @@ from swell.gateway.files import DescriptorResponse, open_job_file, plain_name
 from swell.gateway.health import ServiceHealth, StorageHealth
 from swell.gateway.limits import BodyLimit, GatewayLimits, InternalErrors, LagMonitor, Shedding
 from swell.gateway.metrics import WAITED, AckTimer, GatewayMetrics
+from swell.gateway.openai import OpenAIAPI
 from swell.gateway.schemas import (
     CancelledView,
     ErrorView,
@@ -66,17 +68,14 @@ from swell.gateway.schemas import (
     SubmitRequest,
 )
 from swell.gateway.storage import AsyncQueue
-from swell.gateway.urls import CallbackResolver
+from swell.gateway.submissions import Submissions
 from swell.queue.base import QueueBackend
 
 log = logging.getLogger("swell.gateway")
 
 Validator = Callable[[str, dict[str, Any], dict[str, Any]], None]
 
-FIRST_POLL = 0.005  # seconds between looks at a job a submit waits for, growing to LAST_POLL
-LAST_POLL = 0.1
 METRICS_EVERY = 1.0  # seconds between reads of newly finished jobs for the histograms
-FAILING_RETRY_AFTER = 10.0  # what a submit to a crash-looping service is told to wait
 INCLUDES = ("result",)
 
 
@@ -118,6 +117,8 @@ def create_app(
     app.state.metrics, app.state.registry, app.state.events = metrics, metrics.registry, api.event_stream
     install_error_handlers(app)
     app.include_router(api.router(settings))
+    openai = OpenAIAPI(api.submissions, config.services, max_wait=config.gateway.max_wait_seconds)
+    app.include_router(openai.router(settings))
     app.include_router(ops.router())
     app.add_middleware(BodyLimit, max_bytes=config.gateway.max_body_bytes)
     app.add_middleware(AckTimer, histogram=metrics.ack)
@@ -191,18 +192,14 @@ class JobsAPI:
         extra_services: Callable[[], dict[str, dict[str, Any]]] | None,
     ) -> None:
         self.services = {service.name: service for service in config.services}
-        self.max_wait = config.gateway.max_wait_seconds
         self.storage = storage
-        self.submits = GroupCommit(
-            storage, max_pending=limits.max_pending_submits, retry_after=limits.retry_after_seconds
+        self.submissions = Submissions(
+            config, settings, storage, metrics, limits, health, validate_input=_engine_validator()
         )
-        self.allow_hosts = settings.callback_allow_hosts
-        self.callbacks = CallbackResolver(threads=limits.dns_threads, timeout=limits.dns_timeout_seconds)
         self.metrics = metrics
         self.health = health
         self.extra_services = extra_services
         self.files = settings.data_dir / "files"
-        self.validate_input = _engine_validator()
         self.event_stream = EventStream(storage)
 
     def router(self, settings: Settings) -> APIRouter:
@@ -234,14 +231,19 @@ class JobsAPI:
 
     async def submit(self, body: SubmitRequest, request: Request) -> JSONResponse:
         """Queue a job and answer at once, or after up to `wait` seconds with its result."""
-        service = self._service(body.service)
-        await self._check(body, service)
-        job, created = await self._store(self._spec(body, service), service)
-        if created:
-            self.metrics.arrivals.labels(service.name).inc()
+        job, created = await self.submissions.submit(
+            body.service,
+            body.input,
+            model=body.model,
+            priority=body.priority,
+            idempotency_key=body.idempotency_key,
+            callback_url=body.callback_url,
+            tenant=body.tenant,
+            wait=body.wait,
+        )
         if body.wait and not job.state.final:
             request.scope[WAITED] = True
-            job = await self._wait(job, body.wait, request)
+            job = await self.submissions.wait(job, body.wait, request.is_disconnected)
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if not created:
             headers["Idempotent-Replayed"] = "true"
@@ -329,95 +331,12 @@ class JobsAPI:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _service(self, name: str) -> ServiceConfig:
-        service = self.services.get(name)
-        if service is None:
-            self.metrics.rejections.labels("", "unknown_service").inc()
-            raise ServiceNotFound(f"no service named {name!r}", field="service")
-        return service
-
     def _known(self, name: str) -> None:
         if name not in self.services:
             raise ServiceNotFound(f"no service named {name!r}", field="service")
 
-    async def _check(self, body: SubmitRequest, service: ServiceConfig) -> None:
-        """Everything a submit is refused for before it reaches the queue (422, or 503 for a
-        service whose replicas keep crashing)."""
-        reason = await self.health.failing(service.name)
-        if reason is not None:
-            self.metrics.rejections.labels(service.name, "failing").inc()
-            raise Unavailable(reason, retry_after=FAILING_RETRY_AFTER, field="service")
-        try:
-            if body.wait > self.max_wait:
-                raise ValidationError(f"wait is at most {self.max_wait:g} seconds", field="wait")
-            self._validate_input(service, body.input)
-            if body.callback_url is not None:
-                await self.callbacks.check(body.callback_url, self.allow_hosts)
-        except ValidationError:
-            self.metrics.rejections.labels(service.name, "invalid").inc()
-            raise
-
-    async def _store(self, spec: JobSpec, service: ServiceConfig) -> tuple[Job, bool]:
-        try:
-            return await self.submits.submit(spec, service.queue_limit)
-        except SwellError as exc:
-            self.metrics.rejections.labels(service.name, _rejection(exc)).inc()
-            raise
-
-    def _validate_input(self, service: ServiceConfig, payload: dict[str, Any]) -> None:
-        if self.validate_input is None:
-            return
-        try:
-            self.validate_input(service.engine, service.options, payload)
-        except SwellError:
-            raise
-        except Exception as exc:  # a validator's own bug must not become a 500 for the client
-            log.exception("the %s engine's input validator failed", service.engine)
-            raise ValidationError(
-                f"the {service.engine} engine refused the input: {exc}", field="input"
-            ) from None
-
-    @staticmethod
-    def _spec(body: SubmitRequest, service: ServiceConfig) -> JobSpec:
-        return JobSpec(
-            service=service.name,
-            input=body.input,
-            priority=body.priority,
-            idempotency_key=body.idempotency_key,
-            callback_url=body.callback_url,
-            tenant=body.tenant,
-            model=body.model,
-            max_attempts=service.max_attempts,
-            timeout=service.job_timeout,
-        )
-
-    async def _wait(self, job: Job, seconds: float, request: Request) -> Job:
-        """Poll the job, 5 ms apart growing to 100 ms, until it is final, `seconds` pass or the
-        client leaves; the event loop keeps serving other requests meanwhile."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        interval = FIRST_POLL
-        while not job.state.final:
-            remaining = deadline - loop.time()
-            if remaining <= 0 or await request.is_disconnected():
-                break
-            await asyncio.sleep(min(interval, remaining))
-            interval = min(LAST_POLL, interval * 1.5)
-            job = await self.storage.get(job.id)
-        return job
-
     def close(self) -> None:
-        self.callbacks.close()
-
-
-def _rejection(error: SwellError) -> str:
-    if isinstance(error, QueueFull):
-        return "queue_full"
-    if isinstance(error, Conflict):
-        return "conflict"
-    if isinstance(error, Unavailable):
-        return "unavailable"
-    return "error"
+        self.submissions.close()
 
 
 def _includes(include: str | None) -> bool:

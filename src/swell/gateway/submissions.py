@@ -1,0 +1,226 @@
+"""The submission service: how every front door (the `/v1` jobs API, OpenAI, A1111, Discord) puts
+a job on the queue, waits for it and follows its events.
+
+`Submissions` knows nothing of HTTP. It owns what a submit must get right the same way at every
+door: the service lookup (404), the refusal of a service whose replicas keep crashing (503), input
+validation through the engine's spec (422 naming the field), the callback URL check, admission (the
+service's queue limit, 429), idempotency (a repeat of the key returns the same job; a different
+request under it is a 409), group commit (submits that arrive together share a transaction) and
+the arrival and rejection counters. A door translates its own request into `submit(...)` and the
+`SwellError`s it raises into its own error shape.
+
+`wait` and `watch` read the queue through `AsyncQueue` only, never on the event loop: `wait` polls a
+job until it is final (5 ms apart, growing to 100 ms), `watch` yields its event log until the final
+state event (50 ms apart while quiet, growing to 500 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from swell.core.config import ServiceConfig, Settings, SwellConfig
+from swell.core.errors import (
+    Conflict,
+    QueueFull,
+    ServiceNotFound,
+    SwellError,
+    Unavailable,
+    ValidationError,
+)
+from swell.core.jobs import Job, JobEvent, JobSpec, Priority
+from swell.gateway.batching import GroupCommit
+from swell.gateway.events import is_final
+from swell.gateway.health import ServiceHealth
+from swell.gateway.limits import GatewayLimits
+from swell.gateway.metrics import GatewayMetrics
+from swell.gateway.storage import AsyncQueue
+from swell.gateway.urls import CallbackResolver
+
+log = logging.getLogger("swell.gateway")
+
+Validator = Callable[[str, dict[str, Any], dict[str, Any]], None]
+Disconnected = Callable[[], Awaitable[bool]]
+
+FIRST_POLL = 0.005  # seconds between looks at a job `wait` follows, growing to LAST_POLL
+LAST_POLL = 0.1
+FIRST_WATCH = 0.05  # seconds between reads of a quiet job's events, growing to LAST_WATCH
+LAST_WATCH = 0.5
+PAGE = 500  # events read per look
+FAILING_RETRY_AFTER = 10.0  # what a submit to a crash-looping service is told to wait
+
+
+class Submissions:
+    """Submit, wait for and watch jobs, for any door (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: SwellConfig,
+        settings: Settings,
+        storage: AsyncQueue,
+        metrics: GatewayMetrics,
+        limits: GatewayLimits,
+        health: ServiceHealth,
+        *,
+        validate_input: Validator | None,
+    ) -> None:
+        self.services = {service.name: service for service in config.services}
+        self.max_wait = config.gateway.max_wait_seconds
+        self.storage = storage
+        self.metrics = metrics
+        self.health = health
+        self.validate_input = validate_input
+        self.allow_hosts = settings.callback_allow_hosts
+        self.commits = GroupCommit(
+            storage, max_pending=limits.max_pending_submits, retry_after=limits.retry_after_seconds
+        )
+        self.callbacks = CallbackResolver(threads=limits.dns_threads, timeout=limits.dns_timeout_seconds)
+
+    # -- submit -----------------------------------------------------------------------------------
+
+    def service(self, name: str) -> ServiceConfig:
+        """The service called `name`; `ServiceNotFound` (404, counted) when there is none."""
+        service = self.services.get(name)
+        if service is None:
+            self.metrics.rejections.labels("", "unknown_service").inc()
+            raise ServiceNotFound(f"no service named {name!r}", field="service")
+        return service
+
+    async def submit(
+        self,
+        service_name: str,
+        input: dict[str, Any],
+        *,
+        model: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        tenant: str | None = None,
+        wait: float = 0.0,
+    ) -> tuple[Job, bool]:
+        """Store a job for `service_name` once it is durable: the job and whether this call created
+        it (False: an idempotent repeat). `wait` is only checked against the gateway's
+        `max_wait_seconds` here (the door waits with `wait()`). Raises the `SwellError` that
+        refused it: ServiceNotFound, Unavailable, ValidationError, QueueFull, Conflict."""
+        service = self.service(service_name)
+        await self._check(service, input, callback_url, wait)
+        spec = JobSpec(
+            service=service.name,
+            input=input,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            tenant=tenant,
+            model=model,
+            max_attempts=service.max_attempts,
+            timeout=service.job_timeout,
+        )
+        job, created = await self._store(spec, service)
+        if created:
+            self.metrics.arrivals.labels(service.name).inc()
+        return job, created
+
+    async def _check(
+        self, service: ServiceConfig, payload: dict[str, Any], callback_url: str | None, wait: float
+    ) -> None:
+        """Everything a submit is refused for before it reaches the queue (422, or 503 for a
+        service whose replicas keep crashing)."""
+        reason = await self.health.failing(service.name)
+        if reason is not None:
+            self.metrics.rejections.labels(service.name, "failing").inc()
+            raise Unavailable(reason, retry_after=FAILING_RETRY_AFTER, field="service")
+        try:
+            if wait > self.max_wait:
+                raise ValidationError(f"wait is at most {self.max_wait:g} seconds", field="wait")
+            self._validate_input(service, payload)
+            if callback_url is not None:
+                await self.callbacks.check(callback_url, self.allow_hosts)
+        except ValidationError:
+            self.metrics.rejections.labels(service.name, "invalid").inc()
+            raise
+
+    def _validate_input(self, service: ServiceConfig, payload: dict[str, Any]) -> None:
+        if self.validate_input is None:
+            return
+        try:
+            self.validate_input(service.engine, service.options, payload)
+        except SwellError:
+            raise
+        except Exception as exc:  # a validator's own bug must not become a 500 for the client
+            log.exception("the %s engine's input validator failed", service.engine)
+            raise ValidationError(
+                f"the {service.engine} engine refused the input: {exc}", field="input"
+            ) from None
+
+    async def _store(self, spec: JobSpec, service: ServiceConfig) -> tuple[Job, bool]:
+        try:
+            return await self.commits.submit(spec, service.queue_limit)
+        except SwellError as exc:
+            self.metrics.rejections.labels(service.name, rejection(exc)).inc()
+            raise
+
+    # -- follow -----------------------------------------------------------------------------------
+
+    async def wait(self, job: Job | str, seconds: float, is_disconnected: Disconnected) -> Job:
+        """The job once it is final, `seconds` have passed or the client has left (whichever comes
+        first); the event loop serves other requests meanwhile."""
+        job = job if isinstance(job, Job) else await self.storage.get(job)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        interval = FIRST_POLL
+        while not job.state.final:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or await is_disconnected():
+                break
+            await asyncio.sleep(min(interval, remaining))
+            interval = min(LAST_POLL, interval * 1.5)
+            job = await self.storage.get(job.id)
+        return job
+
+    async def watch(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
+        """The job's events after seq `after`, as they are appended, ending with its final state
+        event (or at once when the job is final and nothing is left to read). `JobNotFound` for
+        an unknown job, before anything is yielded."""
+        job = await self.storage.get(job_id)
+        cursor, interval = after, FIRST_WATCH
+        while True:
+            events = await self.storage.events(job_id, after=cursor, limit=PAGE)
+            for event in events:
+                yield event
+                if is_final(event):
+                    return
+            if events:
+                cursor, interval = events[-1].seq, FIRST_WATCH
+                continue
+            if job.state.final:
+                return  # final, and its final event was read before `after`
+            await asyncio.sleep(interval)
+            interval = min(LAST_WATCH, interval * 1.5)
+            job = await self.storage.get(job_id)  # final with nothing more to read: the loop ends
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job, or ask the worker running one to stop it; a final job is left as
+        it is (no Conflict: a door cancels when its client leaves, whatever the job's state)."""
+        try:
+            return await self.storage.cancel(job_id)
+        except Conflict:
+            return await self.storage.get(job_id)
+
+    def close(self) -> None:
+        self.callbacks.close()
+
+
+def rejection(error: SwellError) -> str:
+    """The `reason` label a refused submit is counted under."""
+    if isinstance(error, QueueFull):
+        return "queue_full"
+    if isinstance(error, Conflict):
+        return "conflict"
+    if isinstance(error, Unavailable):
+        return "unavailable"
+    return "error"
+
+
+__all__ = ["Submissions", "rejection"]

@@ -22,6 +22,7 @@ import uvicorn
 from swell.core.config import Settings, parse_config
 from swell.core.jobs import JobSpec, JobState
 from swell.gateway.app import create_app
+from swell.gateway.limits import GatewayLimits
 from swell.gateway.protocol import serving_config
 from swell.queue.base import QueueBackend, open_queue
 from tests.gateway.helpers import API_KEY
@@ -103,7 +104,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     raw = config(make_tiny_llm(tmp / "llm"))
     parsed = parse_config(raw)
     queue = open_queue(f"sqlite:///{tmp / 'q.db'}")
-    app = create_app(parsed, Settings(data_dir=tmp, api_key=API_KEY), queue)
+    # Shedding on loop lag is tested in test_limits; here a busy CI machine must not turn answers into 503s.
+    limits = GatewayLimits(max_loop_lag_seconds=60.0)
+    app = create_app(parsed, Settings(data_dir=tmp, api_key=API_KEY), queue, limits=limits)
     port = free_port()
     uv = uvicorn.Server(serving_config(app, "127.0.0.1", port, app.state.limits, lifespan="on"))
     thread = threading.Thread(target=uv.run, daemon=True)

@@ -306,16 +306,7 @@ class Job:
         """A draining worker hands the job back; the delivery does not count against it (a job
         whose cancel was requested is cancelled instead)."""
         self._check(Event.RELEASE)
-        if self.cancel_requested:
-            return self.cancel(now)
-        return dataclasses.replace(
-            self,
-            state=JobState.QUEUED,
-            attempts=max(0, self.attempts - 1),
-            available_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+        return self._requeue_uncounted(now)
 
     def cancel(self, now: float) -> Job:
         """Cancelled: a queued job at once, a leased one when its worker stops it."""
@@ -380,6 +371,11 @@ class Job:
 
     def _hand_back(self, error: str, now: float, batch_limit: int) -> Job:
         self._check(Event.HANDBACK)
+        return self._requeue_uncounted(now, error=error, batch_limit=batch_limit)
+
+    def _requeue_uncounted(self, now: float, **changes: Any) -> Job:
+        """Back to the queue at once, the delivery not counted (a release, a hand-back); a job whose
+        cancel was requested is cancelled instead."""
         if self.cancel_requested:
             return self.cancel(now)
         return dataclasses.replace(
@@ -389,8 +385,7 @@ class Job:
             available_at=now,
             lease_owner=None,
             lease_expires_at=None,
-            error=error,
-            batch_limit=batch_limit,
+            **changes,
         )
 
     def _retry_or_bury(self, error: str, now: float, policy: RetryPolicy, event: Event) -> Job:

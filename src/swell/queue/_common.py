@@ -6,12 +6,13 @@ lifecycle itself lives in `swell.core.jobs`.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from swell.core.errors import Conflict, LeaseLost, SwellError, ValidationError
+from swell.core.errors import Conflict, LeaseLost, SwellError, Unavailable, ValidationError
 from swell.core.jobs import (
     EventKind,
     Job,
@@ -218,3 +219,19 @@ class Counters:
 
 
 COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Counters))
+
+
+@contextlib.contextmanager
+def translated_failures(
+    errors: type[BaseException] | tuple[type[BaseException], ...],
+    unavailable: Callable[[Any], Unavailable | None],
+) -> Iterator[None]:
+    """Raise `unavailable(exc)` for the `errors` raised inside that it recognises as storage failures
+    (a backend's boundary: a full disk, a server that refuses); let the others (bugs) pass as they are."""
+    try:
+        yield
+    except errors as exc:
+        failure = unavailable(exc)
+        if failure is None:
+            raise
+        raise failure from exc

@@ -50,10 +50,10 @@ public method as `Unavailable` (503), never as a raw `redis` error.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -98,6 +98,7 @@ from swell.queue._common import (
     require_owner,
     retry_after,
     transition_events,
+    translated_failures,
     uncounted,
     unknown_cursor,
 )
@@ -291,16 +292,9 @@ def _unavailable(where: str, exc: redis.RedisError) -> Unavailable | None:
     return None
 
 
-@contextmanager
-def _storage(where: str) -> Iterator[None]:
+def _storage(where: str) -> contextlib.AbstractContextManager[None]:
     """Translate the server failures raised inside into `Unavailable`, at this backend's boundary."""
-    try:
-        yield
-    except redis.RedisError as exc:
-        failure = _unavailable(where, exc)
-        if failure is None:
-            raise
-        raise failure from exc
+    return translated_failures(redis.RedisError, lambda exc: _unavailable(where, exc))
 
 
 def _translated(method: Callable[Concatenate[RedisQueue, P], T]) -> Callable[Concatenate[RedisQueue, P], T]:

@@ -73,6 +73,7 @@ from swell.queue._common import (
     require_owner,
     retry_after,
     transition_events,
+    translated_failures,
     uncounted,
     unknown_cursor,
     wants_stop,
@@ -417,16 +418,9 @@ def _unavailable(path: Path, exc: sqlite3.Error) -> Unavailable | None:
     )
 
 
-@contextmanager
-def _storage(path: Path) -> Iterator[None]:
+def _storage(path: Path) -> contextlib.AbstractContextManager[None]:
     """Translate the storage failures raised inside into `Unavailable`, at this backend's boundary."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        failure = _unavailable(path, exc)
-        if failure is None:
-            raise
-        raise failure from exc
+    return translated_failures(sqlite3.Error, lambda exc: _unavailable(path, exc))
 
 
 def _private_dir(directory: Path) -> None:

@@ -10,14 +10,21 @@ what is measured is the speed of the serving path, never the quality of an outpu
   (same options, same result store code, same seeds). Rounds interleave the two (the order flips
   every round); a rate is the median over rounds, the ratio is taken per round, then its median.
   One image per round is fetched from the gateway and compared byte for byte with the direct one.
-- `llm`: the `transformers` engine on the tiny LM, greedy, `--llm-tokens` new tokens at most. Single:
-  one client, one job at a time, against `model.generate` on one prompt. Batched: `--llm-batch`
-  concurrent jobs (the worker batches what it finds queued, up to `max_batch_size`) against one
-  `generate` over that many left-padded prompts. Tokens are counted as the engine counts them (up to
-  and including an end token); both sides' counts are printed, and they agree when the work is equal.
+- `llm`: the `transformers` engine on the tiny LM and on a larger random one (`LLM_LARGE`: 512 wide,
+  8 layers, where the model's own cost per token is a realistic share), greedy, `--llm-tokens` new
+  tokens at most. Single: one client, one job at a time, against `model.generate` on one prompt.
+  Batched: `--llm-batch` concurrent jobs (the worker batches what it finds queued, up to
+  `max_batch_size`) against one `generate` over that many left-padded prompts. Each round also runs
+  the engine in this process (`engine`: its own cost without the queue, worker and HTTP), and the
+  single jobs' median seconds queued and running (from the jobs' times), so the overhead splits into
+  the engine's and the serving path's. Tokens are counted as the engine counts them (up to and
+  including an end token); all sides' counts are printed, and they agree when the work is equal.
 - `lora`: `--lora-switches` random switches (one or two of `--lora-count` adapters, random weights)
   through the engine's `LoraCache` of `--lora-cache` entries: p50/p99 of a switch (hits and loads
   apart), and the process's RSS growth from after the first `--lora-warmup` switches to the end.
+- `checkpoint`: the tiny SD model as one original-layout checkpoint (`make-tiny --single-file`),
+  loaded the engine's way (swell.data's loader) against diffusers' `from_single_file` reading the
+  file itself: seconds per load, and the speed-up.
 
 Torch runs `--threads` (1) OpenMP threads here and in the workers alike (OMP_NUM_THREADS, which
 `swell up` passes to its workers): on a 2-core machine that other work shares, two threads that
@@ -72,7 +79,9 @@ PROMPTS = (
     "a tiny swell token",
     "system: you are a model",
 )
-SECTIONS = ("sd", "llm", "lora")
+SECTIONS = ("sd", "llm", "lora", "checkpoint")
+LLM_LARGE = (512, 8)  # hidden size and layers of the larger random LM, whose own cost per token is realistic
+LLM_MODELS = ("llm", "llm-large")
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -230,12 +239,14 @@ def build_models(root: Path, sections: Sequence[str], lora_count: int) -> dict[s
     from swell.models.tiny import make_tiny
 
     models: dict[str, Path] = {}
-    if "sd" in sections or "lora" in sections:
-        models["sd"] = make_tiny("sd", root / "sd")
+    if "sd" in sections or "lora" in sections or "checkpoint" in sections:
+        models["sd"] = make_tiny("sd", root / "sd", single_file="checkpoint" in sections)
     if "lora" in sections:
         models["loras"] = make_tiny("lora", root / "loras", count=lora_count)
     if "llm" in sections:
         models["llm"] = make_tiny("llm", root / "llm")
+        hidden, layers = LLM_LARGE
+        models["llm-large"] = make_tiny("llm", root / "llm-large", hidden_size=hidden, layers=layers)
     return models
 
 
@@ -405,12 +416,21 @@ def llm_payloads(count: int, tokens: int, offset: int = 0) -> list[dict[str, Any
 
 
 def llm_section(args: argparse.Namespace, models: dict[str, Path], work: Path) -> dict[str, Any]:
-    plain = PlainLM.load(models["llm"])
+    """Both LMs: the tiny one (Swell's per-token and per-job costs are as large as the model's) and
+    the larger one (the model's own cost is a realistic share)."""
+    names = [name.strip() for name in args.llm_models.split(",") if name.strip()]
+    return {name: llm_model(args, name, models[name], work / name) for name in names}
+
+
+def llm_model(args: argparse.Namespace, name: str, folder: Path, work: Path) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    plain = PlainLM.load(folder)
     plain.generate([PROMPTS[0]], 2)
+    engine = llm_engine(folder, work / "direct", args.llm_batch)
     service = {
         "name": "llm",
         "engine": "transformers",
-        "options": {"path": str(models["llm"]), "device": "cpu", "max_batch_rows": args.llm_batch},
+        "options": {"path": str(folder), "device": "cpu", "max_batch_rows": args.llm_batch},
         "max_batch_size": args.llm_batch,
         "job_timeout": 600,
         "replicas": {"min": 1, "max": 1},
@@ -420,34 +440,81 @@ def llm_section(args: argparse.Namespace, models: dict[str, Path], work: Path) -
     with serving(service, work) as (server, client):
         submit_wait(client, server, llm_payloads(1, 2)[0])
         for round_ in range(args.rounds):
-            single.append(llm_single(args, round_, plain, server, client))
-            batched.append(llm_batched(args, round_, plain, server, client))
-            print(f"  llm round {round_}: single {single[-1]}, batched {batched[-1]}", flush=True)
-    return {"single": summarise_rates(single, "tokens"), "batched": summarise_rates(batched, "tokens")}
+            single.append(llm_single(args, round_, plain, engine, server, client))
+            batched.append(llm_batched(args, round_, plain, engine, server, client))
+            print(f"  {name} round {round_}: single {single[-1]}, batched {batched[-1]}", flush=True)
+    engine.unload()
+    return {
+        "parameters": sum(p.numel() for p in plain.model.parameters()),
+        "single": summarise_llm(single),
+        "batched": summarise_llm(batched),
+    }
+
+
+def llm_engine(folder: Path, data: Path, rows: int) -> Any:
+    """The transformers engine in this process: the engine's own cost, without the serving path."""
+    from swell.engines.results import LocalResultStore
+    from swell.engines.spec import EngineEnv
+    from swell.engines.transformers.engine import TransformersEngine
+    from swell.engines.transformers.spec import SPEC
+
+    env = EngineEnv(data_dir=data, datasets={}, results=LocalResultStore(data), device="cpu")
+    engine = TransformersEngine(SPEC.parse_options({"path": str(folder), "max_batch_rows": rows}), env)
+    engine.load()
+    return engine
+
+
+def engine_tokens(engine: Any, payloads: Sequence[dict[str, Any]]) -> int:
+    """One `run` over `payloads` in this process, with signals kept in memory; the tokens made."""
+    from swell.engines.base import MemorySignals, RunContext
+
+    context = RunContext([f"j{i}" for i in range(len(payloads))], Path("."), signals=MemorySignals())
+    results = engine.run(list(payloads), context)
+    return sum(int(r["usage"]["completion_tokens"]) for r in results)
+
+
+def phases(jobs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Median seconds per job in the queue (created -> started) and running (started -> finished)."""
+    return {
+        "queued": median([j["started_at"] - j["created_at"] for j in jobs]),
+        "running": median([j["finished_at"] - j["started_at"] for j in jobs]),
+    }
 
 
 def llm_single(
-    args: argparse.Namespace, round_: int, plain: PlainLM, server: Server, client: httpx.Client
+    args: argparse.Namespace, round_: int, plain: PlainLM, engine: Any, server: Server, client: httpx.Client
 ) -> dict[str, Any]:
     payloads = llm_payloads(args.llm_jobs, args.llm_tokens, round_)
     counts: dict[str, int] = {}
+    seen: dict[str, Any] = {}
 
     def via_plain() -> float:
         seconds, made = timed(lambda: sum(plain.generate([p["prompt"]], args.llm_tokens) for p in payloads))
         counts["direct"] = made
+        seen["direct_job"] = seconds / len(payloads)
+        return made / seconds
+
+    def via_engine() -> float:
+        seconds, made = timed(lambda: sum(engine_tokens(engine, [p]) for p in payloads))
+        counts["engine"] = made
+        seen["engine_job"] = seconds / len(payloads)
         return made / seconds
 
     def via_swell() -> float:
         seconds, jobs = closed_loop(client, server, payloads, 1)
         counts["swell"] = sum(j["result"]["usage"]["completion_tokens"] for j in jobs)
+        seen["swell_job"] = seconds / len(payloads)
+        seen.update(phases(jobs))
         return counts["swell"] / seconds
 
     swell, peer = interleaved(round_, via_swell, via_plain)
-    return {"swell": swell, "direct": peer, "ratio": swell / peer, "tokens": counts}
+    in_process = via_engine()
+    return {"swell": swell, "direct": peer, "engine": in_process, "ratio": swell / peer,
+            "engine_ratio": in_process / peer, "tokens": counts, "per_job": seen}  # fmt: skip
 
 
 def llm_batched(
-    args: argparse.Namespace, round_: int, plain: PlainLM, server: Server, client: httpx.Client
+    args: argparse.Namespace, round_: int, plain: PlainLM, engine: Any, server: Server, client: httpx.Client
 ) -> dict[str, Any]:
     groups = [llm_payloads(args.llm_batch, args.llm_tokens, round_ + g) for g in range(args.llm_batches)]
     counts: dict[str, int] = {}
@@ -457,6 +524,11 @@ def llm_batched(
             lambda: sum(plain.generate([p["prompt"] for p in g], args.llm_tokens) for g in groups)
         )
         counts["direct"] = made
+        return made / seconds
+
+    def via_engine() -> float:
+        seconds, made = timed(lambda: sum(engine_tokens(engine, g) for g in groups))
+        counts["engine"] = made
         return made / seconds
 
     def via_swell() -> float:
@@ -469,7 +541,20 @@ def llm_batched(
         return made / total
 
     swell, peer = interleaved(round_, via_swell, via_plain)
-    return {"swell": swell, "direct": peer, "ratio": swell / peer, "tokens": counts}
+    in_process = via_engine()
+    return {"swell": swell, "direct": peer, "engine": in_process, "ratio": swell / peer,
+            "engine_ratio": in_process / peer, "tokens": counts}  # fmt: skip
+
+
+def summarise_llm(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """`summarise_rates`, plus the engine in this process (its own cost without the serving path)."""
+    summary = summarise_rates(rounds, "tokens")
+    summary["engine"] = median([r["engine"] for r in rounds])
+    summary["engine_ratio"] = median([r["engine_ratio"] for r in rounds])
+    if all("per_job" in r for r in rounds):
+        keys = rounds[0]["per_job"]
+        summary["per_job"] = {key: median([r["per_job"][key] for r in rounds]) for key in keys}
+    return summary
 
 
 # -- lora: switch time and memory -------------------------------------------------------------------------
@@ -517,13 +602,54 @@ def lora_section(args: argparse.Namespace, models: dict[str, Path], work: Path) 
     }
 
 
+# -- checkpoint: single-file load time ---------------------------------------------------------------------
+
+
+def checkpoint_section(args: argparse.Namespace, models: dict[str, Path], work: Path) -> dict[str, Any]:
+    """The tiny SD model's single-file checkpoint loaded into a pipeline the engine's way (read by
+    swell.data's loader, keys mapped by diffusers' converters) against diffusers'
+    `StableDiffusionPipeline.from_single_file` opening the file itself, same config folder; rounds
+    alternate the order, the file is in the page cache for both after the first."""
+    import diffusers
+    import torch
+
+    from swell.engines.diffusers.engine import _load_single_file
+    from swell.models.tiny import CONFIG_FOLDER, SINGLE_FILE
+
+    checkpoint, config = models["sd"] / SINGLE_FILE, models["sd"] / CONFIG_FOLDER
+    common = {"safety_checker": None, "requires_safety_checker": False, "local_files_only": True}
+
+    def via_swell() -> float:
+        return timed(lambda: _load_single_file(diffusers, checkpoint, config, torch.float32))[0]
+
+    def via_diffusers() -> float:
+        load = diffusers.StableDiffusionPipeline.from_single_file
+        return timed(lambda: load(str(checkpoint), config=str(config), **common))[0]
+
+    via_swell(), via_diffusers()  # imports and first-call costs out of the rounds
+    rounds = []
+    for round_ in range(max(args.rounds, 5)):
+        swell, peer = interleaved(round_, via_swell, via_diffusers)
+        rounds.append({"swell": swell, "diffusers": peer, "ratio": peer / swell})
+    return {
+        "unit": "seconds per load",
+        "bytes": checkpoint.stat().st_size,
+        "swell": median([r["swell"] for r in rounds]),
+        "diffusers": median([r["diffusers"] for r in rounds]),
+        "speedup": median([r["ratio"] for r in rounds]),
+        "rounds": rounds,
+    }
+
+
 # -- main -------------------------------------------------------------------------------------------------
 
 
 def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a check that it runs")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: sd, llm, lora")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS)
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sd-size", type=int, default=256)
     parser.add_argument("--sd-steps", type=int, default=10)
@@ -533,6 +659,7 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llm-jobs", type=int, default=16, help="single jobs per side per round")
     parser.add_argument("--llm-batch", type=int, default=8)
     parser.add_argument("--llm-batches", type=int, default=4, help="batches per side per round")
+    parser.add_argument("--llm-models", default=",".join(LLM_MODELS), help="comma-separated: llm, llm-large")
     parser.add_argument("--lora-count", type=int, default=8)
     parser.add_argument("--lora-cache", type=int, default=3)
     parser.add_argument("--lora-switches", type=int, default=1000)
@@ -562,7 +689,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         started = time.monotonic()
         models = build_models(work / "models", sections, args.lora_count)
-        runners = {"sd": sd_section, "llm": llm_section, "lora": lora_section}
+        runners = {
+            "sd": sd_section,
+            "llm": llm_section,
+            "lora": lora_section,
+            "checkpoint": checkpoint_section,
+        }
         for name in sections:
             print(f"{name}:", flush=True)
             summary[name] = runners[name](args, models, work)

@@ -69,6 +69,26 @@ def up(
 
 
 @app.command()
+def down(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = Path(".swell"),
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to drain before killing.")] = 60,
+) -> None:
+    """Drain and stop the replicas a Ray cluster keeps running after its gateway stopped."""
+    from swell.core.config import Settings, load_config
+
+    with _errors():
+        loaded, settings = load_config(config), Settings.from_env(data_dir=data_dir)
+        if loaded.cluster.kind != "ray":
+            console.print(f"cluster.kind is {loaded.cluster.kind!r}: its replicas end with `swell up`")
+            return
+        from swell.cluster.ray import RayCluster
+
+        RayCluster(loaded, settings.database_url, settings.data_dir).down(timeout)
+        console.print(f"[bold]stopped[/]: the replicas in Ray namespace {loaded.cluster.namespace!r}")
+
+
+@app.command()
 def submit(
     service: Annotated[str, typer.Argument(help="The service to run the job.")],
     input: Annotated[str, typer.Option("--input", "-i", help="The job's input as JSON.")],
@@ -229,12 +249,32 @@ def status(
             "" if planned is None else str(planned),
         )
     console.print(table)
+    if sizing := _sizing_table(services):
+        console.print(sizing)
     for svc in services:
         if replicas := svc.get("replicas"):
             console.print(_replicas_table(svc["name"], replicas))
             _print_last_errors(replicas)
         if reason := _failing(svc):
             err.print(f"[bold red]refusing submits:[/] {escape(reason)}", soft_wrap=True, highlight=False)
+
+
+def _sizing_table(services: list[dict[str, Any]]) -> Table | None:
+    """Right-sizing advice beside what is configured (swell.brain.rightsize; a dry run: never applied)."""
+    rows = [(svc["name"], svc["rightsizing"]) for svc in services if svc.get("rightsizing")]
+    if not rows:
+        return None
+    table = Table("service", "cpus", "memory", "gpus", "samples", title="right-sizing (dry run: not applied)")
+    for name, advice in rows:
+        now, new = advice["configured"], advice.get("recommended")
+        if new is None:
+            configured = (str(now[k]) for k in ("cpus", "memory", "gpus"))
+            table.add_row(name, *configured, advice.get("reason") or "")
+            continue
+        req, lim = new["requests"], new["limits"]
+        cells = [f"{now[k]} → {req[k]} (limit {lim[k]})" for k in ("cpus", "memory")]
+        table.add_row(name, *cells, f"{now['gpus']} → {req['gpus']}", str(advice["samples"]))
+    return table
 
 
 def _failing(svc: dict[str, Any]) -> str | None:
@@ -285,12 +325,14 @@ def _mount_subapps() -> None:
     """`swell data|models|deploy|sim ...`: their modules import heavy dependencies lazily."""
     from swell.data.cli import app as data_app
     from swell.deploy.cli import app as deploy_app
+    from swell.gateway.discord.cli import app as discord_app
     from swell.models.cli import app as models_app
     from swell.sim.cli import mount as mount_sim
 
     app.add_typer(data_app, name="data", help="Datasets of model files and the node cache.")
     app.add_typer(models_app, name="models", help="Tiny random models for tests and CPU demos.")
     app.add_typer(deploy_app, name="deploy", help="Deploy past one machine: Kubernetes with KubeRay.")
+    app.add_typer(discord_app, name="discord", help="The Discord door: register its slash commands.")
     mount_sim(app)
 
 

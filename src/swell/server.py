@@ -1,4 +1,5 @@
-"""`swell up`: the gateway, the worker supervisor, the webhook dispatcher and the brain in one process.
+"""`swell up`: the gateway (whose lifespan runs the outbox dispatcher), the worker supervisor and the
+brain in one process.
 
 Assembly only: every part is built and tested on its own; this module wires them together, runs the
 gateway under uvicorn with the background loops beside it on one event loop, and drains the workers
@@ -87,7 +88,6 @@ class Server:
         from swell.cluster.base import open_cluster
         from swell.gateway.app import create_app
         from swell.gateway.protocol import serving_config
-        from swell.gateway.webhooks import WebhookDispatcher
 
         settings, config = self.settings, self.config
         queue = self._queue or open_checked_queue(settings)
@@ -103,20 +103,12 @@ class Server:
             registry=self.registry,
             extra_services=brain.plan_view if brain else None,
         )
-        dispatcher = WebhookDispatcher(
-            queue,
-            settings.webhook_secret or "",
-            clock=self.clock,
-            max_attempts=config.gateway.webhook_max_attempts,
-            timeout=config.gateway.webhook_timeout,
-            allow_hosts=settings.callback_allow_hosts,
-        )
         server = uvicorn.Server(serving_config(app, settings.host, settings.port, app.state.limits))
         server.should_exit = self._stopping
         self._uvicorn = server
         stop = asyncio.Event()
         supervisor.start()
-        loops = [asyncio.create_task(dispatcher.run(stop), name="webhooks")]
+        loops: list[asyncio.Task[Any]] = []
         if brain:
             tick = _every(config.brain.tick_seconds, brain.tick, stop)
             loops.append(asyncio.create_task(tick, name="brain"))
@@ -128,9 +120,8 @@ class Server:
         finally:
             stop.set()
             await asyncio.gather(*loops, return_exceptions=True)
-            dispatcher.close()
-            self.console.print("[bold]draining workers…[/]")
-            await asyncio.to_thread(supervisor.stop)
+            self.console.print("[bold]releasing workers…[/] (local ones drain; Ray's keep serving)")
+            await asyncio.to_thread(supervisor.release)
             queue.close()
             self.console.print(f"[bold]stopped[/]: every job is kept in {settings.data_dir}")
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from swell.brain.context import Arrival, Context, ModelLoad, Plan
-from swell.brain.forecast import DailyProfile, RateEwma, WorkRate
+from swell.brain.forecast import DailyProfile, ProfileTrust, RateEwma, WorkRate
 from swell.brain.guardrails import Bounded, Delayed, RateLimited, SloFallback
-from swell.brain.policies import POLICIES, Clairvoyant, PerReplica, Predictive, Static, Swell, make_policy
+from swell.brain.policies import (
+    POLICIES,
+    Clairvoyant,
+    PerReplica,
+    Predictive,
+    Static,
+    Swell,
+    SwellState,
+    make_policy,
+)
 from swell.core.errors import ValidationError
 
 
@@ -193,3 +203,51 @@ def test_a_clamped_plan_trims_its_placement_to_fit() -> None:
     assert plan.with_replicas(8, "y").models == plan.models
     bounded = Bounded(Static(1), low=0, high=1)
     assert bounded.decide(ctx(), bounded.initial())[0].models == {}
+
+
+def run_ticks(policy: Swell, state: SwellState, ticks: list[Context]) -> tuple[Plan, SwellState]:
+    plan = Plan(0)
+    for c in ticks:
+        plan, state = policy.decide(c, state)
+    return plan, state
+
+
+def test_swell_headroom_grows_after_misses_and_decays_when_met() -> None:
+    policy = Swell(keep_alive=1000, grade=1.0, burst_margin=0.0, seasonal=False, react=100, relax=1000)
+    _, start = policy.decide(ctx(0, running=2), policy.initial())
+    missed = [ctx(10 * k, attainment=0.5) for k in range(1, 11)]  # 100 s below target
+    met = [ctx(10 * k, attainment=1.0) for k in range(1, 11)]
+    _, after_misses = run_ticks(policy, start, missed)
+    _, after_met = run_ticks(policy, start, met)
+    assert after_misses.pressure == pytest.approx(1.0)
+    assert after_met.pressure == 0.0
+    # the same quiet hour after each: the missed run holds its first replica twice as long
+    held = policy.decide(ctx(1500, attainment=None), after_misses)[0]
+    released = policy.decide(ctx(1500, attainment=None), after_met)[0]
+    assert held.replicas == 1 and "(x2)" in held.reason
+    assert released.replicas == 0
+    # met ticks take the pressure back down at tick / relax per tick, never below 0
+    _, relaxed = run_ticks(policy, after_misses, [ctx(100 + 10 * k, attainment=1.0) for k in range(1, 51)])
+    assert relaxed.pressure == pytest.approx(0.5)
+    capped = Swell(react=10, max_pressure=2.0)
+    _, state = run_ticks(capped, capped.initial(), [ctx(10 * k, attainment=0.0) for k in range(30)])
+    assert state.pressure == 2.0
+
+
+def test_swell_headroom_raises_the_kept_level_under_pressure() -> None:
+    policy = Swell(keep_alive=1000, grade=0.0, burst_margin=0.0, seasonal=False, react=10, headroom=0.5)
+    _, state = policy.decide(ctx(0, running=4, attainment=0.5), policy.initial())  # pressure 1
+    plan, _ = policy.decide(ctx(10, attainment=1.0), state)
+    assert plan.replicas == 6  # 4 kept x (1 + 0.5 x 1)
+
+
+def test_profile_trust_drops_when_the_daily_rhythm_stops() -> None:
+    slot = 900.0
+    profile, trust = DailyProfile(slot_seconds=slot), ProfileTrust(weight=0.6)
+    for t in np.arange(0, 3 * 86_400, 300.0):  # work every day in the first slot of the day
+        work = 10.0 if (t % 86_400) < slot and t < 86_400 * 2 else 0.0
+        trust = trust.observe(profile, float(t), work)
+        profile = profile.observe(float(t), work)
+        if t == 86_400 + 2 * slot:
+            assert trust.trusted and trust.score == 1.0  # day 2 came as day 1 said
+    assert not trust.trusted  # day 3's first slot stayed empty: the profile was wrong

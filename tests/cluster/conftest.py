@@ -80,7 +80,9 @@ def ray_nodes() -> Iterator[RayNodes]:
     ray.init(address=cluster.address, namespace="swell-test", log_to_driver=False)
     try:
         cluster.wait_for_nodes()
-        yield RayNodes(cluster, cluster.address, redis_url(), cluster.head_node.node_id, worker.node_id)
+        head = cluster.head_node
+        assert head is not None
+        yield RayNodes(cluster, cluster.address, redis_url(), head.node_id, worker.node_id)
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -7,10 +7,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from swell.cluster.local import LocalSupervisor, worker_environment
 from swell.core.config import parse_config
 from swell.core.jobs import JobSpec, JobState
 from swell.data.config import DatasetConfig
+from swell.engines.results import RESULTS_ENV
 from swell.queue.base import open_queue
 from tests.cluster.test_local import wait_for
 
@@ -74,6 +77,25 @@ def test_aws_credentials_go_only_to_a_worker_of_an_s3_dataset() -> None:
     assert "SWELL_API_KEY" not in with_s3
     assert not {k for k in worker_environment(environ, [], http) if k.startswith("AWS_")}
     assert set(worker_environment(environ, [], {})) == {"PATH", "SWELL_DATASETS"}
+
+
+def test_a_ray_worker_gets_the_nodes_aws_credentials_for_an_s3_result_store(tmp_path: Path) -> None:
+    ray_cluster = pytest.importorskip("swell.cluster.ray", reason="ray is not installed")
+    from swell.worker.contract import WorkerArgs
+
+    environ = {"PATH": "/bin", "AWS_ACCESS_KEY_ID": "id", "SWELL_API_KEY": "k"}
+    service = parse_config(
+        {"services": [{"name": "s", "engine": "callable", "options": {"function": "builtins:dict"}}]}
+    )
+    args = WorkerArgs(
+        service=service.services[0], replica_id="r", data_dir=tmp_path, queue_url="redis://:pw@q/0"
+    )
+    secret = {"queue_url": "redis://:pw@q/0", "datasets": {}, "env": {RESULTS_ENV: "s3://bucket/results"}}
+    env = ray_cluster.host_environment(environ, [], secret, args, "node-1")
+    assert env["AWS_ACCESS_KEY_ID"] == "id" and env[RESULTS_ENV] == "s3://bucket/results"
+    assert env[ray_cluster.NODE_ENV] == "node-1" and "SWELL_API_KEY" not in env
+    no_s3 = ray_cluster.host_environment(environ, [], {**secret, "env": {}}, args, "node-1")
+    assert "AWS_ACCESS_KEY_ID" not in no_s3
 
 
 def test_a_worker_gets_only_the_dataset_its_engine_names(tmp_path: Path) -> None:

@@ -9,13 +9,14 @@ import pytest
 from swell.core.errors import IllegalTransition, LeaseLost
 from swell.core.jobs import (
     TRANSITIONS,
+    DeliveryStep,
     Event,
     Job,
     JobSpec,
     JobState,
     Priority,
     RetryPolicy,
-    WebhookState,
+    delivery_step,
     next_state,
     request_fingerprint,
     state_event_data,
@@ -171,22 +172,15 @@ def test_aging_keeps_low_priority_from_starving() -> None:
     assert same_time_high.rank(POLICY) < job().rank(POLICY) < low.rank(POLICY)
 
 
-def test_webhook_bookkeeping() -> None:
+def test_a_job_turning_final_arms_its_deliveries_and_a_redrive_re_arms_them() -> None:
+    """The outbox rows' own transitions are tested in tests/queue/test_outbox.py."""
     j = job(callback_url="https://hooks.example.com/x")
-    assert j.webhook_state is WebhookState.WAITING
-    done = j.lease("w", now=100, lease_seconds=10).succeed({}, now=101)
-    assert (done.webhook_state, done.webhook_next_at) == (WebhookState.PENDING, 101)
-    retry = done.webhook_failed("HTTP 500", now=102, max_attempts=2, policy=POLICY)
-    assert (retry.webhook_state, retry.webhook_attempts, retry.webhook_next_at) == (
-        WebhookState.PENDING,
-        1,
-        103.0,
-    )
-    gave_up = retry.webhook_failed("HTTP 500", now=104, max_attempts=2, policy=POLICY)
-    assert gave_up.webhook_state is WebhookState.FAILED
-    assert done.webhook_delivered().webhook_state is WebhookState.DELIVERED
-    assert done.to_public()["webhook"] == {"state": "pending", "attempts": 0, "error": None}
-    assert "webhook" not in job().to_public()
+    leased = j.lease("w", now=100, lease_seconds=10)
+    assert delivery_step(None, j) is None and delivery_step(j, leased) is None
+    failed = leased.fail("bad", now=101, retryable=False, policy=POLICY)
+    assert delivery_step(leased, failed) is DeliveryStep.ARM
+    assert delivery_step(failed, failed.redrive(now=102)) is DeliveryStep.REARM
+    assert "webhook" not in failed.to_public(), "the API reads it from the outbox"
 
 
 # -- batches that fail as a whole ------------------------------------------------------------------
@@ -265,7 +259,7 @@ def test_redrive_starts_a_finished_job_over(end: str) -> None:
         ),
         "cancelled": lambda: j.cancel(now=102),
     }[end]()
-    assert ended.state.value == end and ended.webhook_state is WebhookState.PENDING
+    assert ended.state.value == end
     again = ended.redrive(now=200)
     assert (again.state, again.attempts, again.available_at, again.finished_at) == (
         JobState.QUEUED,
@@ -274,11 +268,7 @@ def test_redrive_starts_a_finished_job_over(end: str) -> None:
         None,
     )
     assert (again.batch_limit, again.result, again.error) == (None, None, ended.error)
-    assert (again.webhook_state, again.webhook_attempts, again.webhook_next_at) == (
-        WebhookState.WAITING,
-        0,
-        None,
-    )
+    assert delivery_step(ended, again) is DeliveryStep.REARM
 
 
 def test_redrive_refuses_live_and_succeeded_jobs() -> None:

@@ -10,7 +10,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import kubernetes_validate
@@ -197,6 +197,7 @@ def test_gateway_probes_service_and_secrets() -> None:
     for name in ("SWELL_QUEUE_URL", "SWELL_API_KEY", "SWELL_WEBHOOK_SECRET", "RAY_AUTH_TOKEN"):
         assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] == "swell-secrets"
     assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert gateway["envFrom"] == [{"secretRef": {"name": "swell-data", "optional": True}}], "S3 results"
     assert find(files, "Deployment")["spec"]["replicas"] == 1  # one brain
     service = find(files, "Service", "swell-gateway")
     assert service["spec"]["ports"][0]["targetPort"] == "http"
@@ -352,7 +353,10 @@ def test_external_redis_writes_no_redis_objects() -> None:
 def test_refuses_what_cannot_run_on_a_cluster() -> None:
     raw = {
         **MULTI,
-        "datasets": {**MULTI["datasets"], "sd15": {"source": "s3://m/sd", "secret_access_key": "x"}},
+        "datasets": {
+            **cast(dict, MULTI["datasets"]),
+            "sd15": {"source": "s3://m/sd", "secret_access_key": "x"},
+        },
     }
     with pytest.raises(ConfigError, match=r"datasets\.sd15\.secret_access_key"):
         k8s.manifests(parse_config(raw), k8s.DeployOptions(), SECRETS)

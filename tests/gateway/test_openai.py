@@ -1,11 +1,14 @@
 """The OpenAI door driven by the official `openai` SDK against a real uvicorn on loopback, over a
 real SQLite queue: chat and completions answered by a real worker process running the tiny LLM
 through the transformers engine (its text is noise; only the protocol is checked), embeddings by an
-in-test worker thread that leases the embeddings service's jobs and answers known vectors."""
+in-test worker thread that leases the embeddings service's jobs and answers known vectors, images by
+a second real worker running the diffusers engine on a tiny random SD model."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import signal
 import subprocess
@@ -34,9 +37,18 @@ pytest.importorskip("transformers")
 DIMENSIONS = 8
 
 
-def config(model: Path) -> dict[str, Any]:
+def config(model: Path, images: Path) -> dict[str, Any]:
+    image_options = {
+        "path": str(images),
+        "device": "cpu",
+        "warmup": False,
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+    }
     return {
         "services": [
+            {"name": "img", "engine": "diffusers", "options": image_options, "lease_seconds": 10.0},
             {
                 "name": "llm",
                 "engine": "transformers",
@@ -64,9 +76,11 @@ def vector(text: str) -> list[float]:
 
 
 class Server:
-    def __init__(self, base: str, queue: QueueBackend) -> None:
+    def __init__(self, base: str, queue: QueueBackend, tmp: Path, services: list[dict[str, Any]]) -> None:
         self.base = base
         self.queue = queue
+        self.tmp = tmp
+        self.services = services
 
     def client(self, key: str = API_KEY, retries: int = 0) -> Any:
         return openai.OpenAI(base_url=f"{self.base}/v1", api_key=key, max_retries=retries, timeout=120)
@@ -75,12 +89,12 @@ class Server:
         return self.queue.get(answer_id.split("-", 1)[1])
 
 
-def spawn_worker(tmp: Path, service: dict[str, Any]) -> subprocess.Popen[bytes]:
+def spawn_worker(tmp: Path, service: dict[str, Any], replica: str = "w1") -> subprocess.Popen[bytes]:
     command = [
         sys.executable, "-m", "swell.worker",
         "--queue", f"sqlite:///{tmp / 'q.db'}",
         "--service", json.dumps(service),
-        "--replica-id", "w1",
+        "--replica-id", replica,
         "--data-dir", str(tmp),
     ]  # fmt: skip
     return subprocess.Popen(command)
@@ -101,7 +115,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     from swell.models.tiny_llm import make_tiny_llm
 
     tmp = tmp_path_factory.mktemp("openai")
-    raw = config(make_tiny_llm(tmp / "llm"))
+    raw = config(make_tiny_llm(tmp / "llm"), tmp / "sd")  # the SD model is made by `image_worker`
     parsed = parse_config(raw)
     queue = open_queue(f"sqlite:///{tmp / 'q.db'}")
     # Shedding on loop lag is tested in test_limits; here a busy CI machine must not turn answers into 503s.
@@ -114,11 +128,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop = threading.Event()
     embedder = threading.Thread(target=embed_forever, args=(queue, stop), daemon=True)
     embedder.start()
-    worker = spawn_worker(tmp, parsed.services[0].model_dump(mode="json"))
+    services = [service.model_dump(mode="json") for service in parsed.services]
+    worker = spawn_worker(tmp, services[1])
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: httpx.get(f"{base}/healthz", timeout=1).status_code == 200, 20, "uvicorn")
-        yield Server(base, queue)
+        yield Server(base, queue, tmp, services)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
@@ -129,9 +144,33 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         queue.close()
 
 
-def test_models_are_the_text_services(server: Server) -> None:
+@pytest.fixture(scope="module")
+def image_worker(server: Server) -> Iterator[None]:
+    """A real worker for `img`, on a tiny random SD model written now (only the image tests pay)."""
+    pytest.importorskip("diffusers")
+    from swell.models.tiny import make_tiny
+
+    make_tiny("sd", server.tmp / "sd")
+    worker = spawn_worker(server.tmp, server.services[0], replica="w-img")
+    try:
+        yield
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+
+
+def refused(base: str, service: str, door: str) -> float:
+    """The gateway's count of requests to `service` the request filter refused at `door`."""
+    wanted = f'swell_requests_refused_total{{door="{door}",service="{service}"}}'
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith(wanted):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_models_are_the_generating_services(server: Server) -> None:
     client = server.client()
-    assert sorted(model.id for model in client.models.list()) == ["emb", "llm"]
+    assert sorted(model.id for model in client.models.list()) == ["emb", "img", "llm"]
     assert client.models.retrieve("llm").owned_by == "swell"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("full")
@@ -249,7 +288,10 @@ def test_error_classes(server: Server) -> None:
         client.chat.completions.create(model="llm", temperature=5, **chat)
     assert hot.value.body["param"] == "temperature" and hot.value.type == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as json_mode:
-        client.chat.completions.create(model="llm", response_format={"type": "json_object"}, **chat)
+        schema = {"name": "answer", "schema": {"type": "object"}}
+        client.chat.completions.create(
+            model="llm", response_format={"type": "json_schema", "json_schema": schema}, **chat
+        )
     assert json_mode.value.body["param"] == "response_format"
     with pytest.raises(openai.BadRequestError) as too_many:
         client.chat.completions.create(model="llm", **{**chat, "max_tokens": 5000})
@@ -350,3 +392,57 @@ def test_the_sdk_retries_a_rate_limit_after_retry_after(server: Server) -> None:
     helper.join(30)
     assert reply.choices[0].message.content == "after the wait"
     assert rejected(server.base, "full", "queue_full") > before, "the first try was refused"
+
+
+# -- images -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_images_are_generated_as_b64_json(server: Server, image_worker: None) -> None:
+    from PIL import Image
+
+    answer = server.client().images.generate(
+        model="img", prompt="a red bird", n=2, size="64x64", response_format="b64_json"
+    )
+    assert len(answer.data) == 2 and answer.created > 0
+    images = [Image.open(io.BytesIO(base64.b64decode(item.b64_json or ""))) for item in answer.data]
+    assert all(image.format == "PNG" and image.size == (64, 64) for image in images)
+    texts = [image.info["parameters"] for image in images]  # type: ignore[attr-defined]
+    assert texts[0].startswith("a red bird\n") and "Size: 64x64" in texts[0]
+    seeds = [int(text.split("Seed: ")[1].split(",")[0]) for text in texts]
+    assert seeds[1] == (seeds[0] + 1) % 2**32
+    (job,) = [j for j in server.queue.jobs(service="img", limit=20) if j.input.get("prompt") == "a red bird"]
+    assert job.input == {"prompt": "a red bird", "images": 2, "width": 64, "height": 64}
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"size": "big"}, "size"),
+        ({"size": "100x64"}, "size"),
+        ({"response_format": "url"}, "response_format"),
+        ({"n": 40}, "n"),
+    ],
+)
+def test_image_requests_that_cannot_be_honoured(server: Server, params: dict[str, Any], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as refused_request:
+        server.client().images.generate(model="img", prompt="x", **params)
+    assert refused_request.value.param == param
+
+
+def test_the_filter_refuses_as_a_content_policy_violation(server: Server) -> None:
+    before = refused(server.base, "img", "openai"), refused(server.base, "llm", "openai")
+    with pytest.raises(openai.BadRequestError) as image:
+        server.client().images.generate(model="img", prompt="CSAM please", response_format="b64_json")
+    assert image.value.code == "content_policy_violation" and image.value.status_code == 400
+    assert "blocked term" in image.value.message and image.value.param == "prompt"
+    with pytest.raises(openai.BadRequestError) as chat:
+        server.client().chat.completions.create(
+            model="llm", messages=[{"role": "user", "content": [{"type": "text", "text": "child porn"}]}]
+        )
+    assert chat.value.code == "content_policy_violation" and chat.value.param == "messages.0.content"
+    assert (refused(server.base, "img", "openai"), refused(server.base, "llm", "openai")) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
+    assert not [j for j in server.queue.jobs(service="img", limit=50) if "CSAM" in j.input.get("prompt", "")]

@@ -11,7 +11,7 @@ import pytest
 
 from swell.core.clock import ManualClock
 from swell.core.errors import Conflict, IllegalTransition, JobNotFound, LeaseLost, QueueFull, ValidationError
-from swell.core.jobs import Job, JobEvent, JobSpec, JobState, Priority, WebhookState
+from swell.core.jobs import DeliveryState, Job, JobEvent, JobSpec, JobState, Priority
 from swell.queue.base import EVENT_RETENTION, Outcome, QueueBackend, QueueStats, Update
 from tests.queue.conftest import POLICY, OpenQueue
 
@@ -54,7 +54,7 @@ def test_submit_stores_the_spec_and_get_returns_it(queue: QueueBackend, clock: M
     )
     assert job.state is JobState.QUEUED
     assert (job.attempts, job.created_at, job.available_at) == (0, clock.now(), clock.now())
-    assert job.webhook_state is WebhookState.WAITING
+    assert [(d.channel, d.state) for d in queue.deliveries(job.id)] == [("webhook", DeliveryState.WAITING)]
     stored = queue.get(job.id)
     assert stored == job
     assert stored.input == {"texts": ["a", "ü"], "nested": {"k": [1, 2.5, None]}}
@@ -542,56 +542,7 @@ def test_settle_records_each_outcome_and_reports_lost_leases_in_place(
     assert queue.settle("w1", []) == []
 
 
-# -- webhooks --------------------------------------------------------------------------------------
-
-
-def test_webhook_bookkeeping(queue: QueueBackend, clock: ManualClock) -> None:
-    job = submit(queue, callback_url="https://example.com/hook")
-    submit(queue)  # no callback: never due
-    assert queue.due_webhooks() == []
-    lease_one(queue)
-    assert queue.due_webhooks() == []
-    done = queue.complete(job.id, "w1", {"v": 1})
-    assert (done.webhook_state, done.webhook_next_at) == (WebhookState.PENDING, clock.now())
-    assert [j.id for j in queue.due_webhooks()] == [job.id]
-
-    retry = done.webhook_failed("503", clock.now(), max_attempts=3, policy=POLICY)
-    queue.save_webhook(retry)
-    assert queue.due_webhooks() == []
-    clock.advance(POLICY.backoff(1))
-    (due,) = queue.due_webhooks()
-    assert (due.webhook_attempts, due.webhook_error) == (1, "503")
-
-    queue.save_webhook(due.webhook_delivered())
-    assert queue.due_webhooks() == []
-    stored = queue.get(job.id)
-    assert (stored.webhook_state, stored.webhook_attempts, stored.webhook_error) == (
-        WebhookState.DELIVERED,
-        2,
-        None,
-    )
-
-
-def test_save_webhook_changes_only_the_webhook_fields(queue: QueueBackend) -> None:
-    job = submit(queue, callback_url="https://example.com/hook")
-    stale = lease_one(queue)
-    done = queue.complete(job.id, "w1", {"v": 1})
-    queue.save_webhook(stale.webhook_delivered())
-    stored = queue.get(job.id)
-    assert stored.state is JobState.SUCCEEDED
-    assert stored.result == {"v": 1}
-    assert stored.webhook_state is WebhookState.DELIVERED
-    assert stored.finished_at == done.finished_at
-
-
-def test_due_webhooks_oldest_first_and_limited(queue: QueueBackend, clock: ManualClock) -> None:
-    ids = []
-    for _ in range(3):
-        job = submit(queue, callback_url="https://example.com/hook")
-        ids.append(job.id)
-        queue.cancel(job.id)
-        clock.advance(1)
-    assert [j.id for j in queue.due_webhooks(limit=2)] == ids[:2]
+# the outbox (deliveries, webhooks among them): tests/queue/test_outbox.py
 
 
 # -- listing and statistics ------------------------------------------------------------------------
@@ -922,8 +873,9 @@ def test_a_batch_limit_caps_the_jobs_before_it(queue: QueueBackend) -> None:
 def test_retry_re_drives_a_dead_job_from_the_start(queue: QueueBackend, clock: ManualClock) -> None:
     job = submit(queue, max_attempts=1, callback_url="https://example.com/hook")
     lease_one(queue)
-    dead = queue.fail(job.id, "w1", "RuntimeError: out of memory")
-    queue.save_webhook(dead.webhook_delivered())
+    queue.fail(job.id, "w1", "RuntimeError: out of memory")
+    ((row, _),) = queue.due_deliveries()
+    queue.save_delivery(row.delivered(clock.now()))
     clock.advance(5)
     again = queue.retry(job.id)
     assert (again.state, again.attempts, again.available_at, again.finished_at) == (
@@ -932,17 +884,17 @@ def test_retry_re_drives_a_dead_job_from_the_start(queue: QueueBackend, clock: M
         clock.now(),
         None,
     )
-    assert (again.webhook_state, again.webhook_attempts) == (WebhookState.WAITING, 0)
+    assert [(d.state, d.attempts) for d in queue.deliveries(job.id)] == [(DeliveryState.WAITING, 0)]
     assert again.error == "RuntimeError: out of memory", "the last error stays until replaced"
     assert queue.get(job.id) == again
-    assert queue.due_webhooks() == []
+    assert queue.due_deliveries() == []
     assert finished(queue) == [(job.id, "dead")]
     assert queue.events(job.id)[-1].data == {"state": "queued", "attempt": 0, "service": "svc"}
     assert queue.depth() == {"svc": {"queued": 1}}
     lease_one(queue)
     done = queue.complete(job.id, "w1", {"ok": True})
     assert finished(queue) == [(job.id, "dead"), (job.id, "succeeded")] and queue.get(job.id) == done
-    assert [j.id for j in queue.due_webhooks()] == [job.id]
+    assert [j.id for _, j in queue.due_deliveries()] == [job.id]
     stats = queue.statistics()
     assert (stats.redriven, stats.dead, stats.succeeded) == (1, 1, 1)
 
@@ -1067,8 +1019,96 @@ def test_reopening_keeps_every_job(open_queue: OpenQueue, backend_name: str, clo
         reopened.submit(spec(idempotency_key="q", input={"n": 2}))
     assert reopened.get(split.id).batch_limit == 1 and reopened.get(running.id).leased_with == 1
     assert reopened.depth() == {"svc": {"queued": 1, "leased": 1, "succeeded": 1}, "other": {"queued": 1}}
-    assert [j.id for j in reopened.due_webhooks()] == [done.id]
+    assert [j.id for _, j in reopened.due_deliveries()] == [done.id]
     clock.advance(30)
     assert reopened.reap() == 1
     clock.advance(POLICY.backoff(1))
     assert [j.id for j in reopened.lease("svc", "w2", max_jobs=2)] == [running.id, queued.id]
+
+
+# -- model affinity (lease with `models` and `starve_after`) ---------------------------------------
+
+
+def ids(jobs: list[Job]) -> list[str]:
+    return [job.id for job in jobs]
+
+
+def test_affine_lease_takes_only_jobs_of_held_models_while_any_wait(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    x1 = submit(queue, model="x")
+    clock.advance(1)
+    y = submit(queue, model="y")
+    clock.advance(1)
+    x2 = submit(queue, model="x", priority=Priority.LOW)
+    assert ids(queue.lease("svc", "w1", max_jobs=3, models=["x"])) == [x1.id, x2.id]
+    assert ids(queue.lease("svc", "w1", max_jobs=3, models=["x"])) == [y.id]  # none of x left
+
+
+def test_affine_lease_merges_held_models_by_rank(queue: QueueBackend, clock: ManualClock) -> None:
+    x1 = submit(queue, model="x")
+    clock.advance(1)
+    submit(queue, model="z")
+    clock.advance(1)
+    y1 = submit(queue, model="y")
+    clock.advance(1)
+    x2 = submit(queue, model="x")
+    clock.advance(1)
+    y2 = submit(queue, model="y", priority=Priority.HIGH)
+    assert ids(queue.lease("svc", "w1", max_jobs=4, models=["x", "y"])) == [y2.id, x1.id, y1.id, x2.id]
+
+
+def test_affine_lease_of_a_cold_model_takes_one_model_only(queue: QueueBackend, clock: ManualClock) -> None:
+    y1 = submit(queue, model="y")
+    clock.advance(1)
+    z = submit(queue, model="z")
+    clock.advance(1)
+    y2 = submit(queue, model="y")
+    clock.advance(1)
+    none1 = submit(queue)
+    clock.advance(1)
+    none2 = submit(queue)
+    assert ids(queue.lease("svc", "w1", max_jobs=3, models=["x"])) == [y1.id, y2.id]
+    assert ids(queue.lease("svc", "w1", max_jobs=3, starve_after=1000)) == [z.id]  # holds nothing
+    assert ids(queue.lease("svc", "w1", max_jobs=3, models=["x"])) == [none1.id, none2.id]
+
+
+def test_starvation_guard_serves_a_cold_model_that_waited_too_long(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    cold = submit(queue, model="cold", priority=Priority.LOW)  # LOW: its rank is 60 s behind
+    clock.advance(40)
+    hot = [submit(queue, model="hot") for _ in range(3)]
+    assert ids(queue.lease("svc", "w1", max_jobs=1, models=["hot"], starve_after=50)) == [hot[0].id]
+    assert ids(queue.lease("svc", "w1", max_jobs=2, models=["hot"], starve_after=30)) == [cold.id, hot[1].id]
+    assert ids(queue.lease("svc", "w1", max_jobs=2, models=["hot"], starve_after=30)) == [hot[2].id]
+
+
+def test_starved_jobs_go_first_by_rank_and_wait_counts_from_availability(
+    queue: QueueBackend, clock: ManualClock
+) -> None:
+    retried = submit(queue, model="a")
+    lease_one(queue, "w0", lease_seconds=100)
+    clock.advance(1)
+    old_normal = submit(queue, model="b")
+    clock.advance(1)
+    old_high = submit(queue, model="c", priority=Priority.HIGH)
+    clock.advance(9)
+    queue.fail(retried.id, "w0", "boom")  # available again after its back-off: its wait starts then
+    clock.advance(21)
+    fresh = submit(queue, model="hot")
+    leased = queue.lease("svc", "w1", max_jobs=4, models=["hot"], starve_after=25)
+    assert ids(leased) == [old_high.id, old_normal.id, fresh.id]
+    assert ids(queue.lease("svc", "w1", max_jobs=4, models=["hot"], starve_after=25)) == [retried.id]
+
+
+def test_affine_lease_respects_batch_limits_and_availability(queue: QueueBackend, clock: ManualClock) -> None:
+    a = submit(queue, model="x")
+    lease_one(queue, "w0")
+    queue.settle("w0", [Outcome.handback(a.id, "crashed", batch_limit=1)])
+    clock.advance(1)
+    b = submit(queue, model="x")
+    first = queue.lease("svc", "w1", max_jobs=4, models=["x"])
+    assert ids(first) == [a.id] and first[0].leased_with == 1  # a job split off runs alone
+    assert ids(queue.lease("svc", "w1", max_jobs=4, models=["x"])) == [b.id]
+    assert queue.lease("svc", "w1", max_jobs=4, models=["x"], starve_after=0) == []

@@ -49,7 +49,13 @@ def test_a_file_from_a_newer_swell_is_refused(tmp_path: Path) -> None:
         ("lease for a model", schema.READY_MODEL, ("svc", "m", 0.0, 8), "jobs_ready_model"),
         ("idle poll", schema.HAS_WORK, ("svc", 0.0, 0.0, "svc"), "jobs_ready"),
         ("reap", schema.EXPIRED, (0.0,), "jobs_leases"),
-        ("webhooks", schema.DUE_WEBHOOKS, (0.0, 8), "jobs_webhooks"),
+        ("due deliveries", schema.DUE_DELIVERIES + schema.DUE_ORDER, (0.0, 8), "deliveries_due"),
+        (
+            "open deliveries",
+            f"{schema.OPEN_EXPIRING} AND d.channel IN (?) {schema.OPEN_EXPIRING_ORDER}",
+            ("discord", 8),
+            "deliveries_open",
+        ),
         ("admission", schema.ACTIVE, ("svc",), "PRIMARY KEY"),
         ("bulk cancel", f"{schema.QUEUED} AND service = ?", ("svc",), "jobs_ready"),
         (
@@ -125,7 +131,7 @@ def test_a_version_1_file_is_migrated_and_its_jobs_keep_working(tmp_path: Path) 
     db.close()
     queue = SQLiteQueue(path)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == len(schema.MIGRATIONS) == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(schema.MIGRATIONS) == 4
     old = queue.get("old")
     assert (old.batch_limit, old.leased_with, old.fingerprint) == (None, 0, None)
     assert (old.progress, old.cancel_requested) == (None, False)

@@ -5,8 +5,9 @@ A hypothesis state machine drives the memory queue (the reference) and SQLite (a
 checks that every job, listing (paged by cursor too), depth and counter agrees. Job ids are random,
 so jobs are compared by their submission number. The operations include batches handed back split,
 re-drives, bulk cancels, idempotency keys reused for the same and for another request, progress and
-text reports, cancel requests and their answers; every job's event log and the global cursor
-(`events_since`, all kinds) must agree too, sequence numbers included.
+text reports, cancel requests and their answers, and the outbox (rows made with the submit, armed,
+re-armed, tried, expired, shown progress); every job's event log and the global cursor
+(`events_since`, all kinds) must agree too, sequence numbers included, and so must every outbox row.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from hypothesis.stateful import (
 
 from swell.core.clock import ManualClock
 from swell.core.errors import QueueFull, SwellError
-from swell.core.jobs import Job, JobEvent, JobSpec, Priority
+from swell.core.jobs import Delivery, DeliverySpec, Job, JobEvent, JobSpec, Priority
 from swell.queue.base import Outcome, QueueBackend, Update
 from swell.queue.memory import MemoryQueue
 from swell.queue.sqlite import SQLiteQueue
@@ -88,7 +89,7 @@ class BackendsAgree(RuleBasedStateMachine):
             return type(error).__name__
 
     def _number(self, backend: int, value: Any) -> Any:
-        if isinstance(value, JobEvent):
+        if isinstance(value, JobEvent | Delivery):
             return dataclasses.replace(
                 value, job_id=str(self.numbers[backend].get(value.job_id, value.job_id))
             )
@@ -124,6 +125,7 @@ class BackendsAgree(RuleBasedStateMachine):
         max_attempts=st.integers(1, 3),
         callback=st.booleans(),
         value=st.integers(0, 1),
+        chat=st.sampled_from([None, 30.0, 600.0]),
     )
     def submit(
         self,
@@ -135,6 +137,7 @@ class BackendsAgree(RuleBasedStateMachine):
         max_attempts: int,
         callback: bool,
         value: int,
+        chat: float | None,
     ) -> None:
         spec = JobSpec(
             service=service,
@@ -144,6 +147,7 @@ class BackendsAgree(RuleBasedStateMachine):
             idempotency_key=key,
             max_attempts=max_attempts,
             callback_url="https://example.com/hook" if callback else None,
+            deliveries=() if chat is None else (DeliverySpec("chat", {"t": 1}, self.clock.now() + chat),),
         )
         self.on_all(lambda _, q: q.submit(spec, limit=limit))
 
@@ -237,21 +241,43 @@ class BackendsAgree(RuleBasedStateMachine):
     def reap(self) -> None:
         self.on_all(lambda _, q: q.reap())
 
-    @rule(delivered=st.booleans())
-    def webhook(self, delivered: bool) -> None:
-        def deliver(backend: int, queue: QueueBackend) -> Job | None:
-            due = queue.due_webhooks(limit=1)
+    @rule(outcome=st.sampled_from(["delivered", "failed", "rate limited", "expired"]))
+    def deliver(self, outcome: str) -> None:
+        """A dispatcher's try of the first due row, recorded."""
+
+        def deliver(backend: int, queue: QueueBackend) -> list[Delivery] | None:
+            due = queue.due_deliveries(limit=1)
             if not due:
                 return None
-            job = due[0]
-            if delivered:
-                job = job.webhook_delivered()
-            else:
-                job = job.webhook_failed("503", self.clock.now(), max_attempts=2, policy=POLICY)
-            queue.save_webhook(job)
-            return queue.get(job.id)
+            row, _ = due[0]
+            now = self.clock.now()
+            tried = {
+                "delivered": lambda: row.delivered(now),
+                "failed": lambda: row.failed("503", now, max_attempts=2, policy=POLICY),
+                "rate limited": lambda: row.failed(
+                    "429", now, max_attempts=2, policy=POLICY, retry_after=2.0
+                ),
+                "expired": row.expired,
+            }[outcome]()
+            queue.save_delivery(tried)
+            queue.save_delivery(tried)  # a stale second save changes nothing
+            return queue.deliveries(row.job_id)
 
         self.on_all(deliver)
+
+    @rule(expire=st.booleans(), seq=st.integers(1, 50))
+    def open_row(self, expire: bool, seq: int) -> None:
+        """A dispatcher expires the first open row, or shows it the job's progress."""
+
+        def step(backend: int, queue: QueueBackend) -> list[Delivery] | None:
+            rows = queue.open_deliveries(["chat", "webhook"], limit=1)
+            if not rows:
+                return None
+            row, _ = rows[0]
+            queue.save_delivery(row.expired() if expire else row.progressed(seq))
+            return queue.deliveries(row.job_id)
+
+        self.on_all(step)
 
     # -- what must hold after every step ----------------------------------------------------------
 
@@ -262,7 +288,9 @@ class BackendsAgree(RuleBasedStateMachine):
         self.on_all(lambda _, q: q.events_since(0, kinds=("state", "progress", "delta", "cancel")))
         self.on_all(lambda b, q: [q.events(job_id) for job_id in self.ids[b]])
         self.on_all(lambda b, q: sorted(self.numbers[b][i] for i in q.cancel_requested(self.ids[b])))
-        self.on_all(lambda _, q: q.due_webhooks())
+        self.on_all(lambda _, q: q.due_deliveries(channels=["webhook", "chat"]))
+        self.on_all(lambda _, q: q.open_deliveries(["webhook", "chat"], limit=1000))
+        self.on_all(lambda b, q: [q.deliveries(job_id) for job_id in self.ids[b]])
         self.on_all(lambda _, q: (q.depth(), q.statistics()))
 
 

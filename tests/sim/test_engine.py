@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from swell.brain.guardrails import guarded
 from swell.brain.policies import POLICIES, make_policy
 from swell.core.errors import ValidationError
-from swell.sim.cluster import PoolConfig
+from swell.sim.cluster import PoolConfig, Tier
 from swell.sim.engine import simulate
 from swell.sim.trace import Trace, synthetic
 
@@ -93,3 +95,29 @@ def test_the_live_guardrail_stack_runs_in_the_simulator() -> None:
     assert report.series is not None and report.series.replicas.min() >= 1  # never below min
     again = simulate(trace, stack, PoolConfig(gpu_start_seconds=60))
     assert again.to_json() == report.to_json()
+
+
+def test_sweeps_run_the_guarded_stack_by_default_and_the_bare_policy_on_request() -> None:
+    """A static pool of one on a bursty trace misses the SLO: guarded, the reactive fall-back adds
+    replicas as it would live; bare, the pool stays at one."""
+    trace = bursty(seed=5)
+    pool = PoolConfig(gpu_start_seconds=60)
+    guarded_run = simulate(trace, make_policy("static", replicas=1), pool)
+    bare = simulate(trace, make_policy("static", replicas=1), replace(pool, guardrails=False))
+    assert bare.peak_gpus == 1 and guarded_run.peak_gpus > 1
+    assert guarded_run.slo_attainment > bare.slo_attainment
+    floor = simulate(trace, make_policy("static", replicas=0), replace(pool, min_replicas=2))
+    assert floor.series is not None and floor.series.replicas[1:].min() >= 2
+    with pytest.raises(ValidationError) as err:
+        PoolConfig(slo_target=0)
+    assert err.value.field == "slo_target"
+
+
+def test_placement_decides_and_the_simulator_carries_it_out() -> None:
+    """Two checkpoints, one replica: the idle replica swaps to the queued one (a load per switch),
+    and the warm host set makes the switch back a host-memory load."""
+    trace = synthetic([0, 200, 400], [10, 10, 10], ["a", "b", "a"])
+    pool = PoolConfig(gpu_start_seconds=0, guardrails=False)
+    report = simulate(trace, make_policy("static", replicas=1), pool)
+    assert report.model_loads == {"host": 1, "disk": 0, "remote": 2}
+    assert report.max_wait_s == pytest.approx(pool.load_seconds(Tier.REMOTE), abs=1e-6)

@@ -36,3 +36,32 @@ def test_policy_names() -> None:
     with pytest.raises(ValidationError) as err:
         policy_names("swell,nope")
     assert err.value.field == "policy" and "nope" in err.value.message
+
+
+def test_parallel_runs_equal_serial_runs_in_order() -> None:
+    import io
+
+    from swell.sim.cluster import PoolConfig
+    from swell.sim.sweep import Point, Progress, run_points
+    from swell.sim.trace import synthetic
+
+    trace = synthetic([0, 5, 60, 400, 420, 900], [30, 20, 50, 10, 40, 25], ["a", "b", "a", "b", "a", "a"])
+    points = [Point(trace, "static", {"replicas": 1}), Point(trace, "swell"), Point(trace, "clairvoyant")]
+    points += [Point(trace, "queue-length", {"target": 1, "cooldown": c}) for c in (60, 600)]
+    pool = PoolConfig(seed=3)
+    stream = io.StringIO()
+    ticks = iter(range(100))
+    serial = run_points(points, pool, jobs=1)
+    parallel = run_points(
+        points, pool, jobs=2, on_done=Progress("t", stream, clock=lambda: float(next(ticks)))
+    )
+    assert [r.to_json() for r in parallel] == [r.to_json() for r in serial]
+    assert [r.policy for r in parallel] == ["static", "swell", "clairvoyant", "queue-length", "queue-length"]
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("t [1/5] static replicas=1 on synthetic: ")
+    assert (
+        lines[-1].startswith("t [5/5] queue-length target=1 cooldown=600")
+        and "GPU-h (5 s elapsed)" in lines[-1]
+    )
+    with pytest.raises(ValidationError):
+        run_points(points, pool, jobs=0)

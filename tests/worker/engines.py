@@ -7,6 +7,7 @@ from typing import Any
 
 from swell.core.errors import ValidationError
 from swell.engines.base import RunContext
+from swell.engines.spec import Options
 
 
 class BatchEngine:
@@ -60,3 +61,45 @@ class SteppingEngine:
 
     def unload(self) -> None:
         pass
+
+
+class CheckpointOptions(Options):
+    checkpoint: str
+    load_seconds: float = 0.05
+    log: str | None = None  # a file every load and unload appends a line to
+
+
+class CheckpointEngine:
+    """One "checkpoint" per engine, as a real model engine holds: `load` sleeps `load_seconds` (and
+    appends `load NAME` to `log`), every result names the checkpoint that made it, and a job's
+    `{"seconds": s}` sleeps s first. For the model-affinity tests, named through the registry's
+    `module:attr` path with options checked against `Options`."""
+
+    Options = CheckpointOptions
+    batches = True
+    model: str | None
+
+    def __init__(self, checkpoint: str, load_seconds: float = 0.05, log: str | None = None) -> None:
+        self.model = checkpoint
+        self.load_seconds = load_seconds
+        self.log = log
+
+    def load(self) -> dict[str, float]:
+        time.sleep(self.load_seconds)
+        self._note("load")
+        return {"fetch": 0.0, "load": self.load_seconds, "warmup": 0.0}
+
+    def run(self, inputs: list[dict[str, Any]], context: RunContext) -> list[dict[str, Any] | Exception]:
+        results: list[dict[str, Any] | Exception] = []
+        for item in inputs:
+            time.sleep(float(item.get("seconds", 0)))
+            results.append({"model": self.model, "n": item.get("n"), "batch": len(inputs)})
+        return results
+
+    def unload(self) -> None:
+        self._note("unload")
+
+    def _note(self, what: str) -> None:
+        if self.log is not None:
+            with open(self.log, "a") as out:
+                out.write(f"{what} {self.model}\n")

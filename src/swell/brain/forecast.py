@@ -76,6 +76,37 @@ class DailyProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileTrust:
+    """How far a `DailyProfile` may be believed: the recent precision of its "work will come".
+
+    At the end of each slot in which the profile expected work (from previous days, before the
+    slot was folded in), it scores 1 if work came and 0 if not, into an EWMA of `weight` per slot.
+    The profile is `trusted` while that score is at least `threshold`: a daily rhythm that stopped
+    (a holiday, a tenant gone) stops keeping a replica within a few slots, and one that holds keeps
+    it. It starts trusted; a fresh profile predicts nothing anyway.
+    """
+
+    score: float = 1.0
+    weight: float = 0.1
+    threshold: float = 0.5
+
+    @property
+    def trusted(self) -> bool:
+        return self.score >= self.threshold
+
+    def observe(self, profile: DailyProfile, now: float, work: float) -> ProfileTrust:
+        """Call with the profile as it was before `profile.observe(now, work)`."""
+        slot = int(now // profile.slot_seconds)
+        if profile.current_slot < 0 or slot == profile.current_slot:
+            return self
+        start = profile.current_slot * profile.slot_seconds
+        if profile.expected(start, profile.slot_seconds) <= 0:
+            return self
+        hit = 1.0 if profile.current_work > 0 else 0.0
+        return replace(self, score=(1 - self.weight) * self.score + self.weight * hit)
+
+
+@dataclass(frozen=True, slots=True)
 class WorkRate:
     """GPU-seconds per unit of work (steps x images, tokens), learned from finished jobs.
 

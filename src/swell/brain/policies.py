@@ -7,18 +7,20 @@ builds one by name. Baselines are written as their systems document them:
 - `queue-length` (KEDA): backlog (queued + in flight) per replica, cool-down before scaling down.
 - `concurrency` (Ray Serve / Knative): in-flight jobs per replica with upscale and downscale delays.
 - `predictive`: forecast work rate at a horizon >= the start time, reactive when the forecast misses.
-- `swell`: work-weighted, graded keep-alive, daily profile, model placement and warm host caches.
+- `swell`: work-weighted, graded keep-alive stretched by recent SLO misses (learned online, not
+  fitted to a trace), a daily profile trusted as far as it predicted, model placement, warm caches.
 - `clairvoyant`: knows future arrivals; a reference for what any online policy could reach.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from swell.brain.context import Context, ModelLoad, Plan, Policy
-from swell.brain.forecast import DailyProfile, RateEwma, decay
+from swell.brain.forecast import DailyProfile, ProfileTrust, RateEwma, decay
 from swell.brain.guardrails import Delayed
 from swell.core.errors import ValidationError
 
@@ -107,30 +109,48 @@ class SwellState:
     profile: DailyProfile = field(default_factory=DailyProfile)
     model_work: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # (ewma work, at)
     warm: tuple[str, ...] = ()
+    pressure: float = 0.0  # log2 of the keep-alive's stretch, learned from recent SLO misses
+    trust: ProfileTrust = field(default_factory=ProfileTrust)
 
 
 @dataclass(frozen=True, slots=True)
 class Swell:
-    """The default policy.
+    """The default policy. Its constants are time scales and shares, not counts fitted to a trace:
+    what depends on the demand (how long to hold capacity) is learned online from SLO misses.
 
     - Need now is weighed in work: running jobs plus the replicas that drain the queued GPU-seconds
       within the SLO wait.
     - Capacity that was needed recently is kept on a graded keep-alive: the k-th replica stays
-      `keep_alive / k ** grade` seconds after it was last needed. The first replica, cheap insurance against
-      the next session's cold start, stays longest; burst capacity goes quickly.
+      `keep_alive * 2 ** pressure / k ** grade` seconds after it was last needed. The first replica,
+      cheap insurance against the next session's cold start, stays longest; burst capacity goes first.
+    - Adaptive headroom (`pressure`): every tick in which recent SLO attainment is below `target`
+      adds `tick / react` (a breach as long as `react` doubles every keep-alive); every tick at or
+      above it takes `tick / relax` away (a day without misses halves it), between 0 and
+      `max_pressure`. On demand that surprises (bursts larger or later than the recent past) capacity
+      is held longer; on calm days the policy falls back to its cheap base. The base `keep_alive` is
+      therefore the keep-alive of a calm trace. `react` is one attainment window; `relax` one day.
+    - Headroom in replicas: while under pressure the kept level is raised by `headroom * pressure`
+      of itself (rounded up), so a surprise one replica larger than the recent peak can still start.
     - Ahead of demand: the recent arrival rate over the start time (a burst in progress brings more),
-      and the daily profile (keep one replica while previous days saw work in the coming keep-alive).
+      and the daily profile, trusted only as far as it predicted recently (`ProfileTrust`): one
+      replica while previous days saw work in the coming keep-alive window and the profile has been
+      right about whether work comes.
     - Placement: replicas per checkpoint in proportion to recent work, every checkpoint with queued
       jobs held somewhere; the `warm_models` busiest checkpoints kept in every node's host memory.
     """
 
-    keep_alive: float = 7200.0
+    keep_alive: float = 1800.0
     burst_margin: float = 1.0
     warm_models: int = 8
     seasonal: bool = True
     grade: float = 1.5
     drain_seconds: float | None = None  # queued work to drain per new replica; default: the SLO wait
     max_tracked: int = 256
+    target: float = 0.99  # the attainment the adaptive headroom steers to
+    react: float = 300.0  # seconds of breached SLO that double the keep-alive
+    relax: float = 86_400.0  # seconds of met SLO that halve it again
+    max_pressure: float = 3.0  # the keep-alive stretches at most 2 ** 3 = 8x
+    headroom: float = 0.0  # extra share of the kept level per unit of pressure
     name: str = "swell"
 
     def __post_init__(self) -> None:
@@ -141,10 +161,14 @@ class Swell:
                 raise ValidationError(f"swell knob {knob} must be a whole number >= 0", field=knob)
             object.__setattr__(self, knob, int(value))
         object.__setattr__(self, "seasonal", bool(self.seasonal))
-        if self.keep_alive < 0 or self.grade < 0 or self.burst_margin < 0:
-            raise ValidationError(
-                "swell knobs keep_alive, grade and burst_margin must be >= 0", field="options"
-            )
+        for knob in ("keep_alive", "grade", "burst_margin", "max_pressure", "headroom"):
+            if getattr(self, knob) < 0:
+                raise ValidationError(f"swell knob {knob} must be >= 0", field=knob)
+        for knob in ("react", "relax"):
+            if getattr(self, knob) <= 0:
+                raise ValidationError(f"swell knob {knob} must be > 0", field=knob)
+        if not 0 < self.target <= 1:
+            raise ValidationError("swell knob target must be in (0, 1]", field="target")
 
     def initial(self) -> SwellState:
         return SwellState()
@@ -156,27 +180,32 @@ class Swell:
             else (RateEwma(ctx.start_seconds, state.burst.rate, state.burst.at))
         )
         burst = burst.observe(ctx.now, ctx.arrived_work)
+        pressure = self._pressure(ctx, state.pressure)
+        stretch = 2.0**pressure
+        trust = state.trust.observe(state.profile, ctx.now, ctx.arrived_work)
         profile = state.profile.observe(ctx.now, ctx.arrived_work)
         need = self._need_now(ctx)
         ahead = ctx.replicas_for(burst.rate * self.burst_margin)
         last_need = _mark(state.last_need, max(need, ahead), ctx.now, self.max_tracked)
-        kept = sum(
-            1 for k, t in enumerate(last_need) if ctx.now - t < self.keep_alive / (k + 1) ** self.grade
-        )
-        seasonal = 1 if self.seasonal and profile.expected(ctx.now, self.keep_alive) > 0 else 0
+        keep = self.keep_alive * stretch
+        kept = sum(1 for k, t in enumerate(last_need) if ctx.now - t < keep / (k + 1) ** self.grade)
+        kept = math.ceil(kept * (1 + self.headroom * pressure) - 1e-9)
+        seasonal = 1 if self.seasonal and trust.trusted and profile.expected(ctx.now, keep) > 0 else 0
         n = max(need, ahead, kept, seasonal)
         model_work, warm = self._models(ctx, state)
         plan = Plan(
             n,
-            f"need {need}, ahead {ahead}, kept {kept}, seasonal {seasonal}",
-            _apportion(n, ctx.models, model_work, ctx.now, self.keep_alive),
+            f"need {need}, ahead {ahead}, kept {kept} (x{stretch:.2g}), seasonal {seasonal}",
+            _apportion(n, ctx.models, model_work, ctx.now, keep),
             warm,
         )
-        return plan, SwellState(last_need, burst, profile, model_work, warm)
+        return plan, SwellState(last_need, burst, profile, model_work, warm, pressure, trust)
 
-    def _keep(self, k: int) -> float:
-        """Seconds the k-th replica is kept after it was last needed."""
-        return self.keep_alive / k**self.grade
+    def _pressure(self, ctx: Context, pressure: float) -> float:
+        """Up while recent attainment is below target, down while it is met (or nothing finished)."""
+        if ctx.attainment is not None and ctx.attainment < self.target:
+            return min(self.max_pressure, pressure + ctx.tick_seconds / self.react)
+        return max(0.0, pressure - ctx.tick_seconds / self.relax)
 
     def _need_now(self, ctx: Context) -> int:
         running = ctx.replicas_for(ctx.running)
@@ -308,8 +337,8 @@ POLICIES: dict[str, PolicySpec] = {
     "swell": PolicySpec(
         Swell,
         "keep_alive",
-        tuple({"keep_alive": k} for k in (1800, 3600, 5400, 7200, 10800, 14400)),
-        "work-weighted, graded keep-alive, placement",
+        tuple({"keep_alive": k} for k in (900, 1800, 3600, 5400, 7200, 10800)),
+        "work-weighted, graded keep-alive stretched by recent misses, placement",
     ),
     "clairvoyant": PolicySpec(Clairvoyant, "none", ({},), "knows future arrivals (reference)"),
 }

@@ -88,6 +88,10 @@ class Cluster(Protocol):
     def stop(self, timeout: float = 60) -> None:
         """Drain every replica; kill what is left after `timeout` seconds."""
 
+    def release(self, timeout: float = 60) -> None:
+        """Stop supervising as the gateway exits. Replicas that can outlive it (Ray's detached
+        actors) keep serving, for the next gateway to adopt; the others are drained as by `stop`."""
+
     def scale(self, service: str, replicas: int, *, models: Sequence[str] | None = None) -> None:
         """Set `service`'s replica count, clamped to its min..max; the reconcile loop applies it."""
 
@@ -151,8 +155,23 @@ def find_service(services: dict[str, ServiceConfig], name: str) -> ServiceConfig
 
 
 def service_models(service: ServiceConfig) -> tuple[str, ...]:
-    """The model (dataset) a service's replicas hold by default: its `options.dataset`, if any."""
+    """The models a service's replicas hold by default: its checkpoints (the keys of `models`) when
+    it lists several, else its `options.dataset` (the dataset is the model), if any."""
+    if service.models:
+        return tuple(service.models)
     name = service.options.get("dataset")
+    return (str(name),) if name else ()
+
+
+def model_datasets(service: ServiceConfig, model: str) -> tuple[str, ...]:
+    """The datasets a replica needs on its node to hold `model` warm (the node-cache check): the
+    `dataset` option of that checkpoint's merged options; for a service without `models`, `model`
+    is already a dataset name (what `service_models` returns). Empty when it names no dataset."""
+    if not service.models:
+        return (model,)
+    if model not in service.models:
+        return ()
+    name = service.model_options(model).get("dataset")
     return (str(name),) if name else ()
 
 

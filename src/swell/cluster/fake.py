@@ -93,6 +93,9 @@ class FakeCluster:
         self._running = True
         self.reconcile()
 
+    def release(self, timeout: float = 60) -> None:
+        self.stop(timeout)
+
     def stop(self, timeout: float = 60) -> None:
         self._running = False
         now = self.clock.now()
@@ -206,6 +209,7 @@ class FakeCluster:
             service=replica.service,
             state=state,
             model=replica.model,
+            models=(replica.model,) if replica.model else (),
             restarts=replica.restarts,
             started_at=replica.started_at,
             last_heartbeat=self.clock.now() if _counted(replica) else None,

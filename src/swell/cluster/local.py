@@ -37,7 +37,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from swell.brain.rightsize import Policy, Sample, UsageWindow
 from swell.cluster.base import (
     BACKOFF_MAX,
     BACKOFF_MIN,
@@ -122,9 +124,11 @@ class LocalSupervisor:
         hang_seconds: float = HANG_SECONDS,
         spawn: Spawn = popen_worker,
         environ: Mapping[str, str] | None = None,
+        sizing: Policy | None = None,
     ) -> None:
         """`spawn` starts a worker from its argv and environment; `environ` is what a worker's
-        environment is chosen from (default: this process's, read at each start)."""
+        environment is chosen from (default: this process's, read at each start); `sizing` is the
+        right-sizing advice's policy (swell.brain.rightsize)."""
         self.config = config
         self.queue_url = queue_url
         self.data_dir = Path(data_dir)
@@ -136,6 +140,7 @@ class LocalSupervisor:
         self._desired = {service.name: service.replicas.min for service in config.services}
         self._models = {service.name: service_models(service) for service in config.services}
         self._started = 0
+        self._usage = UsageWindow(sizing or Policy())
         self._slots: list[Slot] = []
         self._retired: list[Slot] = []
         self._lock = threading.RLock()
@@ -146,6 +151,10 @@ class LocalSupervisor:
         self.reconcile()
         self._thread = threading.Thread(target=self._monitor, name="swell-supervisor", daemon=True)
         self._thread.start()
+
+    def release(self, timeout: float = 60) -> None:
+        """Local workers cannot outlive `swell up` (their parent): drained as by `stop`."""
+        self.stop(timeout)
 
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM every worker so it drains; SIGKILL what is left after `timeout` seconds."""
@@ -195,6 +204,12 @@ class LocalSupervisor:
         with self._lock:
             return [self._info(slot) for slot in self._slots + self._retired]
 
+    def sizing(self) -> dict[str, dict[str, Any]]:
+        """Right-sizing advice per service from its replicas' usage (dry run: never applied)."""
+        resources = {name: service.resources for name, service in self._services.items()}
+        with self._lock:
+            return self._usage.advice(resources, self.clock.now())
+
     def reconcile(self) -> None:
         """One pass: reap exits, kill hung workers, restart after back-off, scale up or down."""
         with self._lock:
@@ -216,6 +231,7 @@ class LocalSupervisor:
             beat = (status.heartbeat if status is not None else 0.0) or slot.started_at or now
             if now - beat <= self.hang_seconds:
                 self._observe(slot, status)
+                record_usage(self._usage, slot.service.name, slot.id, status, now)
                 return
             _signal(proc, signal.SIGKILL)
             proc.wait()
@@ -311,6 +327,7 @@ class LocalSupervisor:
             state=state,
             pid=slot.proc.pid if slot.proc is not None else None,
             model=status.model,
+            models=status.models,
             jobs_done=slot.jobs["done"] + status.jobs_done,
             jobs_failed=slot.jobs["failed"] + status.jobs_failed,
             restarts=slot.restarts,
@@ -359,6 +376,18 @@ def worker_environment(
     if results_url:
         env[RESULTS_ENV] = results_url
     return env
+
+
+def record_usage(
+    window: UsageWindow, service: str, replica: str, status: WorkerStatus | None, now: float
+) -> None:
+    """Add a serving replica's reported usage to the right-sizing window (loading is not load)."""
+    if status is None or status.usage is None or not status.serving:
+        return
+    usage = status.usage
+    window.add(
+        service, Sample(now, replica, usage.cpu, usage.rss_bytes, usage.gpu_bytes, usage.gpu_total_bytes)
+    )
 
 
 def _mark_ready(slot: Slot) -> None:

@@ -36,6 +36,7 @@ from `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`, or `start` 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -45,13 +46,14 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from swell.brain.rightsize import Policy, UsageWindow
 from swell.cluster import gpu, placement
 from swell.cluster.base import (
     BACKOFF_MAX,
@@ -62,12 +64,13 @@ from swell.cluster.base import (
     drained_dict,
     exit_reason,
     find_service,
+    model_datasets,
     one_line,
     replica_state,
     service_models,
     services_by_name,
 )
-from swell.cluster.local import worker_environment
+from swell.cluster.local import record_usage, worker_environment
 from swell.core.clock import Clock, SystemClock
 from swell.core.config import ServiceConfig, SwellConfig
 from swell.core.errors import ConfigError
@@ -80,6 +83,8 @@ from swell.worker.status import status_path
 log = logging.getLogger("swell.cluster")
 
 HANG_SECONDS = 15.0
+ADOPT_SECONDS = 10.0  # how long a starting supervisor waits for a left replica to say who it is
+MARK_SECONDS = 30.0  # how often a replica looks again for the chunks of a dataset not marked warm
 POLL_SECONDS = 0.5
 SHARED_SCHEMES = ("redis", "rediss")
 RESULTS_ENV = "SWELL_RESULTS_URL"
@@ -91,20 +96,38 @@ AUTH_MODES = ("token", "disabled")
 
 
 class ReplicaHost:
-    """Lives in the replica's Ray actor: starts the worker on this node and answers for it."""
+    """Lives in the replica's Ray actor: starts the worker on this node and answers for it.
 
-    def __init__(
-        self, args: WorkerArgs, pass_env: list[str], datasets: dict[str, DatasetConfig], env: dict[str, str]
-    ) -> None:
-        self.args = args
+    What may hold a secret (the queue URL with its Redis password, the dataset's S3 keys, the
+    result store's URL) comes as `private`: a list holding one ObjectRef to a `Private` dict put in
+    Ray's object store by the supervisor. A nested ref is never inlined, so the actor's creation
+    task spec (what Ray's GCS, dashboard and state API keep and show) carries only the object's id;
+    `args` comes with its queue URL blanked."""
+
+    def __init__(self, args: WorkerArgs, pass_env: list[str], private: list[Any]) -> None:
+        secret: Private = ray.get(private[0])
+        self.args = replace(args, queue_url=secret["queue_url"])
         self.node = ray.get_runtime_context().get_node_id()
-        worker_env = worker_environment(os.environ, pass_env, datasets)
-        worker_env |= {**args.environment(), **env, NODE_ENV: self.node}
-        argv = [sys.executable, "-m", "swell.worker", *args.argv()]
+        self.fingerprint = fingerprint(secret["queue_url"], secret["env"].get(RESULTS_ENV))
+        worker_env = host_environment(os.environ, pass_env, secret, self.args, self.node)
+        argv = [sys.executable, "-m", "swell.worker", *self.args.argv()]
         self.path = status_path(Path(args.data_dir), args.replica_id)
         self.path.unlink(missing_ok=True)  # a previous life's status must not speak for this one
         self.proc = subprocess.Popen(argv, start_new_session=True, env=worker_env)
-        self.marks = Path(args.data_dir) / "warm" / self.node
+        self.started = time.time()
+        self.draining = False
+        self._cache: Any = None
+        self._checked: dict[str, float] = {}  # dataset -> when its chunks were last looked for
+
+    def identity(self) -> dict[str, Any]:
+        """What a supervisor that did not start this replica needs to adopt it (`RayCluster.start`)."""
+        return {
+            "replica_id": self.args.replica_id,
+            "service": self.args.service.model_dump_json(),
+            "fingerprint": self.fingerprint,
+            "started": self.started,
+            "draining": self.draining,
+        }
 
     def status(self) -> dict[str, Any]:
         """The worker's last status, its exit status (None while it runs) and this node's warm models."""
@@ -121,11 +144,13 @@ class ReplicaHost:
         }
 
     def warm_models(self) -> list[str]:
-        with contextlib.suppress(OSError):
-            return sorted(path.name for path in self.marks.iterdir())
+        """The datasets this node's cache holds warm (its markers; eviction removes them)."""
+        with contextlib.suppress(OSError, ImportError):
+            return list(self._node_cache().warm(self.node))
         return []
 
     def drain(self) -> None:
+        self.draining = True
         self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
@@ -136,12 +161,57 @@ class ReplicaHost:
             os.killpg(self.proc.pid, signum)
 
     def _mark_warm(self, model: str) -> None:
-        """Remember on this node that its cache holds `model` (the dataset the worker loaded)."""
+        """Leave a warm marker for each dataset of `model` (and of the service's models) whose every
+        chunk the node cache holds; looked for at most every `MARK_SECONDS` while it has none."""
+        now, warm = time.monotonic(), set(self.warm_models())
         for name in dict.fromkeys([model, *service_models(self.args.service)]):
-            if "/" not in name and not name.startswith("."):
-                with contextlib.suppress(OSError):
-                    self.marks.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    (self.marks / name).touch()
+            for dataset in model_datasets(self.args.service, name):
+                if dataset in warm or now - self._checked.get(dataset, -MARK_SECONDS) < MARK_SECONDS:
+                    continue
+                self._checked[dataset] = now
+                with contextlib.suppress(OSError, ImportError, ValueError):
+                    mark_if_cached(self._node_cache(), self.node, dataset)
+
+    def _node_cache(self) -> Any:
+        if self._cache is None:
+            from swell.data.cache import NodeCache
+
+            self._cache = NodeCache(Path(self.args.data_dir) / "cache")
+        return self._cache
+
+
+def mark_if_cached(cache: Any, node: str, dataset: str) -> bool:
+    """Mark `dataset` warm on `node` when the node cache (a `NodeCache`) holds every chunk of one of
+    its stored manifests; a dataset the cache never saw (a file:// one, read in place) gets none."""
+    from swell.data.datasets import stored_manifests
+    from swell.data.sources import ObjectInfo
+
+    for manifest in (m for m in stored_manifests(cache) if m.name == dataset):
+        hashes = [
+            cache.chunk_hashes(manifest.source, ObjectInfo(f.path, f.size, f.etag)) for f in manifest.files
+        ]
+        if all(h is not None for h in hashes):
+            cache.mark_warm(node, dataset, [h for file in hashes for h in file or ()])
+            return True
+    return False
+
+
+Private = dict[str, Any]  # {"queue_url": str, "datasets": {name: config as JSON}, "env": {name: value}}
+
+
+def host_environment(
+    environ: Mapping[str, str], pass_env: list[str], secret: Private, args: WorkerArgs, node: str
+) -> dict[str, str]:
+    """The worker's environment on its node: what `worker_environment` lets through of the node's
+    own (its AWS_* too when the datasets or the result store are on S3), plus the contract's."""
+    datasets = {k: DatasetConfig.model_validate(v) for k, v in secret["datasets"].items()}
+    env = worker_environment(environ, pass_env, datasets, secret["env"].get(RESULTS_ENV))
+    return env | {**args.environment(), **secret["env"], NODE_ENV: node}
+
+
+def fingerprint(queue_url: str, results_url: str | None) -> str:
+    """Which queue and result store a replica serves, without saying them: adoption compares it."""
+    return hashlib.sha256(f"{queue_url}\0{results_url or ''}".encode()).hexdigest()[:32]
 
 
 # -- the supervisor side ------------------------------------------------------------------------
@@ -170,6 +240,7 @@ class RaySlot:
     ready: bool = False
     counted: bool = False  # its start was counted in the warm statistics
     crash_streak: int = 0
+    adopted: bool = False  # taken over from a previous supervisor (`RayCluster.start`)
     last_error: str | None = None
     wait: str | None = None  # why it is not placed (warm_cache: hard and no warm node)
     status: WorkerStatus | None = None
@@ -202,9 +273,11 @@ class RayCluster:
         drain_seconds: float | None = None,
         address: str | None = None,
         environ: MutableMapping[str, str] | None = None,
+        sizing: Policy | None = None,
     ) -> None:
         """`data_dir` is the data directory's path on every node (a node-local cache volume);
-        `address` overrides `cluster.address`; `environ` is where Ray's variables are set."""
+        `address` overrides `cluster.address`; `environ` is where Ray's variables are set; `sizing`
+        is the right-sizing advice's policy (swell.brain.rightsize)."""
         self.config, self.queue_url, self.data_dir, self.clock = config, queue_url, Path(data_dir), clock
         self.hang_seconds, self.poll_seconds, self.drain_seconds = hang_seconds, poll_seconds, drain_seconds
         self.address = address or config.cluster.address or "auto"
@@ -213,6 +286,7 @@ class RayCluster:
         self._desired = {service.name: service.replicas.min for service in config.services}
         self._models = {service.name: service_models(service) for service in config.services}
         self._measured: dict[str, GpuShare] = {}
+        self._usage = UsageWindow(sizing or Policy())
         self._node_warm: dict[str, set[str]] = {}
         self._slots: list[RaySlot] = []
         self._retired: list[RaySlot] = []
@@ -231,15 +305,29 @@ class RayCluster:
         if self.config.cluster.results_url is None:
             log.warning("cluster.results_url is not set: result files stay on the nodes' disks")
         self._remote = ray.remote(ReplicaHost)
+        self._adopt()
         self.reconcile()
         self._thread = threading.Thread(target=self._monitor, name="swell-ray-supervisor", daemon=True)
         self._thread.start()
 
+    def release(self, timeout: float = 60) -> None:
+        """Stop supervising and leave every replica running: they are detached actors, so a gateway
+        that restarts (its pod replaced) keeps the fleet, and the next `start` in the namespace adopts
+        them. What was draining finishes its drain; the next supervisor reaps it."""
+        self._halt()
+        with self._lock:
+            self._slots, self._retired = [], []
+
+    def down(self, timeout: float = 60) -> None:
+        """`swell down`: adopt whatever replicas the namespace holds, start none, and `stop` them."""
+        connect(self.address, self.config.cluster.namespace, self._environ)
+        self._remote = ray.remote(ReplicaHost)
+        self._adopt()
+        self.stop(timeout)
+
     def stop(self, timeout: float = 60) -> None:
         """Drain every replica; kill the actors of those still running after `timeout` seconds."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._halt()
         with self._lock:
             slots = [slot for slot in self._slots + self._retired if slot.actor is not None]
             self._retired, self._slots = slots, []
@@ -270,6 +358,12 @@ class RayCluster:
         with self._lock:
             return [self._info(slot) for slot in self._slots + self._retired]
 
+    def sizing(self) -> dict[str, dict[str, Any]]:
+        """Right-sizing advice per service from its replicas' usage (dry run: never applied)."""
+        resources = {name: service.resources for name, service in self._services.items()}
+        with self._lock:
+            return self._usage.advice(resources, self.clock.now())
+
     def statistics(self) -> ClusterStats:
         replicas = self.replicas()
         with self._lock:
@@ -290,6 +384,44 @@ class RayCluster:
                     "gpu_measured": {k: v.footprint_bytes for k, v in self._measured.items()},
                 },
             )
+
+    def _halt(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _adopt(self) -> None:
+        """Take over the replicas a previous supervisor left in the namespace (`release`): one of an
+        unchanged service on the same queue and result store becomes a slot again; the others (a
+        changed or removed service, another queue, one that was draining) are drained and reaped. An
+        actor that does not answer within `ADOPT_SECONDS` (still waiting for a node) is killed."""
+        handles = _named_actors(self.config.cluster.namespace)
+        answers = {name: handle.identity.remote() for name, handle in handles.items()}
+        ready, _ = ray.wait(list(answers.values()), num_returns=len(answers), timeout=ADOPT_SECONDS)
+        mine = fingerprint(self.queue_url, self.config.cluster.results_url)
+        with self._lock:
+            for name, ref in answers.items():
+                who = _answer(ref) if ref in ready else None
+                if who is None:
+                    _forget(handles[name])
+                    continue
+                self._adopt_one(name, handles[name], who, mine)
+
+    def _adopt_one(self, name: str, handle: Any, who: dict[str, Any], mine: str) -> None:
+        service = self._services.get(ServiceConfig.model_validate_json(who["service"]).name)
+        slot = RaySlot(
+            id=who["replica_id"], service=service or ServiceConfig.model_validate_json(who["service"])
+        )
+        slot.actor, slot.restarts, slot.counted, slot.adopted = handle, _restarts_in(name), True, True
+        slot.started_at = self.clock.now() - max(0.0, time.time() - float(who["started"]))
+        same = service is not None and service.model_dump_json() == who["service"]
+        if same and who["fingerprint"] == mine and not who["draining"]:
+            self._slots.append(slot)
+            return
+        log.info("replica %s left by a previous supervisor serves another config: draining it", slot.id)
+        slot.draining = True
+        self._retired.append(slot)
+        _call(handle.drain)
 
     # -- the reconcile pass -------------------------------------------------------------------
 
@@ -361,6 +493,7 @@ class RayCluster:
             slot.beat_age = max(0.0, answer["now"] - slot.status.heartbeat)  # both on the node's clock
             if slot.status.gpu is not None:
                 self._measured[slot.service.name] = slot.status.gpu
+            record_usage(self._usage, slot.service.name, slot.id, slot.status, now)
         if not slot.counted:
             slot.counted = True
             self._started += 1
@@ -408,6 +541,7 @@ class RayCluster:
         service = slot.service
         models = self._models.get(service.name, ())
         slot.model = models[0] if models else None
+        nodes = [_as_models(node, service, slot.model) for node in nodes]
         request = placement.request_for(service.resources, gpus=self._gpus(service))
         where = placement.place(request, slot.model, nodes, service.resources.warm_cache)
         slot.wait = where.wait
@@ -417,9 +551,9 @@ class RayCluster:
         slot.placed_warm = where.warm
         name = f"{slot.id}-{slot.restarts}"  # a new name per start: the old actor may not be gone yet
         options = _actor_options(name, request, where, self.config.cluster.namespace)
-        slot.actor = self._remote.options(**options).remote(
-            self._worker_args(slot, request), service.pass_env, self._datasets(service), self._worker_env()
-        )
+        args = replace(self._worker_args(slot, request), queue_url="")  # the URL travels in `private`
+        private = [ray.put(self._private(service))]  # nested: the task spec holds only the ref
+        slot.actor = self._remote.options(**options).remote(args, service.pass_env, private)
         slot.poll, slot.node, slot.pid, slot.status, slot.returncode = None, None, None, None, None
         slot.started_at, slot.last_seen, slot.ready, slot.counted, slot.beat_age = (
             now,
@@ -451,6 +585,11 @@ class RayCluster:
     def _worker_env(self) -> dict[str, str]:
         url = self.config.cluster.results_url
         return {RESULTS_ENV: url} if url else {}
+
+    def _private(self, service: ServiceConfig) -> Private:
+        """What a replica's host gets through the object store rather than its task spec."""
+        datasets = {name: spec.model_dump(mode="json") for name, spec in self._datasets(service).items()}
+        return {"queue_url": self.queue_url, "datasets": datasets, "env": self._worker_env()}
 
     def _finished(self, slot: RaySlot, wait: float = 0.0) -> bool:
         """For a draining slot: whether its worker has exited (then its actor is killed)."""
@@ -500,6 +639,7 @@ class RayCluster:
             state=state,
             pid=slot.pid,
             model=status.model or slot.model,
+            models=status.models,
             jobs_done=slot.jobs["done"] + status.jobs_done,
             jobs_failed=slot.jobs["failed"] + status.jobs_failed,
             restarts=slot.restarts,
@@ -590,6 +730,7 @@ def _actor_options(
         "num_gpus": request.gpus,
         "resources": dict(request.custom),
         "max_restarts": 0,  # the supervisor restarts, with back-off and a reason
+        "lifetime": "detached",  # outlives the gateway that started it; the next one adopts it
         "max_concurrency": 4,  # status() answers while drain() or kill() runs
     }
     if request.memory:
@@ -599,6 +740,48 @@ def _actor_options(
             where.node, soft=where.soft, _spill_on_unavailable=where.soft
         )
     return options
+
+
+def _as_models(node: placement.Node, service: ServiceConfig, model: str | None) -> placement.Node:
+    """`node` with its warm set in the terms of `model`: a node advertises datasets, and a model (a
+    checkpoint of `models`, or the service's dataset) is warm where every dataset it needs is."""
+    if model is None:
+        return node
+    needs = set(model_datasets(service, model))
+    return replace(node, warm=frozenset({model}) if needs and needs <= node.warm else frozenset())
+
+
+def _named_actors(namespace: str) -> dict[str, Any]:
+    """The live replica actors in `namespace`, by name (those a previous supervisor left)."""
+    handles = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name = entry["name"] if isinstance(entry, dict) else str(entry)
+        if (isinstance(entry, dict) and entry.get("namespace") != namespace) or not name.startswith("swell-"):
+            continue
+        with contextlib.suppress(ValueError):  # gone meanwhile
+            handles[name] = ray.get_actor(name, namespace=namespace)
+    return handles
+
+
+def _answer(ref: Any) -> dict[str, Any] | None:
+    try:
+        answer = ray.get(ref, timeout=0)
+    except Exception:  # an actor that died, or one from an older version without identity()
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def _forget(handle: Any) -> None:
+    """Kill an actor that cannot be adopted (its worker process, if any, is SIGKILLed with it)."""
+    _call(handle.kill)
+    with contextlib.suppress(Exception):
+        ray.kill(handle, no_restart=True)
+
+
+def _restarts_in(name: str) -> int:
+    """The restart count an actor's name ends with (`swell-<replica id>-<restarts>`)."""
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _call(method: Any) -> None:

@@ -9,6 +9,14 @@
         job_timeout: 60
         max_attempts: 3
         pass_env: [OPENAI_API_KEY]    # extra variables its workers inherit (swell.cluster.local)
+      - name: sd
+        engine: diffusers
+        options: {device: cuda, steps: 25}
+        models:                       # checkpoints: a job's `model` picks one; options merged over
+          sd15: {dataset: sd15}       # `options` and checked like them (services[sd].models.sd15.KEY)
+          dreamshaper: {dataset: dreamshaper, steps: 30}
+        default_model: sd15           # a job naming none; default: the first key
+        affinity: {max_loaded: 2, memory_budget: 20Gi, max_wait_seconds: 30}
     datasets: {...}                   # swell.data.config.DatasetConfig
     brain: {...}                      # swell.brain.config.BrainConfig
 
@@ -28,17 +36,20 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from swell.brain.config import BrainConfig
 from swell.core.errors import ConfigError
 from swell.data.config import DatasetConfig
+from swell.gateway.a1111.config import A1111Config
+from swell.gateway.discord.config import BOT_TOKEN_ENV, DiscordConfig
+from swell.gateway.filtering import FilterConfig
 
 ENV_PREFIX = "SWELL_"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*\*?$"  # a variable's name, or a prefix ending in *
-GATEWAY_SECRETS = ("SWELL_API_KEY", "SWELL_WEBHOOK_SECRET")  # never passed to a worker
+GATEWAY_SECRETS = ("SWELL_API_KEY", "SWELL_WEBHOOK_SECRET", BOT_TOKEN_ENV)  # never passed to a worker
 
 
 class Strict(BaseModel):
@@ -86,10 +97,46 @@ class ClusterConfig(Strict):
     results_url: str | None = None  # where result files go when nodes share no disk (s3://, file://)
 
 
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # a checkpoint's name (a job's `model`)
+
+
+class Affinity(Strict):
+    """How a worker of a service with several `models` keeps checkpoints loaded (swell.worker.models).
+
+    `max_loaded` engines are held at once, fewer when `memory_budget` is set and the measured
+    footprint (GPU memory when CUDA is in use, else the process's RSS) is above it: the least
+    recently used one is unloaded first. A worker leases jobs for the models it holds first; a job
+    for another model is taken only when none of those wait, or once it has waited
+    `max_wait_seconds` (the starvation guard: a cold model's jobs are never held back for ever).
+    """
+
+    max_loaded: int = Field(default=1, ge=1, le=64)
+    memory_budget: str | None = Field(default=None, pattern=MEMORY_PATTERN)  # e.g. "12Gi"
+    max_wait_seconds: float = Field(default=30.0, gt=0)
+    prefer_held: bool = True  # False: plain rank order, a switch whenever the next job needs one
+
+    @property
+    def budget_bytes(self) -> int | None:
+        return None if self.memory_budget is None else memory_bytes(self.memory_budget)
+
+
+def memory_bytes(text: str) -> int:
+    """A quantity MEMORY_PATTERN accepts (`12Gi`, `512M`, `1000`) in bytes."""
+    unit = text.lstrip("0123456789.")
+    number = float(text[: len(text) - len(unit)])
+    power = "KMGT".index(unit[0]) + 1 if unit else 0
+    return int(number * (1024 if unit.endswith("i") else 1000) ** power)
+
+
 class ServiceConfig(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     engine: str
     options: dict[str, Any] = Field(default_factory=dict)
+    # checkpoint name -> engine options merged over `options` for it; a job's `model` picks one
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=1000)
+    # what a job naming no model gets; default: the first of `models`
+    default_model: str | None = Field(default=None, validate_default=True)
+    affinity: Affinity = Field(default_factory=Affinity)
     replicas: Replicas = Field(default_factory=Replicas)
     max_batch_size: int = Field(default=1, ge=1, le=4096)
     job_timeout: float = Field(default=300.0, gt=0)
@@ -110,6 +157,36 @@ class ServiceConfig(Strict):
                 raise ValueError(f"{name!r} would pass the gateway's secrets to workers")
         return names
 
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name in models:
+            if not re.fullmatch(MODEL_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a checkpoint name (letters, digits, '.', '_', '-')")
+        return models
+
+    @field_validator("default_model")
+    @classmethod
+    def _default_model_known(cls, name: str | None, info: ValidationInfo) -> str | None:
+        """A key of `models`; left out, the first key (None without models). Runs on the default
+        too (`validate_default`), after `models` (declared first) was validated."""
+        models = info.data.get("models")
+        if models is None:  # `models` itself was refused; that error is the one reported
+            return name
+        if name is None:
+            return next(iter(models), None)
+        if name not in models:
+            known = ", ".join(models) or "none"
+            raise ValueError(f"{name!r} is not a key of models (known: {known})")
+        return name
+
+    def model_options(self, model: str | None) -> dict[str, Any]:
+        """The engine options of checkpoint `model` (its entry merged over `options`); `options`
+        itself for None or a service without `models`. KeyError for an unknown checkpoint."""
+        if model is None or not self.models:
+            return dict(self.options)
+        return {**self.options, **self.models[model]}
+
 
 class GatewayConfig(Strict):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
@@ -128,6 +205,7 @@ class GatewayConfig(Strict):
     dns_threads: int = Field(default=4, ge=1, le=64)
     dns_timeout_seconds: float = Field(default=5.0, gt=0)
     retry_after_seconds: float = Field(default=1.0, gt=0)
+    filter: FilterConfig = Field(default_factory=FilterConfig)  # swell.gateway.filtering
 
 
 class SwellConfig(Strict):
@@ -136,6 +214,8 @@ class SwellConfig(Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     brain: BrainConfig = Field(default_factory=lambda: BrainConfig.model_validate({}))  # typed for mypy
+    a1111: A1111Config = Field(default_factory=A1111Config)  # swell.gateway.a1111.config
+    discord: DiscordConfig | None = None  # swell.gateway.discord.config; None: no Discord door
 
     @model_validator(mode="after")
     def _unique_services(self) -> SwellConfig:
@@ -149,23 +229,23 @@ class SwellConfig(Strict):
     def _known_datasets(self) -> SwellConfig:
         """An engine option `dataset: NAME` must name a key of `datasets` (the error is at that option)."""
         for index, service in enumerate(self.services):
-            if "dataset" not in service.options:
-                continue
-            name = service.options["dataset"]
-            if not isinstance(name, str):
-                message = "must be the name of a dataset (a string)"
-            elif name not in self.datasets:
-                known = ", ".join(sorted(self.datasets)) or "none"
-                message = f"no dataset named {name!r} in datasets (known: {known})"
-            else:
-                continue
-            error = InitErrorDetails(
-                type=PydanticCustomError("unknown_dataset", message),
-                loc=("services", index, "options", "dataset"),
-                input=name,
-            )
-            raise pydantic.ValidationError.from_exception_data(type(self).__name__, [error])
+            places: list[tuple[tuple[str, ...], dict[str, Any]]] = [(("options",), service.options)]
+            places += [(("models", model), options) for model, options in service.models.items()]
+            for where, options in places:
+                if "dataset" in options:
+                    self._check_dataset(options["dataset"], ("services", index, *where, "dataset"))
         return self
+
+    def _check_dataset(self, name: Any, loc: tuple[str | int, ...]) -> None:
+        if not isinstance(name, str):
+            message = "must be the name of a dataset (a string)"
+        elif name not in self.datasets:
+            known = ", ".join(sorted(self.datasets)) or "none"
+            message = f"no dataset named {name!r} in datasets (known: {known})"
+        else:
+            return
+        error = InitErrorDetails(type=PydanticCustomError("unknown_dataset", message), loc=loc, input=name)
+        raise pydantic.ValidationError.from_exception_data(type(self).__name__, [error])
 
     def service(self, name: str) -> ServiceConfig:
         from swell.core.errors import ServiceNotFound
@@ -223,14 +303,29 @@ def parse_config(raw: dict[str, Any], *, file: str | None = None) -> SwellConfig
 
 def check_engines(config: SwellConfig, raw: Any = None, *, file: str | None = None) -> None:
     """Refuse a service whose engine is unknown or does not import, or whose options do not fit it:
-    a ConfigError at `services[NAME].engine` or `services[NAME].options.KEY`."""
+    a ConfigError at `services[NAME].engine` or `services[NAME].options.KEY`; with `models`, each
+    checkpoint's merged options are checked, at `services[NAME].models.MODEL.KEY`."""
     from swell.engines.registry import engine_problem  # imports no engine, and no torch
 
     for index, service in enumerate(config.services):
-        problem = engine_problem(service.engine, service.options)
+        where = _dotted(("services", index), raw if raw is not None else config.model_dump())
+        # with `models`, `options` is only what the checkpoints share: each merge is checked instead
+        problem = None if service.models else engine_problem(service.engine, service.options)
         if problem is not None:
-            where = _dotted(("services", index), raw if raw is not None else config.model_dump())
             raise ConfigError(problem.message, key=f"{where}.{problem.key}", file=file)
+        for model in service.models:
+            problem = engine_problem(service.engine, service.model_options(model))
+            if problem is not None:
+                raise ConfigError(problem.message, key=_model_key(where, model, problem.key), file=file)
+
+
+def _model_key(where: str, model: str, key: str) -> str:
+    """A problem of checkpoint `model`'s options (`options.steps`) at `services[S].models.MODEL.steps`;
+    one of the engine itself stays at `services[S].engine`."""
+    if key != "options" and not key.startswith("options."):
+        return f"{where}.{key}"
+    rest = key.removeprefix("options").lstrip(".")
+    return f"{where}.models.{model}" + (f".{rest}" if rest else "")
 
 
 def _dotted(loc: tuple[Any, ...], raw: Any) -> str:

@@ -25,6 +25,11 @@ What happened to a job is also kept as an event log (`JobEvent`): one `state` ev
 appended by the backend in the transaction of the transition (`state_event_data` decides its data),
 plus the `progress` and `delta` events a worker reports and a `cancel` event per request.
 
+Deliveries. Where a job's outcome goes besides the API (a webhook, a Discord follow-up) is an
+outbox of `Delivery` rows, one per (job, channel), made from the spec's `DeliverySpec`s with the
+job; backends arm them in the atomic step of the final transition and re-arm them on a re-drive
+(`delivery_step` decides which), and one dispatcher (`swell.gateway.outbox`) works them off.
+
 Batches. A job leased together with others remembers how many (`leased_with`). When the batch
 fails as a whole (it ran past its deadline, the worker crashed or its lease expired), the failure is
 not the job's own: it goes back untouched with `batch_limit` halved, so a slow or poisonous job ends
@@ -38,11 +43,12 @@ import dataclasses
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from swell.core.errors import IllegalTransition, LeaseLost
+from swell.core.errors import IllegalTransition, LeaseLost, ValidationError
 
 
 class JobState(StrEnum):
@@ -141,8 +147,26 @@ def request_fingerprint(input: dict[str, Any], model: str | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliverySpec:
+    """Where a job's outcome goes once it is final, besides the API: a `channel` (`webhook`,
+    `discord`, ...) and its JSON-able `target` (`{"url": ...}` for a webhook). `expires_at`: the
+    target stops accepting at this time (a Discord interaction token lives 15 minutes)."""
+
+    channel: str
+    target: Mapping[str, Any]
+    expires_at: float | None = None
+
+
+WEBHOOK = "webhook"  # the channel a `callback_url` is delivered through
+
+
+@dataclass(frozen=True, slots=True)
 class JobSpec:
-    """What a client asks for; validated by the gateway before it reaches a queue."""
+    """What a client asks for; validated by the gateway before it reaches a queue.
+
+    `callback_url` is the webhook's target: `delivery_specs` adds it to `deliveries` as
+    `DeliverySpec("webhook", {"url": callback_url})`. A job has at most one delivery per channel
+    (`ValidationError` on field `deliveries` otherwise)."""
 
     service: str
     input: dict[str, Any]
@@ -153,17 +177,24 @@ class JobSpec:
     model: str | None = None  # the checkpoint the job needs, for model-affine leasing
     max_attempts: int = 3
     timeout: float = 300.0  # seconds a single delivery may run
+    deliveries: tuple[DeliverySpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        channels = [d.channel for d in self.delivery_specs]
+        if len(channels) != len(set(channels)):
+            raise ValidationError(
+                f"a job takes one delivery per channel, not {', '.join(sorted(channels))}", field="deliveries"
+            )
+
+    @property
+    def delivery_specs(self) -> tuple[DeliverySpec, ...]:
+        """`deliveries`, with the webhook of `callback_url` first when there is one."""
+        if self.callback_url is None:
+            return tuple(self.deliveries)
+        return (DeliverySpec(WEBHOOK, {"url": self.callback_url}), *self.deliveries)
 
     def fingerprint(self) -> str:
         return request_fingerprint(self.input, self.model)
-
-
-class WebhookState(StrEnum):
-    NONE = "none"  # no callback_url
-    WAITING = "waiting"  # the job is not final yet
-    PENDING = "pending"  # final; a delivery is due at `webhook_next_at`
-    DELIVERED = "delivered"
-    FAILED = "failed"  # gave up after every retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +221,6 @@ class Job:
     lease_expires_at: float | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
-    webhook_state: WebhookState = WebhookState.NONE
-    webhook_attempts: int = 0
-    webhook_next_at: float | None = None
-    webhook_error: str | None = None
     batch_limit: int | None = None  # the most jobs this job may be leased together with (None: no cap)
     leased_with: int = 0  # how many jobs were in the lease that took it last (itself included)
     fingerprint: str | None = None  # `request_fingerprint` of a job with an idempotency key
@@ -217,7 +244,6 @@ class Job:
             callback_url=spec.callback_url,
             tenant=spec.tenant,
             model=spec.model,
-            webhook_state=WebhookState.WAITING if spec.callback_url else WebhookState.NONE,
             fingerprint=spec.fingerprint() if spec.idempotency_key is not None else None,
         )
 
@@ -281,7 +307,8 @@ class Job:
 
     def redrive(self, now: float) -> Job:
         """Back to the queue from dead, failed or cancelled, as if just submitted: attempts, batch
-        limit and webhook start over; the last error stays until a delivery replaces it."""
+        limit start over (its deliveries are re-armed by the backend, see `Delivery.rearmed`); the
+        last error stays until a delivery replaces it."""
         self._check(Event.REDRIVE)
         return dataclasses.replace(
             self,
@@ -296,10 +323,6 @@ class Job:
             progress=None,
             progress_message=None,
             cancel_requested=False,
-            webhook_state=WebhookState.WAITING if self.callback_url else WebhookState.NONE,
-            webhook_attempts=0,
-            webhook_next_at=None,
-            webhook_error=None,
         )
 
     def release(self, now: float) -> Job:
@@ -335,34 +358,6 @@ class Job:
         if self.state is not JobState.LEASED or self.lease_owner != owner:
             raise LeaseLost(f"job {self.id} is no longer leased to {owner}")
         return dataclasses.replace(self, lease_expires_at=now + lease_seconds)
-
-    # -- webhook delivery bookkeeping -------------------------------------------------------------
-
-    def webhook_delivered(self) -> Job:
-        return dataclasses.replace(
-            self,
-            webhook_state=WebhookState.DELIVERED,
-            webhook_attempts=self.webhook_attempts + 1,
-            webhook_next_at=None,
-            webhook_error=None,
-        )
-
-    def webhook_failed(self, error: str, now: float, *, max_attempts: int, policy: RetryPolicy) -> Job:
-        attempts = self.webhook_attempts + 1
-        if attempts >= max_attempts:
-            return dataclasses.replace(
-                self,
-                webhook_state=WebhookState.FAILED,
-                webhook_attempts=attempts,
-                webhook_next_at=None,
-                webhook_error=error,
-            )
-        return dataclasses.replace(
-            self,
-            webhook_attempts=attempts,
-            webhook_next_at=now + policy.backoff(attempts),
-            webhook_error=error,
-        )
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -405,19 +400,8 @@ class Job:
         )
 
     def _finish(self, state: JobState, now: float, **changes: Any) -> Job:
-        webhook = self.webhook_state
-        next_at = self.webhook_next_at
-        if webhook is WebhookState.WAITING:
-            webhook, next_at = WebhookState.PENDING, now
         return dataclasses.replace(
-            self,
-            state=state,
-            finished_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-            webhook_state=webhook,
-            webhook_next_at=next_at,
-            **changes,
+            self, state=state, finished_at=now, lease_owner=None, lease_expires_at=None, **changes
         )
 
     def to_public(self) -> dict[str, Any]:
@@ -446,13 +430,142 @@ class Job:
                 body["progress"]["message"] = self.progress_message
         if self.cancel_requested:
             body["cancel_requested"] = True
-        if self.webhook_state is not WebhookState.NONE:
-            body["webhook"] = {
-                "state": self.webhook_state.value,
-                "attempts": self.webhook_attempts,
-                "error": self.webhook_error,
-            }
         return body
+
+
+# -- deliveries: the outbox -------------------------------------------------------------------------
+
+
+class DeliveryState(StrEnum):
+    WAITING = "waiting"  # the job is not final yet
+    PENDING = "pending"  # final; a try is due at `next_at`
+    DELIVERED = "delivered"
+    FAILED = "failed"  # gave up: out of attempts, or a permanent refusal
+    EXPIRED = "expired"  # the target stopped accepting before the outcome reached it
+
+    @property
+    def final(self) -> bool:
+        return self in (DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.EXPIRED)
+
+
+MIN_RETRY_AFTER = 0.25  # seconds: the shortest wait a rate-limited target gets (no hot loop on 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One row of the outbox: where one job's outcome goes through one channel, and how far it got.
+
+    A row is made with its job (WAITING), armed (PENDING, due now) in the atomic step of the job's
+    final transition, and re-armed (`rearmed`: WAITING, attempts reset) when the job is re-driven;
+    the dispatcher records each try through the pure transitions below. `version` guards a save:
+    a backend stores a row only while its stored `version` is still the one this value was read
+    with, and bumps it, so a try that ends after the job was re-driven cannot overwrite the new
+    round (see `Outbox.save_delivery`).
+
+        waiting ──job final──▶ pending ──delivered──▶ delivered
+           │  ▲                  │  ▲ └──failed, out of attempts / permanent──▶ failed
+           │  └────redrive──── (any)└─failed: back-off, or the target's retry_after
+           └──expired (the target's time ran out while the job ran)──▶ expired ◀── pending, too late
+    """
+
+    job_id: str
+    channel: str
+    target: Mapping[str, Any]
+    state: DeliveryState
+    attempts: int = 0  # tries counted against the dispatcher's max (rate-limited ones are not)
+    next_at: float | None = None
+    error: str | None = None
+    expires_at: float | None = None
+    created_at: float = 0.0
+    progress_seq: int = 0  # the last job event seq the channel was shown (progress edits)
+    version: int = 0  # bumped by every write the backend stores
+
+    @classmethod
+    def create(cls, job_id: str, spec: DeliverySpec, now: float) -> Delivery:
+        return cls(
+            job_id=job_id,
+            channel=spec.channel,
+            target=dict(spec.target),
+            state=DeliveryState.WAITING,
+            expires_at=spec.expires_at,
+            created_at=now,
+        )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.job_id, self.channel)
+
+    def armed(self, now: float) -> Delivery:
+        """The job turned final: a WAITING row is due now; any other is left as it is."""
+        if self.state is not DeliveryState.WAITING:
+            return self
+        return dataclasses.replace(self, state=DeliveryState.PENDING, next_at=now)
+
+    def rearmed(self) -> Delivery:
+        """The job was re-driven: the row waits for its next final state, as if just made."""
+        return dataclasses.replace(
+            self, state=DeliveryState.WAITING, attempts=0, next_at=None, error=None, progress_seq=0
+        )
+
+    def delivered(self, now: float) -> Delivery:
+        return dataclasses.replace(
+            self, state=DeliveryState.DELIVERED, attempts=self.attempts + 1, next_at=None, error=None
+        )
+
+    def failed(
+        self,
+        error: str,
+        now: float,
+        max_attempts: int,
+        policy: RetryPolicy,
+        retry_after: float | None = None,
+    ) -> Delivery:
+        """A try failed. With `retry_after` (the target rate-limited it) the row is due again then
+        and the try is not counted, so rate limits never use up a follow-up's attempts; otherwise it
+        counts, and the row backs off or, out of `max_attempts`, fails for good."""
+        if retry_after is not None:
+            wait = max(MIN_RETRY_AFTER, retry_after)
+            return dataclasses.replace(self, state=DeliveryState.PENDING, next_at=now + wait, error=error)
+        attempts = self.attempts + 1
+        if attempts >= max_attempts:
+            return dataclasses.replace(
+                self, state=DeliveryState.FAILED, attempts=attempts, next_at=None, error=error
+            )
+        return dataclasses.replace(
+            self,
+            state=DeliveryState.PENDING,
+            attempts=attempts,
+            next_at=now + policy.backoff(attempts),
+            error=error,
+        )
+
+    def expired(self) -> Delivery:
+        error = self.error or "the target expired before the job's outcome reached it"
+        return dataclasses.replace(self, state=DeliveryState.EXPIRED, next_at=None, error=error)
+
+    def progressed(self, seq: int) -> Delivery:
+        """The channel was shown the job's progress up to event `seq`."""
+        return dataclasses.replace(self, progress_seq=max(self.progress_seq, seq))
+
+    def to_public(self) -> dict[str, Any]:
+        """The row as the API shows it (the target stays private: it may hold a token)."""
+        return {"state": self.state.value, "attempts": self.attempts, "error": self.error}
+
+
+class DeliveryStep(StrEnum):
+    ARM = "arm"  # the job turned final: its WAITING rows are due now (`Delivery.armed`)
+    REARM = "rearm"  # a final job was re-driven: every row waits again (`Delivery.rearmed`)
+
+
+def delivery_step(before: Job | None, after: Job) -> DeliveryStep | None:
+    """What storing `after` in place of `before` does to the job's deliveries, in the same atomic
+    step: arm them when it turns final, re-arm them when it leaves a final state; None otherwise."""
+    was_final = before is not None and before.state.final
+    if after.state.final and not was_final and before is not None:
+        return DeliveryStep.ARM
+    if was_final and not after.state.final:
+        return DeliveryStep.REARM
+    return None
 
 
 # -- the event log ----------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ class ReplicaInfo:
     service: str
     state: ReplicaState
     pid: int | None = None
-    model: str | None = None
+    model: str | None = None  # the checkpoint it used last (the first of `models`)
+    models: tuple[str, ...] = ()  # the checkpoints it holds loaded, most recently used first
     jobs_done: int = 0
     jobs_failed: int = 0
     restarts: int = 0
@@ -46,6 +47,7 @@ class ReplicaInfo:
             "pid": self.pid,
             "state": self.state.value,
             "model": self.model,
+            "models": list(self.models),
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
             "restarts": self.restarts,

@@ -8,11 +8,17 @@ sees a torn file; chunks and refs are not fsync'ed, because what a crash tore fa
     locks/<file>.<index>    flock'ed while a process fills that chunk: the origin is read once
     evict.lock              flock'ed by the one process enforcing the quota
     stats                   the node's counters (every process adds to them under a flock)
+    warm/<node>/<dataset>   a warm marker: that node holds the dataset warm (swell.cluster.ray reads
+                            it); it lists the hashes of the chunks the dataset needs, one a line
 
 A reader holds a shared flock on each chunk file it has read until it is closed (its lease); eviction
 takes an exclusive non-blocking flock and skips chunks in use. Every chunk is hashed when read: a
 corrupted or truncated chunk is discarded and fetched again. Least recently used chunks (by mtime,
-touched on each hit) go first when the byte quota is exceeded.
+touched on each hit) go first when the byte quota is exceeded. Evicting a chunk (the quota, `forget`,
+a corrupt chunk discarded) removes every warm marker that lists it, so a node never advertises a
+dataset its cache no longer holds whole; a marker is written (`mark_warm`) only while every chunk it
+lists is here. A marker written in the instant a chunk it lists is evicted may outlive it: the
+preference is then wrong and harmless (the replica loads cold).
 
 `statistics()` are the node's counters, summed over every process that used this cache directory (so
 the gateway can export what its workers did); `process_statistics()` are this process's alone.
@@ -27,7 +33,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -155,14 +161,16 @@ class NodeCache:
 
         A chunk under a lease stays, and so does its ref: the file is still (partly) cached.
         """
-        fid, freed = self.file_id(uri, info), 0
+        fid, freed, gone = self.file_id(uri, info), 0, set()
         for idx in range(self.chunk_count(info.size)):
             h = self._ref(fid, idx)
             if h:
                 evicted = self._evict_chunk(self._chunk_path(h))
                 if evicted is not None:
                     freed += evicted
+                    gone.add(h)
                     (self.root / "refs" / fid / str(idx)).unlink(missing_ok=True)
+        self._unmark(gone)
         return freed
 
     def enforce_quota(self, *, now: bool = False) -> None:
@@ -187,13 +195,50 @@ class NodeCache:
             if not got:
                 return  # another process is at it
             chunks = sorted(self._chunk_stats(), key=lambda t: t[0])
-            used = sum(size for _, size, _ in chunks)
+            used, gone = sum(size for _, size, _ in chunks), set()
             for _, _, path in chunks:
                 if used <= self.quota_bytes:
                     break
-                used -= self._evict_chunk(path) or 0
+                evicted = self._evict_chunk(path)
+                if evicted is not None:
+                    used -= evicted
+                    gone.add(path.name)
+            self._unmark(gone)
         with self._lock:
             self._walked, self._filled = (time.monotonic(), used), 0
+
+    # -- warm markers -----------------------------------------------------------------------------
+
+    def chunk_hashes(self, uri: str, info: ObjectInfo) -> list[str] | None:
+        """The hashes of every chunk of one source file, or None unless all of them are here."""
+        fid, hashes = self.file_id(uri, info), []
+        for idx in range(self.chunk_count(info.size)):
+            h = self._ref(fid, idx)
+            if h is None or not self._chunk_path(h).exists():
+                return None
+            hashes.append(h)
+        return hashes
+
+    def mark_warm(self, node: str, name: str, hashes: Iterable[str]) -> None:
+        """Say that `node` holds dataset `name` warm while every chunk in `hashes` stays cached."""
+        atomic_write(self.root / "warm" / node / name, "\n".join(hashes).encode(), durable=False)
+
+    def warm(self, node: str) -> list[str]:
+        """The datasets `node` holds warm (its markers)."""
+        folder = self.root / "warm" / node
+        return sorted(p.name for p in folder.glob("*") if not p.name.startswith("."))
+
+    def _unmark(self, evicted: set[str]) -> None:
+        """Remove every warm marker that lists one of the `evicted` chunks."""
+        if not evicted:
+            return
+        for marker in (self.root / "warm").glob("*/*"):
+            try:
+                needs = marker.read_bytes().decode("ascii", "replace").split()
+            except OSError:  # removed meanwhile, or a temporary file
+                continue
+            if not evicted.isdisjoint(needs):
+                marker.unlink(missing_ok=True)
 
     def __repr__(self) -> str:
         return f"NodeCache({str(self.root)!r}, quota_bytes={self.quota_bytes}, chunk_size={self.chunk_size})"
@@ -263,6 +308,7 @@ class NodeCache:
         finally:
             os.close(fd)
         self._count(corrupt_chunks=1)
+        self._unmark({h})
 
     def _evict_chunk(self, path: Path) -> int | None:
         """Remove a chunk no reader holds: its size (0 if already gone), or None if it is leased."""

@@ -59,8 +59,16 @@ class PhaseCollector:
         )
         for replica in self.replicas.replicas():
             for phase, seconds in sorted(replica.phases.items()):
+                if _is_count(phase):
+                    continue
                 family.add_metric([replica.service, replica.id, phase], float(seconds))
         yield family
+
+
+def _is_count(phase: str) -> bool:
+    """Whether a `phases` entry counts loads instead of timing them (swell.worker.models writes
+    `loads:MODEL` and `switches` beside the seconds; /metrics shows them as swell_model_loads_total)."""
+    return phase.startswith("loads:") or phase == "switches"
 
 
 def register_metrics(

@@ -742,6 +742,8 @@ def _gateway_container(options: DeployOptions) -> dict[str, Any]:
         "image": options.image,
         "command": command,
         "env": env,
+        # the data Secret's AWS_* let the gateway read result files from an s3:// results_url
+        "envFrom": [{"secretRef": {"name": f"{options.name}-data", "optional": True}}],
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
         "resources": _resources(options.gateway_cpu, options.gateway_memory),
         "securityContext": _restricted(RAY_UID, read_only=True),

@@ -2,7 +2,8 @@
 
 `RunContext` is what an engine gets per call: the job ids, and ways to hand in a job's result early
 (`report`), report how far a job is (`progress`, with an optional preview image) or stream its text
-(`delta`), see whether the job was cancelled (`cancelled`), and write result files (`results`). The
+(`delta`, one text per completion of a job), see whether the job was cancelled (`cancelled`), and
+write result files (`results`). The
 worker wires these to the queue (swell.worker.batch.Signals): progress and text are sent in batches
 a few times a second, cancel requests are polled in the background, so every call here is cheap and
 never blocks on storage. Outside a worker (a test, a notebook) they do nothing, or are recorded by a
@@ -67,12 +68,22 @@ class JobSignals(Protocol):
     def cancelled(self, job_id: str) -> bool: ...
 
 
+@runtime_checkable
+class ChoiceSignals(Protocol):
+    """Signals that also carry the text of a job's other completions (`n` > 1), each on its own:
+    `choice_delta(job_id, index, text)`, the delta event's `index`. Signals without it get the
+    first completion's text only (`delta`); the others then arrive whole in the result."""
+
+    def choice_delta(self, job_id: str, index: int, text: str) -> None: ...
+
+
 @dataclass
 class MemorySignals:
     """Signals kept in memory, for running an engine outside a worker: what it reported, in order,
     and `cancel(job_id)` to make `cancelled(job_id)` true from another thread."""
 
     events: list[tuple[str, str, Any]] = field(default_factory=list)  # (job id, "progress"|"delta", value)
+    choices: list[tuple[str, int, str]] = field(default_factory=list)  # (job id, index, text): every delta
     previews: dict[str, bytes] = field(default_factory=dict)  # the last preview per job
     cancels: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -84,8 +95,13 @@ class MemorySignals:
                 self.previews[job_id] = preview
 
     def delta(self, job_id: str, text: str) -> None:
+        self.choice_delta(job_id, 0, text)
+
+    def choice_delta(self, job_id: str, index: int, text: str) -> None:
         with self._lock:
-            self.events.append((job_id, "delta", text))
+            self.choices.append((job_id, index, text))
+            if index == 0:
+                self.events.append((job_id, "delta", text))
 
     def cancelled(self, job_id: str) -> bool:
         return job_id in self.cancels
@@ -93,10 +109,10 @@ class MemorySignals:
     def cancel(self, job_id: str) -> None:
         self.cancels = self.cancels | {job_id}  # a new set: readers in other threads see one or the other
 
-    def text(self, job_id: str) -> str:
-        """Every delta of `job_id`, joined."""
+    def text(self, job_id: str, index: int = 0) -> str:
+        """Every delta of `job_id`'s completion `index`, joined."""
         with self._lock:
-            return "".join(v for j, kind, v in self.events if j == job_id and kind == "delta")
+            return "".join(v for j, i, v in self.choices if j == job_id and i == index)
 
     def fractions(self, job_id: str) -> list[float]:
         with self._lock:
@@ -146,10 +162,17 @@ class RunContext:
         if self.signals is not None:
             self.signals.progress(job_id, min(1.0, max(0.0, float(fraction))), preview, message)
 
-    def delta(self, job_id: str, text: str) -> None:
-        """The next piece of `job_id`'s streamed text (an LLM's tokens), in order."""
+    def delta(self, job_id: str, text: str, *, index: int = 0) -> None:
+        """The next piece of `job_id`'s streamed text (an LLM's tokens), in order; `index` is the
+        completion it belongs to when a job makes several. Signals that cannot carry an index
+        (not `ChoiceSignals`) stream completion 0 only."""
         self._check(job_id)
-        if text and self.signals is not None:
+        if not text or self.signals is None:
+            return
+        choice_delta = getattr(self.signals, "choice_delta", None)  # a ChoiceSignals
+        if choice_delta is not None:
+            choice_delta(job_id, index, text)
+        elif index == 0:
             self.signals.delta(job_id, text)
 
     def cancelled(self, job_id: str) -> bool:

@@ -8,14 +8,25 @@
     DELETE /v1/jobs/{id}                 cancel: a queued job at once (200), a running one is asked to
                                          stop (202, `cancel_requested`); 409 once final
     POST   /v1/jobs/{id}/retry           re-drive a dead, failed or cancelled job
-    GET    /v1/jobs/{id}/files/{name}    a file the job wrote to the data dir
+    GET    /v1/jobs/{id}/files/{name}    a file the job wrote (data dir, or cluster.results_url)
     GET    /v1/services                  services with queue depth by state and their replicas
     GET    /healthz, /readyz, /metrics, /openapi.json, /docs   (no key needed)
     GET    /v1/models, POST /v1/chat/completions, /v1/completions, /v1/embeddings
                                          the OpenAI-compatible door (swell.gateway.openai)
+    POST   /sdapi/v1/txt2img, /img2img, GET /sdapi/v1/sd-models, ... and /controlnet/*
+                                         the AUTOMATIC1111-compatible door (swell.gateway.a1111),
+                                         mounted when a diffusers service is configured
+    POST   /discord/interactions         the Discord door (swell.gateway.discord): signed slash commands,
+                                         mounted with a `discord:` section; its follow-ups are the
+                                         outbox's `discord` channel
 
 Every door submits through one `Submissions` (swell.gateway.submissions): service lookup,
 validation, admission, idempotency, group commit and metrics are the same behind each.
+
+Deliveries (webhooks, chat follow-ups) go through one outbox `Dispatcher` (swell.gateway.outbox),
+built here with the webhook channel and any `channels` given (`app.state.dispatcher`), and run by
+the app's lifespan unless `deliver=False`. A single job's answer shows its rows: `webhook` (state,
+attempts, error) and `deliveries` (the same per channel); listings leave them out.
 
 A submit answers with the job. The status follows the job's state, not how it was reached: 202
 while the job is queued or running, 200 once it is final (after `wait`, or on an idempotent repeat
@@ -32,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
@@ -47,17 +58,21 @@ from swell.core.errors import (
     Unavailable,
     ValidationError,
 )
-from swell.core.jobs import Job, JobState
+from swell.core.jobs import WEBHOOK, Delivery, DeliverySpec, Job, JobState
 from swell.core.replicas import ReplicaView
+from swell.engines.results import open_result_store
+from swell.gateway.a1111.router import A1111API, serves_a1111
 from swell.gateway.auth import bearer_key
+from swell.gateway.discord.interactions import discord_door
 from swell.gateway.errors import install_error_handlers, retry_headers
 from swell.gateway.events import HEADERS as SSE_HEADERS
 from swell.gateway.events import EventStream, resume_point
-from swell.gateway.files import DescriptorResponse, open_job_file, plain_name
+from swell.gateway.files import JobFiles, plain_name
 from swell.gateway.health import ServiceHealth, StorageHealth
 from swell.gateway.limits import BodyLimit, GatewayLimits, InternalErrors, LagMonitor, Shedding
 from swell.gateway.metrics import WAITED, AckTimer, GatewayMetrics
 from swell.gateway.openai import OpenAIAPI
+from swell.gateway.outbox import Channel, Dispatcher
 from swell.gateway.schemas import (
     CancelledView,
     ErrorView,
@@ -69,6 +84,7 @@ from swell.gateway.schemas import (
 )
 from swell.gateway.storage import AsyncQueue
 from swell.gateway.submissions import Submissions
+from swell.gateway.webhooks import WebhookChannel
 from swell.queue.base import QueueBackend
 
 log = logging.getLogger("swell.gateway")
@@ -89,12 +105,15 @@ def create_app(
     registry: CollectorRegistry | None = None,
     extra_services: Callable[[], dict[str, dict[str, Any]]] | None = None,
     limits: GatewayLimits | None = None,
+    channels: Mapping[str, Channel] | None = None,
+    deliver: bool = True,
 ) -> FastAPI:
     """The ASGI app over `queue`. `extra_services()` adds keys to each `/v1/services` entry;
-    `limits` replaces those `config.gateway` sets.
+    `limits` replaces those `config.gateway` sets; `channels` (name -> `Channel`) join the webhook
+    channel in the outbox dispatcher, which the lifespan runs when `deliver`.
 
     Every route and middleware is mounted here; `app.state` holds the parts tests and `swell up`
-    look at (`limits`, `storage`, `metrics`, `registry`, `lag`, `events`)."""
+    look at (`limits`, `storage`, `metrics`, `registry`, `lag`, `events`, `dispatcher`)."""
     limits = limits or GatewayLimits.of(config.gateway)
     storage = AsyncQueue(
         queue,
@@ -106,19 +125,34 @@ def create_app(
     services = ServiceHealth(replicas, storage)
     ops = Operations(StorageHealth(storage.probe), services, config.services, storage, metrics)
     api = JobsAPI(config, settings, storage, metrics, limits, services, extra_services=extra_services)
+    api.sizing = getattr(replicas, "sizing", None)  # right-sizing advice, where the backend gives it
     lag = LagMonitor(target=limits.max_loop_lag_seconds)
+    discord = discord_door(config, settings, api.submissions, storage, clock)  # None unless configured
+    door_channels: dict[str, Channel] = {discord.channel.name: discord.channel} if discord else {}
+    dispatcher = _dispatcher(config, settings, queue, clock, {**door_channels, **(channels or {})})
     app = FastAPI(
         title="Swell",
         summary="Serving generative-AI models: a fast-acknowledging jobs API over a durable queue",
         version="0.1.0",
-        lifespan=_lifespan(metrics, storage, lag, api),
+        lifespan=_lifespan(metrics, storage, lag, api, dispatcher if deliver else None),
     )
+    app.state.dispatcher = dispatcher
     app.state.limits, app.state.storage, app.state.lag = limits, storage, lag
     app.state.metrics, app.state.registry, app.state.events = metrics, metrics.registry, api.event_stream
     install_error_handlers(app)
     app.include_router(api.router(settings))
-    openai = OpenAIAPI(api.submissions, config.services, max_wait=config.gateway.max_wait_seconds)
+    results = open_result_store(config.cluster.results_url, settings.data_dir)  # read back by the doors
+    openai = OpenAIAPI(
+        api.submissions, config.services, max_wait=config.gateway.max_wait_seconds, results=results
+    )
     app.include_router(openai.router(settings))
+    app.state.discord = discord
+    if discord is not None:
+        app.include_router(discord.router())
+    if serves_a1111(config):
+        a1111 = A1111API(api.submissions, config, settings, results=results, clock=clock)
+        for router in a1111.routers(settings):
+            app.include_router(router)
     app.include_router(ops.router())
     app.add_middleware(BodyLimit, max_bytes=config.gateway.max_body_bytes)
     app.add_middleware(AckTimer, histogram=metrics.ack)
@@ -199,7 +233,8 @@ class JobsAPI:
         self.metrics = metrics
         self.health = health
         self.extra_services = extra_services
-        self.files = settings.data_dir / "files"
+        self.sizing: Callable[[], dict[str, dict[str, Any]]] | None = None
+        self.files = JobFiles(settings.data_dir, config.cluster.results_url)
         self.event_stream = EventStream(storage)
 
     def router(self, settings: Settings) -> APIRouter:
@@ -248,7 +283,8 @@ class JobsAPI:
         if not created:
             headers["Idempotent-Replayed"] = "true"
         status = 200 if job.state.final else 202
-        return JSONResponse(job.to_public(), status_code=status, headers=headers)
+        made = _made_now(job) if created and not job.state.final else None  # no read on the hot path
+        return JSONResponse(await self._public(job, made), status_code=status, headers=headers)
 
     async def list_jobs(
         self,
@@ -272,13 +308,14 @@ class JobsAPI:
         return JSONResponse({"cancelled": await self.storage.cancel_many(service=service)})
 
     async def get_job(self, job_id: str) -> JSONResponse:
-        return JSONResponse((await self.storage.get(job_id)).to_public())
+        job, rows = await self.storage.run(_with_rows, self.storage.queue, job_id)
+        return JSONResponse(await self._public(job, rows))
 
     async def cancel_job(self, job_id: str) -> JSONResponse:
         """Cancel a queued job (200, cancelled); ask the worker running one to stop it (202, still
         leased with `cancel_requested`: it ends `cancelled` at its next step); 409 once final."""
         job = await self.storage.cancel(job_id)
-        return JSONResponse(job.to_public(), status_code=200 if job.state.final else 202)
+        return JSONResponse(await self._public(job), status_code=200 if job.state.final else 202)
 
     async def job_events(
         self,
@@ -297,22 +334,24 @@ class JobsAPI:
     async def retry_job(self, job_id: str) -> JSONResponse:
         """Send a dead, failed or cancelled job back to the queue (attempts reset, webhook re-armed)."""
         job = await self.storage.retry(job_id)
-        return JSONResponse(job.to_public(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        return JSONResponse(await self._public(job), status_code=202, headers=headers)
 
     async def job_file(self, job_id: str, name: str) -> Response:
         """A regular file the job's engine wrote into its own folder (large binary outputs)."""
         if not plain_name(name):
             raise ValidationError("a file name is one plain path component", field="name")
         job = await self.storage.get(job_id)
-        opened = await self.storage.run(open_job_file, self.files / job.id, name)
-        if opened is None:
+        response = await self.files.response(job.id, name, self.storage)
+        if response is None:
             raise NotFound(f"job {job.id} has no file {name!r}", field="name")
-        return DescriptorResponse(*opened, name=name, storage=self.storage)
+        return response
 
     async def list_services(self) -> dict[str, list[dict[str, Any]]]:
         depth = await self.storage.depth()
         replicas = await self.health.replicas(fresh=True)
         extra = await self.storage.run(self.extra_services) if self.extra_services is not None else {}
+        sizing = await self.storage.run(self.sizing) if self.sizing is not None else {}
         return {
             "services": [
                 {
@@ -323,6 +362,7 @@ class JobsAPI:
                     "replicas_max": s.replicas.max,
                     "queue": depth.get(s.name, {}),
                     "replicas": [r.to_public() for r in replicas if r.service == s.name],
+                    "rightsizing": sizing.get(s.name),  # swell.brain.rightsize: advice, never applied
                     **extra.get(s.name, {}),
                 }
                 for s in self.services.values()
@@ -330,6 +370,12 @@ class JobsAPI:
         }
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    async def _public(self, job: Job, rows: Sequence[Delivery] | None = None) -> dict[str, Any]:
+        """The job as one job's answer shows it: with its outbox rows (read when not given)."""
+        if rows is None:
+            rows = await self.storage.run(self.storage.queue.deliveries, job.id)
+        return with_deliveries(job.to_public(), rows)
 
     def _known(self, name: str) -> None:
         if name not in self.services:
@@ -348,6 +394,43 @@ def _includes(include: str | None) -> bool:
             f"include takes {', '.join(INCLUDES)}; not {', '.join(unknown)}", field="include"
         )
     return "result" in names
+
+
+def with_deliveries(body: dict[str, Any], rows: Sequence[Delivery]) -> dict[str, Any]:
+    """A job's public body with its outbox rows: `deliveries` (per channel) and, for the webhook,
+    `webhook` (its state, attempts and last error), as the API showed before rows existed."""
+    if rows:
+        body["deliveries"] = [{"channel": row.channel, **row.to_public()} for row in rows]
+    for row in rows:
+        if row.channel == WEBHOOK:
+            body["webhook"] = row.to_public()
+    return body
+
+
+def _with_rows(queue: QueueBackend, job_id: str) -> tuple[Job, list[Delivery]]:
+    """A job and its outbox rows, in one call off the loop."""
+    return queue.get(job_id), queue.deliveries(job_id)
+
+
+def _made_now(job: Job) -> list[Delivery]:
+    """The rows a job's submit has just made (all waiting), known without reading them back."""
+    if job.callback_url is None:
+        return []
+    return [Delivery.create(job.id, DeliverySpec(WEBHOOK, {"url": job.callback_url}), job.created_at)]
+
+
+def _dispatcher(
+    config: SwellConfig, settings: Settings, queue: QueueBackend, clock: Clock, extra: Mapping[str, Channel]
+) -> Dispatcher:
+    """The one outbox dispatcher: the webhook channel, then `extra` (which may replace it)."""
+    webhook = WebhookChannel(
+        settings.webhook_secret or "",
+        clock=clock,
+        timeout=config.gateway.webhook_timeout,
+        allow_hosts=settings.callback_allow_hosts,
+    )
+    channels: dict[str, Channel] = {WEBHOOK: webhook, **extra}
+    return Dispatcher(queue, channels, clock=clock, max_attempts=config.gateway.webhook_max_attempts)
 
 
 def _listed(job: Job, with_result: bool) -> dict[str, Any]:
@@ -374,7 +457,11 @@ def _render(metrics: GatewayMetrics) -> bytes:
 
 
 def _lifespan(
-    metrics: GatewayMetrics, storage: AsyncQueue, lag: LagMonitor, api: JobsAPI
+    metrics: GatewayMetrics,
+    storage: AsyncQueue,
+    lag: LagMonitor,
+    api: JobsAPI,
+    dispatcher: Dispatcher | None,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -382,12 +469,18 @@ def _lifespan(
             asyncio.create_task(_collect_forever(metrics, storage), name="gateway-metrics"),
             asyncio.create_task(lag.run(), name="gateway-loop-lag"),
         ]
+        stop = asyncio.Event()
+        if dispatcher is not None:
+            tasks.append(asyncio.create_task(dispatcher.run(stop), name="outbox"))
         try:
             yield
         finally:
+            stop.set()  # the dispatcher ends its tries in flight (cut short: tried again later)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if dispatcher is not None:
+                dispatcher.close()
             api.close()
             storage.close()
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from swell.core.errors import SwellError
@@ -61,6 +61,41 @@ class ReplicaCollector(Collector):
         yield family
 
 
+class ModelLoadCollector(Collector):
+    """`swell_model_loads_total{service,model}` and `swell_model_load_seconds{service,model}` (a
+    summary: `_count` loads, `_sum` seconds), summed over the replicas at each scrape from the
+    `loads:MODEL` and `load:MODEL` entries of their phases (swell.worker.models). A replica that
+    restarts starts from zero, which Prometheus' `rate()` reads as a counter reset."""
+
+    def __init__(self, replicas: ReplicaView) -> None:
+        self.replicas = replicas
+
+    def collect(self) -> Iterator[Metric]:
+        loads: dict[tuple[str, str], float] = {}
+        seconds: dict[tuple[str, str], float] = {}
+        for replica in self.replicas.replicas():
+            for name, value in replica.phases.items():
+                kind, sep, model = name.partition(":")
+                if sep and kind in ("load", "loads"):
+                    into = loads if kind == "loads" else seconds
+                    into[(replica.service, model)] = into.get((replica.service, model), 0.0) + value
+        total = CounterMetricFamily(
+            "swell_model_loads",
+            "Checkpoint loads by the replicas (start and switches)",
+            labels=["service", "model"],
+        )
+        timed = SummaryMetricFamily(
+            "swell_model_load_seconds",
+            "Seconds the replicas spent loading checkpoints",
+            labels=["service", "model"],
+        )
+        for key in sorted(loads):
+            total.add_metric(list(key), loads[key])
+            timed.add_metric(list(key), count_value=int(loads[key]), sum_value=seconds.get(key, 0.0))
+        yield total
+        yield timed
+
+
 class GatewayMetrics:
     """Every metric the gateway keeps; `registry` is shared with the rest of `swell up`."""
 
@@ -80,6 +115,12 @@ class GatewayMetrics:
         self.rejections = Counter(
             "swell_jobs_rejected", "Submits refused, by reason", ["service", "reason"], registry=registry
         )
+        self.refused = Counter(
+            "swell_requests_refused",
+            "Requests the request filter refused, by door (jobs, openai, a1111, discord)",
+            ["service", "door"],
+            registry=registry,
+        )
         self.finished = Counter(
             "swell_jobs_finished", "Jobs that reached a final state", ["service", "state"], registry=registry
         )
@@ -96,6 +137,7 @@ class GatewayMetrics:
         registry.register(QueueDepthCollector(queue))
         if replicas is not None:
             registry.register(ReplicaCollector(replicas))
+            registry.register(ModelLoadCollector(replicas))
 
     def collect_finished(self, batch: int = 1000) -> int:
         """Observe jobs that finished since the last call; returns how many. The first call only

@@ -6,6 +6,7 @@
                                     model's chat template in the worker)
     POST /v1/completions            prompt -> a transformers-shaped job
     POST /v1/embeddings             input -> an embeddings job (`texts`); float or base64 vectors
+    POST /v1/images/generations     prompt, n, size -> a diffusers job; the PNGs as `b64_json`
 
 The model id is the service name. Each request is one job submitted through `Submissions`, so the
 queue, priorities, affinity, scaling and admission are the same as at `/v1/jobs`; an
@@ -13,9 +14,10 @@ queue, priorities, affinity, scaling and admission are the same as at `/v1/jobs`
 reattach to the job they started instead of queueing another.
 
 `stream: true` answers server-sent events in OpenAI's chunk format: a first chunk with the role per
-choice, the job's `delta` events as content (the first choice's; the others arrive whole when the
-job ends), a chunk with each choice's `finish_reason`, with `stream_options.include_usage` a last
-chunk with empty `choices` and the usage, then `data: [DONE]`. A job that fails ends the stream
+choice, the job's `delta` events as content (each event's `index` is its choice's; text no delta
+carried arrives when the job ends), a chunk with each choice's `finish_reason`, with
+`stream_options.include_usage` a last chunk with empty `choices` and the usage, then `data: [DONE]`.
+A job that fails ends the stream
 with `data: {"error": {...}}`, which the SDK raises as an `APIError`. A client that leaves (a
 stream or a request waiting for its answer) cancels its job.
 
@@ -23,8 +25,10 @@ Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` with the s
 maps to its classes: 400 (Swell's 422), 401, 404 (`model_not_found`), 409, 413, 429 and 503 with
 `retry-after` and `retry-after-ms` (which the SDK's retry loop honours), 500, and 504 when a
 non-streamed answer is not ready within the gateway's `max_wait_seconds` (a retry with the same
-`Idempotency-Key` waits on the same job). What cannot be honoured (`response_format` json_object,
-tools, logprobs, token-id prompts) is refused with a 400 naming the parameter, never ignored.
+`Idempotency-Key` waits on the same job). What cannot be honoured (`response_format` json_schema,
+tools, logprobs, token-id prompts, image `url` answers) is refused with a 400 naming the parameter,
+never ignored. A request the gateway's filter refuses (swell.gateway.filtering) is a 400 with code
+`content_policy_violation`, as OpenAI answers one (the SDK raises `BadRequestError`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import base64
 import json
 import logging
 import math
+import re
 import struct
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Literal, TypeVar
@@ -57,19 +62,26 @@ from swell.core.errors import (
     ValidationError,
 )
 from swell.core.jobs import EventKind, Job, JobEvent, JobState
+from swell.engines.results import ResultStore
 from swell.gateway.auth import bearer_key
 from swell.gateway.errors import field_name
 from swell.gateway.events import HEADERS as SSE_HEADERS
 from swell.gateway.events import is_final
+from swell.gateway.filtering import Refused
 from swell.gateway.metrics import WAITED
 from swell.gateway.submissions import Submissions
 
 log = logging.getLogger("swell.gateway")
 
-MODEL_ENGINES = frozenset({"transformers", "embeddings", "http"})
+MODEL_ENGINES = frozenset({"transformers", "embeddings", "http", "diffusers"})
+SIZE = re.compile(r"^([0-9]{2,5})x([0-9]{2,5})$")
+IMAGE_PARAMS = {"input.width": "size", "input.height": "size", "input.images": "n"}  # diffusers -> OpenAI
 DISCONNECT_POLL = 0.25  # seconds between looks at whether a waiting or streaming client left
 DONE = b"data: [DONE]\n\n"
 FINISH_REASONS = frozenset({"stop", "length"})
+# A job the engine refused as bad input, its error as the worker writes it (`Type: message`), the
+# message starting with the field (swell.engines.transformers.engine `_max_tokens`).
+ENGINE_REFUSAL = re.compile(r"^ValidationError: (?P<message>(?P<field>input\.[A-Za-z_]+): .*)$", re.DOTALL)
 
 T = TypeVar("T")
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -86,7 +98,7 @@ class TimedOut(SwellError):
 
 def openai_error(error: SwellError) -> JSONResponse:
     """`error` as OpenAI answers it: its status (422 as 400), body and retry headers."""
-    status = 400 if error.status_code == 422 else error.status_code
+    status = 400 if error.status_code == 422 or isinstance(error, Refused) else error.status_code
     kind, code = _kind(error, status)
     body = {"error": {"message": error.message, "type": kind, "param": _param(error.field), "code": code}}
     return JSONResponse(body, status_code=status, headers=_headers(error))
@@ -98,6 +110,8 @@ def _kind(error: SwellError, status: int) -> tuple[str, str | None]:
         return "invalid_request_error", "invalid_api_key"
     if isinstance(error, ServiceNotFound):
         return "invalid_request_error", "model_not_found"
+    if isinstance(error, Refused):
+        return "invalid_request_error", "content_policy_violation"
     if isinstance(error, QueueFull):
         return "requests", "rate_limit_exceeded"
     if isinstance(error, Unavailable):
@@ -117,7 +131,7 @@ def _param(field: str | None) -> str | None:
         return "model"
     if field == "input.texts":
         return "input"
-    return field.removeprefix("input.")
+    return IMAGE_PARAMS.get(field) or field.removeprefix("input.")
 
 
 def _headers(error: SwellError) -> dict[str, str]:
@@ -227,16 +241,33 @@ class EmbeddingRequest(_Body):
     dimensions: int | None = None
 
 
+class ImageRequest(_Body):
+    model: str = Field(max_length=200)
+    prompt: str = Field(max_length=32_000)
+    n: int | None = Field(None, ge=1, le=16)
+    size: str | None = None
+    response_format: str | None = None
+    output_format: str | None = None
+
+
 # -- the door ---------------------------------------------------------------------------------------
 
 
 class OpenAIAPI:
     """The OpenAI routes over a `Submissions`."""
 
-    def __init__(self, submissions: Submissions, services: list[ServiceConfig], max_wait: float) -> None:
+    def __init__(
+        self,
+        submissions: Submissions,
+        services: list[ServiceConfig],
+        max_wait: float,
+        *,
+        results: ResultStore | None = None,
+    ) -> None:
         self.submissions = submissions
         self.services = services
         self.max_wait = max_wait
+        self.results = results  # where image jobs' files are read back; None: no image generation
         self._cancels: set[asyncio.Task[None]] = set()
 
     def router(self, settings: Settings) -> APIRouter:
@@ -247,6 +278,7 @@ class OpenAIAPI:
         router.add_api_route("/chat/completions", self.chat, methods=["POST"], response_model=None)
         router.add_api_route("/completions", self.completions, methods=["POST"], response_model=None)
         router.add_api_route("/embeddings", self.embeddings, methods=["POST"])
+        router.add_api_route("/images/generations", self.images, methods=["POST"])
         return router
 
     # -- routes -----------------------------------------------------------------------------------
@@ -300,6 +332,22 @@ class OpenAIAPI:
         job = await self._finished(job, request)
         return JSONResponse(embedding_answer(job, body))
 
+    async def images(
+        self,
+        body: ImageRequest,
+        request: Request,
+        idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=200),
+    ) -> JSONResponse:
+        """Images from `prompt` as base64 PNGs (`b64_json`), `n` of them of `size`."""
+        payload = self._translated(body.model, lambda: image_input(body))
+        job, _ = await self._submit(body.model, payload, idempotency_key)
+        job = await self._finished(job, request)
+        if self.results is None:
+            raise Unavailable("this gateway reads no result files")
+        images = await self.submissions.storage.run(_read_images, self.results, job)
+        data = [{"b64_json": base64.b64encode(image).decode(), "revised_prompt": None} for image in images]
+        return JSONResponse({"created": int(job.created_at), "data": data})
+
     # -- helpers ----------------------------------------------------------------------------------
 
     def _service(self, name: str) -> ServiceConfig:
@@ -315,7 +363,7 @@ class OpenAIAPI:
             raise
 
     async def _submit(self, model: str, payload: dict[str, Any], key: str | None) -> tuple[Job, bool]:
-        return await self.submissions.submit(model, payload, idempotency_key=key)
+        return await self.submissions.submit(model, payload, idempotency_key=key, door="openai")
 
     async def _answer(self, job: Job, shape: Shape, stream: bool, request: Request) -> Response:
         if stream:
@@ -360,7 +408,7 @@ class OpenAIAPI:
 
     async def _chunks(self, event: JobEvent, shape: Shape) -> list[dict[str, Any]]:
         if event.kind == EventKind.DELTA.value:
-            return shape.delta(str(event.data.get("text", "")))
+            return shape.delta(str(event.data.get("text", "")), int(event.data.get("index", 0)))
         if is_final(event):
             return shape.closing(await self.submissions.storage.get(event.job_id))
         return []
@@ -402,6 +450,9 @@ def _succeeded(job: Job) -> Job:
         return job
     if job.state is JobState.CANCELLED:
         raise Conflict(f"job {job.id} was cancelled")
+    refused = ENGINE_REFUSAL.match(job.error or "") if job.state is JobState.FAILED else None
+    if refused is not None:  # the engine refused the input (input.max_tokens past the context, say)
+        raise ValidationError(refused["message"], field=refused["field"])
     raise SwellError(f"job {job.id} {job.state.value}: {job.error or 'no reason given'}")
 
 
@@ -410,10 +461,10 @@ def _succeeded(job: Job) -> Job:
 
 def chat_input(body: ChatRequest, service: ServiceConfig) -> dict[str, Any]:
     """A chat request as a transformers-shaped job input; refuses what cannot be honoured."""
-    if body.response_format is not None and body.response_format.type != "text":
+    if body.response_format is not None and body.response_format.type not in ("text", "json_object"):
         raise ValidationError(
-            f"response_format {body.response_format.type!r} is not supported: this server cannot "
-            "constrain generation to JSON; ask for JSON in the prompt and parse the text",
+            f"response_format {body.response_format.type!r} is not supported: use 'json_object' "
+            "(JSON mode: the text is one JSON object) or 'text'",
             field="response_format",
         )
     if body.tools or body.functions:
@@ -421,9 +472,11 @@ def chat_input(body: ChatRequest, service: ServiceConfig) -> dict[str, Any]:
     _no_logprobs(body)
     payload: dict[str, Any] = {"messages": [_message(m, i) for i, m in enumerate(body.messages)]}
     payload |= body.sampling()
-    max_tokens = body.max_completion_tokens or body.max_tokens or service.options.get("max_tokens")
+    max_tokens = body.max_completion_tokens or body.max_tokens  # unset: the service's default_max_tokens
     if max_tokens is not None:
         payload["max_tokens"] = max_tokens
+    if body.response_format is not None and body.response_format.type == "json_object":
+        payload["response_format"] = {"type": "json_object"}
     return payload
 
 
@@ -493,6 +546,31 @@ def embedding_answer(job: Job, body: EmbeddingRequest) -> dict[str, Any]:
     }
 
 
+def image_input(body: ImageRequest) -> dict[str, Any]:
+    """An image request as a diffusers-shaped job input; refuses `url` answers (files here are
+    behind the API key, so a URL would not open where OpenAI's do) and formats other than PNG."""
+    if body.response_format not in (None, "b64_json"):
+        raise ValidationError("only response_format 'b64_json' is supported", field="response_format")
+    if body.output_format not in (None, "png"):
+        raise ValidationError("only output_format 'png' is supported", field="output_format")
+    payload: dict[str, Any] = {"prompt": body.prompt, "images": body.n or 1}
+    if body.size not in (None, "auto"):
+        match = SIZE.fullmatch(body.size or "")
+        if match is None:
+            raise ValidationError("size is WIDTHxHEIGHT, e.g. 512x512, or auto", field="size")
+        payload |= {"width": int(match[1]), "height": int(match[2])}
+    return payload
+
+
+def _read_images(results: ResultStore, job: Job) -> list[bytes]:
+    """The bytes of each image file a finished job wrote."""
+    images = []
+    for entry in (job.result or {}).get("images") or []:
+        with results.open(job.id, str(entry["file"])) as file:
+            images.append(file.read())
+    return images
+
+
 def _encoded(vector: list[float], encoding: str) -> list[float] | str:
     if encoding == "float":
         return vector
@@ -518,7 +596,7 @@ class Shape(abc.ABC):
         self.model = model
         self.n = n
         self.include_usage = include_usage
-        self.streamed = ""  # the first choice's text sent so far
+        self.streamed: dict[int, str] = {}  # each choice's text sent so far
         self.failed = False
 
     def whole(self, job: Job) -> dict[str, Any]:
@@ -529,11 +607,11 @@ class Shape(abc.ABC):
     def opening(self) -> list[dict[str, Any]]:
         return []
 
-    def delta(self, text: str) -> list[dict[str, Any]]:
-        if not text:
+    def delta(self, text: str, index: int = 0) -> list[dict[str, Any]]:
+        if not text or not 0 <= index < self.n:
             return []
-        self.streamed += text
-        return [self.chunk([self.piece(0, text, None)])]
+        self.streamed[index] = self.streamed.get(index, "") + text
+        return [self.chunk([self.piece(index, text, None)])]
 
     def closing(self, job: Job) -> list[dict[str, Any]]:
         """The chunks after the last delta: the rest of each choice, finish reasons, usage; or the
@@ -555,7 +633,8 @@ class Shape(abc.ABC):
         pieces = []
         for index, choice in enumerate(choices):
             text = str(choice.get("text", ""))
-            sent = self.streamed if index == 0 and text.startswith(self.streamed) else ""
+            streamed = self.streamed.get(index, "")
+            sent = streamed if text.startswith(streamed) else ""
             if text[len(sent) :]:
                 pieces.append(self.piece(index, text[len(sent) :], None))
         return pieces

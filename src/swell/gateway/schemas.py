@@ -54,9 +54,13 @@ class SubmitRequest(BaseModel):
 
 
 class WebhookView(BaseModel):
-    state: str = Field(description="waiting, pending, delivered or failed")
+    state: str = Field(description="waiting, pending, delivered, failed or expired")
     attempts: int
     error: str | None
+
+
+class DeliveryView(WebhookView):
+    channel: str = Field(description="webhook, discord, ...")
 
 
 class ProgressView(BaseModel):
@@ -82,7 +86,8 @@ class JobView(BaseModel):
     model: str | None = None
     idempotency_key: str | None = None
     callback_url: str | None = None
-    webhook: WebhookView | None = None
+    webhook: WebhookView | None = Field(None, description="The webhook of `callback_url` (one job's answer)")
+    deliveries: list[DeliveryView] | None = Field(None, description="Its outbox rows (one job's answer)")
     progress: ProgressView | None = Field(None, description="While it runs (and after, as last reported)")
     cancel_requested: bool | None = Field(None, description="A cancel was asked while a worker held it")
 

@@ -3,10 +3,11 @@ a job on the queue, waits for it and follows its events.
 
 `Submissions` knows nothing of HTTP. It owns what a submit must get right the same way at every
 door: the service lookup (404), the refusal of a service whose replicas keep crashing (503), input
-validation through the engine's spec (422 naming the field), the callback URL check, admission (the
-service's queue limit, 429), idempotency (a repeat of the key returns the same job; a different
-request under it is a 409), group commit (submits that arrive together share a transaction) and
-the arrival and rejection counters. A door translates its own request into `submit(...)` and the
+validation through the engine's spec (422 naming the field), the callback URL check, the request
+filter (403 `Refused`, swell.gateway.filtering), admission (the service's queue limit, 429),
+idempotency (a repeat of the key returns the same job; a different request under it is a 409),
+group commit (submits that arrive together share a transaction) and the arrival and rejection
+counters. A door translates its own request into `submit(...)` and the
 `SwellError`s it raises into its own error shape.
 
 `wait` and `watch` read the queue through `AsyncQueue` only, never on the event loop: `wait` polls a
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from swell.core.config import ServiceConfig, Settings, SwellConfig
@@ -30,9 +31,10 @@ from swell.core.errors import (
     Unavailable,
     ValidationError,
 )
-from swell.core.jobs import Job, JobEvent, JobSpec, Priority
+from swell.core.jobs import WEBHOOK, DeliverySpec, Job, JobEvent, JobSpec, Priority
 from swell.gateway.batching import GroupCommit
 from swell.gateway.events import is_final
+from swell.gateway.filtering import Refused, RequestFilter
 from swell.gateway.health import ServiceHealth
 from swell.gateway.limits import GatewayLimits
 from swell.gateway.metrics import GatewayMetrics
@@ -77,6 +79,7 @@ class Submissions:
             storage, max_pending=limits.max_pending_submits, retry_after=limits.retry_after_seconds
         )
         self.callbacks = CallbackResolver(threads=limits.dns_threads, timeout=limits.dns_timeout_seconds)
+        self.filter = RequestFilter.of(config.gateway.filter)
 
     # -- submit -----------------------------------------------------------------------------------
 
@@ -99,13 +102,21 @@ class Submissions:
         callback_url: str | None = None,
         tenant: str | None = None,
         wait: float = 0.0,
+        door: str = "jobs",
+        deliveries: Sequence[DeliverySpec] = (),
     ) -> tuple[Job, bool]:
         """Store a job for `service_name` once it is durable: the job and whether this call created
         it (False: an idempotent repeat). `wait` is only checked against the gateway's
         `max_wait_seconds` here (the door waits with `wait()`). Raises the `SwellError` that
-        refused it: ServiceNotFound, Unavailable, ValidationError, QueueFull, Conflict."""
+        refused it: ServiceNotFound, Unavailable, ValidationError, QueueFull, Conflict, and
+        `Refused` (swell.gateway.filtering; counted per `door`, the API it came through).
+        `deliveries` go to the job's outbox beside the webhook of `callback_url` (a door's own
+        follow-ups: a Discord channel's), one per channel."""
         service = self.service(service_name)
-        await self._check(service, input, callback_url, wait)
+        model = await self._check(service, input, callback_url, wait, model)
+        if deliveries:
+            await self._check_deliveries(service, callback_url, deliveries)
+        await self._screen(service, input, door)
         spec = JobSpec(
             service=service.name,
             input=input,
@@ -116,6 +127,7 @@ class Submissions:
             model=model,
             max_attempts=service.max_attempts,
             timeout=service.job_timeout,
+            deliveries=tuple(deliveries),
         )
         job, created = await self._store(spec, service)
         if created:
@@ -123,10 +135,16 @@ class Submissions:
         return job, created
 
     async def _check(
-        self, service: ServiceConfig, payload: dict[str, Any], callback_url: str | None, wait: float
-    ) -> None:
+        self,
+        service: ServiceConfig,
+        payload: dict[str, Any],
+        callback_url: str | None,
+        wait: float,
+        model: str | None = None,
+    ) -> str | None:
         """Everything a submit is refused for before it reaches the queue (422, or 503 for a
-        service whose replicas keep crashing)."""
+        service whose replicas keep crashing); returns the job's model (the service's
+        `default_model` when it names none)."""
         reason = await self.health.failing(service.name)
         if reason is not None:
             self.metrics.rejections.labels(service.name, "failing").inc()
@@ -134,18 +152,36 @@ class Submissions:
         try:
             if wait > self.max_wait:
                 raise ValidationError(f"wait is at most {self.max_wait:g} seconds", field="wait")
-            self._validate_input(service, payload)
+            model = job_model(service, model)
+            self._validate_input(service, payload, model)
             if callback_url is not None:
                 await self.callbacks.check(callback_url, self.allow_hosts)
         except ValidationError:
             self.metrics.rejections.labels(service.name, "invalid").inc()
             raise
+        return model
 
-    def _validate_input(self, service: ServiceConfig, payload: dict[str, Any]) -> None:
+    async def _check_deliveries(
+        self, service: ServiceConfig, callback_url: str | None, deliveries: Sequence[DeliverySpec]
+    ) -> None:
+        """One delivery per channel (a `callback_url` is the webhook's), and a webhook's URL checked
+        as a callback URL is (422 naming `deliveries` or `callback_url`)."""
+        try:
+            channels = [d.channel for d in deliveries] + ([WEBHOOK] if callback_url is not None else [])
+            if len(set(channels)) != len(channels):
+                raise ValidationError(f"one delivery per channel, not {sorted(channels)}", field="deliveries")
+            for delivery in deliveries:
+                if delivery.channel == WEBHOOK:
+                    await self.callbacks.check(str(delivery.target.get("url", "")), self.allow_hosts)
+        except ValidationError:
+            self.metrics.rejections.labels(service.name, "invalid").inc()
+            raise
+
+    def _validate_input(self, service: ServiceConfig, payload: dict[str, Any], model: str | None) -> None:
         if self.validate_input is None:
             return
         try:
-            self.validate_input(service.engine, service.options, payload)
+            self.validate_input(service.engine, service.model_options(model), payload)
         except SwellError:
             raise
         except Exception as exc:  # a validator's own bug must not become a 500 for the client
@@ -153,6 +189,15 @@ class Submissions:
             raise ValidationError(
                 f"the {service.engine} engine refused the input: {exc}", field="input"
             ) from None
+
+    async def _screen(self, service: ServiceConfig, payload: dict[str, Any], door: str) -> None:
+        """The request filter, after validation and before admission: a refused job is counted in
+        `swell_requests_refused_total{service,door}` and never queued."""
+        try:
+            await self.filter.check(service.name, payload)
+        except Refused:
+            self.metrics.refused.labels(service.name, door).inc()
+            raise
 
     async def _store(self, spec: JobSpec, service: ServiceConfig) -> tuple[Job, bool]:
         try:
@@ -212,6 +257,22 @@ class Submissions:
         self.callbacks.close()
 
 
+def job_model(service: ServiceConfig, model: str | None) -> str | None:
+    """The checkpoint a job of `service` runs on: `model`, which must be a key of the service's
+    `models` (422 naming `model`), or its `default_model` when the job names none. A service
+    without `models` keeps a job's `model` as given (a hint the worker's engine may ignore)."""
+    if not service.models:
+        return model
+    if model is None:
+        return service.default_model
+    if model not in service.models:
+        known = ", ".join(service.models)
+        raise ValidationError(
+            f"no model {model!r} in service {service.name!r} (known: {known})", field="model"
+        )
+    return model
+
+
 def rejection(error: SwellError) -> str:
     """The `reason` label a refused submit is counted under."""
     if isinstance(error, QueueFull):
@@ -223,4 +284,4 @@ def rejection(error: SwellError) -> str:
     return "error"
 
 
-__all__ = ["Submissions", "rejection"]
+__all__ = ["Submissions", "job_model", "rejection"]

@@ -1,4 +1,4 @@
-"""Signed webhooks: on a final state, POST the job's outcome to its `callback_url`, with retries.
+"""Signed webhooks: the outbox channel that POSTs a final job's outcome to its `callback_url`.
 
 Every delivery carries
 
@@ -10,16 +10,12 @@ stdlib-only example in docs/webhooks.md): the signature binds the body to the ti
 timestamp further than `REPLAY_WINDOW` seconds from the receiver's clock, either way, is refused, so a
 captured request cannot be replayed later. Each try is signed anew, so a retry an hour later passes.
 
-Delivery is at least once: a dispatcher that stops mid-delivery leaves the webhook due, and it is
-sent again after a restart (receivers deduplicate on `X-Swell-Job-Id` and the state). Redirects are
-never followed, and the URL is checked again right before each try, since what a name resolves to may
-have changed since the submit.
-
-Exactly one delivery task per due webhook: a job id enters `_in_flight` when its task is created,
-before the loop can yield, and leaves it once its outcome is saved. Queue reads and writes run in a
-small pool of the dispatcher's own, never on the event loop; a read in a thread can race a delivery
-that ends meanwhile (the read may still see the webhook as due), so the ids whose delivery ended while
-a read was running are left out of that read's answer, and looked at again by the next read.
+`WebhookChannel` is one `swell.gateway.outbox.Channel`: the outbox's `Dispatcher` decides when to
+try (at least once, one try per row at a time, back-off, giving up); the channel makes one try. The
+target is the row's `{"url": ...}`. Redirects are never followed (a 3xx is a failed try), the URL is
+checked again right before each try (what a name resolves to may have changed since the submit) and
+the request goes to the address that was checked, and a 429 with `Retry-After` (seconds) is a
+rate-limited try, due again then and not counted. The response body is never read.
 """
 
 from __future__ import annotations
@@ -29,30 +25,23 @@ import contextlib
 import hashlib
 import hmac
 import json
-import logging
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import httpx
 
 from swell.core.clock import Clock, SystemClock
-from swell.core.errors import Conflict, Unavailable, ValidationError
-from swell.core.jobs import Job, RetryPolicy
+from swell.core.errors import Unavailable, ValidationError
+from swell.core.jobs import WEBHOOK, Delivery, Job
+from swell.gateway.outbox import DeliveryFailed
 from swell.gateway.urls import CallbackResolver, PinnedURL
-from swell.queue.base import QueueBackend
 
-log = logging.getLogger("swell.webhooks")
-
-IDLE_SECONDS = 0.1
 REPLAY_WINDOW = 300.0  # seconds a signed timestamp may differ from the receiver's clock
 SIGNATURE_HEADER = "X-Swell-Signature"
 TIMESTAMP_HEADER = "X-Swell-Timestamp"
 SCHEME = "v1"
-QUEUE_THREADS = 4
-
-T = TypeVar("T")
+MAX_RETRY_AFTER = 3600.0  # the longest `Retry-After` a receiver is obeyed for (seconds)
 
 
 def sign(body: bytes, secret: str, timestamp: int) -> str:
@@ -118,149 +107,83 @@ def payload(job: Job) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-class WebhookDispatcher:
-    """Delivers due webhooks from `queue`, up to `concurrency` at once, one delivery per job at a time."""
+class WebhookChannel:
+    """POSTs a final job's outcome, signed, to the row's URL: one try per `deliver` call.
+
+    Inside `session()` (the dispatcher holds it open while it runs) tries share one connection pool
+    of up to `concurrency` connections; outside it each try opens its own client."""
+
+    name = WEBHOOK
+    wants_progress = False
 
     def __init__(
         self,
-        queue: QueueBackend,
         secret: str,
         *,
         clock: Clock = SystemClock(),
-        max_attempts: int = 8,
         timeout: float = 10.0,
         allow_hosts: frozenset[str] = frozenset(),
-        policy: RetryPolicy = RetryPolicy(),
         concurrency: int = 32,
         resolver: CallbackResolver | None = None,
     ) -> None:
-        self.queue = queue
         self.clock = clock
-        self.max_attempts = max_attempts
         self.timeout = timeout
         self.allow_hosts = allow_hosts
-        self.policy = policy
         self.concurrency = concurrency
         self._own_resolver = resolver is None
         self.resolver = resolver or CallbackResolver(timeout=min(timeout, 5.0))
         self._secret = secret
-        self._in_flight: set[str] = set()
-        self._reading = False
-        self._ended_while_reading: set[str] = set()
-        self._pool = ThreadPoolExecutor(max_workers=QUEUE_THREADS, thread_name_prefix="swell-webhooks")
         self._client: httpx.AsyncClient | None = None
-        self.delivered = 0
-        self.failed = 0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Deliver due webhooks until `stop` is set; deliveries cut short are sent again later."""
-        tasks: set[asyncio.Task[None]] = set()
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
         async with self._http() as client:
             self._client = client
             try:
-                while not stop.is_set():
-                    started = await self._start_due_logged(tasks)
-                    if not started:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), IDLE_SECONDS)
+                yield
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
                 self._client = None
 
-    async def deliver(self, job: Job) -> Job:
-        """Try one delivery of `job`'s webhook, record the outcome in the queue, return the job."""
-        if job.id in self._in_flight:
-            raise Conflict(f"a webhook delivery for job {job.id} is already in flight", field="id")
-        self._in_flight.add(job.id)
-        return await self._deliver_marked(job)
+    async def deliver(self, delivery: Delivery, job: Job) -> None:
+        """One signed POST; `DeliveryFailed` unless the receiver answered 2xx."""
+        target = await self._pin(str(delivery.target.get("url", "")))
+        body = payload(job)
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._post(target, body, self._headers(job, body))
+        except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        reason = " (redirects are not followed)" if 300 <= status < 400 else ""
+        wait = _retry_after(response.headers.get("Retry-After")) if status == 429 else None
+        raise DeliveryFailed(f"the receiver answered HTTP {status}{reason}", retry_after=wait)
+
+    async def progress(self, delivery: Delivery, job: Job) -> None:
+        """Webhooks carry only the outcome."""
+
+    async def expire(self, delivery: Delivery, job: Job) -> None:
+        """A webhook's URL does not expire."""
 
     def close(self) -> None:
-        """Release the dispatcher's threads (its DNS pool too, when it made that itself)."""
-        self._pool.shutdown(wait=False)
+        """Release the DNS pool, when the channel made it itself."""
         if self._own_resolver:
             self.resolver.close()
 
     def __repr__(self) -> str:
-        return (
-            f"WebhookDispatcher(in_flight={len(self._in_flight)}, delivered={self.delivered}, "
-            f"failed={self.failed})"
-        )
+        return f"WebhookChannel(timeout={self.timeout}, allow_hosts={sorted(self.allow_hosts)})"
 
     # -- internals --------------------------------------------------------------------------------
 
-    async def _start_due_logged(self, tasks: set[asyncio.Task[None]]) -> int:
+    async def _pin(self, url: str) -> PinnedURL:
+        """The URL checked (again) and pinned to the address it resolves to now."""
         try:
-            return await self._start_due(tasks)
-        except Exception:  # the queue is unreachable for now: keep trying, never stop delivering
-            log.exception("reading due webhooks failed")
-            return 0
-
-    async def _start_due(self, tasks: set[asyncio.Task[None]]) -> int:
-        """Start deliveries for due jobs not already in flight; returns how many started.
-
-        Each id is marked in flight here, before the next await, so no later read can start it again.
-        """
-        free = self.concurrency - len(tasks)
-        if free <= 0:
-            return 0
-        due = await self._read_due(free + len(self._in_flight))
-        fresh = [job for job in due if job.id not in self._in_flight][:free]
-        for job in fresh:
-            self._in_flight.add(job.id)
-            task = asyncio.create_task(self._deliver_logged(job), name=f"webhook-{job.id}")
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        return len(fresh)
-
-    async def _read_due(self, limit: int) -> list[Job]:
-        """Due jobs, read in a thread, less those whose delivery ended during the read (stale)."""
-        self._reading, self._ended_while_reading = True, set()
-        try:
-            due = await self._in_thread(self.queue.due_webhooks, limit)
-        finally:
-            self._reading = False
-        return [job for job in due if job.id not in self._ended_while_reading]
-
-    async def _deliver_logged(self, job: Job) -> None:
-        try:
-            await self._deliver_marked(job)
-        except Exception:  # the queue refused the outcome; the webhook stays due and is tried again
-            log.exception("webhook delivery for job %s could not be recorded", job.id)
-
-    async def _deliver_marked(self, job: Job) -> Job:
-        """Deliver a job already marked in flight; unmark it once the outcome is saved (or not)."""
-        try:
-            updated = await self._attempt(job)
-            await self._in_thread(self.queue.save_webhook, updated)
-        finally:
-            self._in_flight.discard(job.id)
-            if self._reading:
-                self._ended_while_reading.add(job.id)
-        return updated
-
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    async def _attempt(self, job: Job) -> Job:
-        try:
-            target = await self.resolver.pin(job.callback_url or "", self.allow_hosts)
+            return await self.resolver.pin(url, self.allow_hosts)
         except ValidationError as exc:
-            return self._failed(job, f"refused: {exc.message}", permanent=True)
+            raise DeliveryFailed(f"refused: {exc.message}", permanent=True) from None
         except Unavailable as exc:  # the resolver is swamped: a transient failure, tried again later
-            return self._failed(job, exc.message)
-        body = payload(job)
-        try:
-            async with asyncio.timeout(self.timeout):
-                status = await self._post(target, body, self._headers(job, body))
-        except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
-            return self._failed(job, f"{type(exc).__name__}: {exc}".rstrip(": "))
-        if 200 <= status < 300:
-            self.delivered += 1
-            return job.webhook_delivered()
-        reason = " (redirects are not followed)" if 300 <= status < 400 else ""
-        return self._failed(job, f"the receiver answered HTTP {status}{reason}")
+            raise DeliveryFailed(exc.message) from None
 
     def _headers(self, job: Job, body: bytes) -> dict[str, str]:
         timestamp = int(self.clock.now())
@@ -272,8 +195,8 @@ class WebhookDispatcher:
             SIGNATURE_HEADER: sign(body, self._secret, timestamp),
         }
 
-    async def _post(self, target: PinnedURL, body: bytes, headers: dict[str, str]) -> int:
-        """POST and return the status; the receiver's response body is never read."""
+    async def _post(self, target: PinnedURL, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """POST and return the response, its body unread."""
         if self._client is not None:
             return await self._send(self._client, target, body, headers)
         async with self._http() as client:
@@ -282,27 +205,29 @@ class WebhookDispatcher:
     @staticmethod
     async def _send(
         client: httpx.AsyncClient, target: PinnedURL, body: bytes, headers: dict[str, str]
-    ) -> int:
+    ) -> httpx.Response:
         extensions = {}
         if target.host is not None and target.server_name is not None:  # the checked address, by name
             headers = {**headers, "Host": target.host}
             extensions["sni_hostname"] = target.server_name
         stream = client.stream("POST", target.url, content=body, headers=headers, extensions=extensions)
         async with stream as response:
-            return response.status_code
-
-    def _failed(self, job: Job, error: str, *, permanent: bool = False) -> Job:
-        updated = job.webhook_failed(
-            error,
-            self.clock.now(),
-            max_attempts=1 if permanent else self.max_attempts,
-            policy=self.policy,
-        )
-        if updated.webhook_next_at is None:
-            self.failed += 1
-            log.warning("gave up on the webhook of job %s: %s", job.id, error)
-        return updated
+            return response
 
     def _http(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         return httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, limits=limits, trust_env=False)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A `Retry-After` in seconds (an HTTP date is not honoured: the try backs off as usual)."""
+    try:
+        seconds = float(value or "")
+    except ValueError:
+        return None
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
+
+
+__all__ = ["REPLAY_WINDOW", "WebhookChannel", "parse_signature", "payload", "sign", "verify"]

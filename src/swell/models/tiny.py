@@ -90,9 +90,39 @@ def make_tiny(kind: str, directory: str | Path, *, seed: int = 0, **params: Any)
         raise MissingExtra(f"a tiny {kind} model", EXTRAS[kind]) from exc
 
 
-def write_sd(directory: Path, *, seed: int = 0) -> Path:
+SINGLE_FILE = "tiny-sd.safetensors"
+CONFIG_FOLDER = "config"
+
+
+def write_sd(directory: Path, *, seed: int = 0, single_file: bool = False) -> Path:
     """A Stable Diffusion 1.x-layout diffusers folder (model_index.json, unet/, vae/, text_encoder/,
-    tokenizer/, scheduler/) of random weights, safetensors only."""
+    tokenizer/, scheduler/) of random weights, safetensors only.
+
+    With `single_file`, also the same weights as one original-layout checkpoint
+    `DIRECTORY/tiny-sd.safetensors` (swell.models.single_file) and `DIRECTORY/config/`, the folder's
+    configs, tokenizer and scheduler without weights: what a service's `checkpoint` and `config`
+    options name for an A1111-style single file."""
+    _write_sd_folder(directory, seed)
+    if single_file:
+        from swell.models.single_file import write_single_file
+
+        write_single_file(directory, directory / SINGLE_FILE)
+        _copy_configs(directory, directory / CONFIG_FOLDER)
+    return directory
+
+
+def _copy_configs(folder: Path, target: Path) -> None:
+    """The folder's JSON configs and tokenizer files (everything but weights) into `target`."""
+    import shutil
+
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if path.is_file() and path.suffix != ".safetensors" and relative.parts[0] != target.name:
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / relative)
+
+
+def _write_sd_folder(directory: Path, seed: int) -> None:
     from diffusers import StableDiffusionPipeline
 
     unet, vae, text_encoder, tokenizer, scheduler = _sd_parts(seed)
@@ -107,7 +137,6 @@ def write_sd(directory: Path, *, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(directory, safe_serialization=True)
-    return directory
 
 
 def write_controlnet(directory: Path, *, seed: int = 0) -> Path:

@@ -42,13 +42,25 @@ MODEL: dict[str, Any] = {
 }
 
 
-def write_llm(directory: Path, *, seed: int = 0) -> Path:
+def write_llm(
+    directory: Path,
+    *,
+    seed: int = 0,
+    hidden_size: int | None = None,
+    layers: int | None = None,
+    context: int | None = None,
+) -> Path:
     """Write the tiny LM folder (config.json, model.safetensors, generation_config.json, tokenizer
-    files, chat template) into `directory`; returns `directory`."""
+    files, chat template) into `directory`; returns `directory`.
+
+    `hidden_size` (a multiple of 16; the MLP is twice as wide), `layers` and `context` (the most
+    positions) change the shape from MODEL's: a wider, deeper random model makes the model's own
+    cost per token realistic in benchmarks, a short context exercises its limits in tests."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = tokenizer_()
+    shape = _shape(hidden_size, layers, context)
+    tokenizer = tokenizer_(shape["max_position_embeddings"])
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _SPECIAL_IDS.items()}
     eos = [ids["eos"], tokenizer.convert_tokens_to_ids(IM_END)]
     config = LlamaConfig(
@@ -56,7 +68,7 @@ def write_llm(directory: Path, *, seed: int = 0) -> Path:
         bos_token_id=ids["bos"],
         eos_token_id=eos,
         pad_token_id=ids["pad"],
-        **MODEL,
+        **shape,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -69,15 +81,35 @@ def write_llm(directory: Path, *, seed: int = 0) -> Path:
     return directory
 
 
-def make_tiny_llm(directory: str | Path, *, seed: int = 0) -> Path:
+def make_tiny_llm(directory: str | Path, *, seed: int = 0, **shape: int | None) -> Path:
     """`write_llm` for a path given as a string (the form tests and demos use)."""
-    return write_llm(Path(directory), seed=seed)
+    return write_llm(Path(directory), seed=seed, **shape)
+
+
+def _shape(hidden_size: int | None, layers: int | None, context: int | None) -> dict[str, Any]:
+    """MODEL with the sizes asked for; a ConfigError naming the option when one cannot work."""
+    from swell.core.errors import ConfigError
+
+    shape = dict(MODEL)
+    if hidden_size is not None:
+        if hidden_size < 16 or hidden_size % 16:
+            raise ConfigError("must be a positive multiple of 16", key="--hidden-size")
+        shape.update(hidden_size=hidden_size, intermediate_size=2 * hidden_size)
+    if layers is not None:
+        if layers < 1:
+            raise ConfigError("must be at least 1", key="--layers")
+        shape["num_hidden_layers"] = layers
+    if context is not None:
+        if context < 8:
+            raise ConfigError("must be at least 8", key="--context")
+        shape["max_position_embeddings"] = context
+    return shape
 
 
 _SPECIAL_IDS = {"bos": END_OF_TEXT, "eos": END_OF_TEXT, "pad": END_OF_TEXT}
 
 
-def tokenizer_() -> Any:
+def tokenizer_(context: int = MODEL["max_position_embeddings"]) -> Any:
     """The GPT-2 byte-level BPE tokenizer of the tiny LM, with ChatML tokens and template."""
     from transformers import GPT2Tokenizer
 
@@ -86,7 +118,7 @@ def tokenizer_() -> Any:
     tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, unk_token=END_OF_TEXT, pad_token=END_OF_TEXT)
     tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END]})
     tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.model_max_length = MODEL["max_position_embeddings"]
+    tokenizer.model_max_length = context
     return tokenizer
 
 

@@ -7,13 +7,16 @@ lifecycle itself lives in `swell.core.jobs`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from swell.core.errors import Conflict, LeaseLost, SwellError, Unavailable, ValidationError
+from swell.core.errors import Conflict, JobNotFound, LeaseLost, SwellError, Unavailable, ValidationError
 from swell.core.jobs import (
+    Delivery,
+    DeliveryStep,
     EventKind,
     Job,
     JobSpec,
@@ -108,6 +111,67 @@ def uncounted(before: Job, after: Job) -> bool:
         and after.state is JobState.QUEUED
         and after.attempts < before.attempts
     )
+
+
+class ReadyView(Protocol):
+    """What a backend shows `affine_candidates` of one service's queued jobs available now; every
+    list is in rank order (ties: available first, then submitted first)."""
+
+    def starved(self, before: float, n: int) -> list[Job]:
+        """Up to `n` jobs of any model that became available at or before `before`."""
+        ...
+
+    def of_model(self, model: str | None, n: int) -> list[Job]:
+        """Up to `n` jobs naming `model` (None: naming none; a backend may look for those among the
+        first NO_MODEL_WINDOW by rank only)."""
+        ...
+
+    def first(self) -> Job | None:
+        """The job of lowest rank, of any model."""
+        ...
+
+
+NO_MODEL_WINDOW = 64  # jobs, at least 4 per slot, searched for ones that name no model (no index)
+
+
+def affine_candidates(
+    view: ReadyView, models: Sequence[str], n: int, starved_before: float | None, policy: RetryPolicy
+) -> list[Job]:
+    """A model-affine lease's candidates, in the order they are leased (see `QueueBackend.lease`):
+    jobs that have waited since `starved_before` (any model) first, then jobs of the `models` the
+    worker holds; only when neither exists, the lowest-ranked job and more of its model, so a
+    worker loads at most one checkpoint per lease. Every backend decides through this function."""
+    taken = view.starved(starved_before, n) if starved_before is not None else []
+    if len(taken) < n:
+        seen = {job.id for job in taken}
+        held = [j for m in dict.fromkeys(models) for j in view.of_model(m, n) if j.id not in seen]
+        taken += sorted(held, key=lambda job: ready_key(job, policy))[: n - len(taken)]
+    if taken:
+        return taken
+    top = view.first()
+    if top is None:
+        return []
+    same = [job for job in view.of_model(top.model, n) if job.id != top.id]
+    return [top, *same[: n - 1]]
+
+
+def ready_key(job: Job, policy: RetryPolicy) -> tuple[float, float, float]:
+    """The order every backend leases queued jobs in: rank, then availability, then creation."""
+    return (job.rank(policy), job.available_at, job.created_at)
+
+
+def affine_key(
+    job: Job, policy: RetryPolicy, starved_before: float | None
+) -> tuple[bool, float, float, float]:
+    """`affine_candidates`' order as a sort key: starved jobs first, then by `ready_key` (a lease
+    gathered over several rounds is put back in it)."""
+    starved = starved_before is not None and job.available_at <= starved_before
+    return (not starved, *ready_key(job, policy))
+
+
+def starve_limit(now: float, starve_after: float | None) -> float | None:
+    """The latest availability a starved job can have, or None without a starvation guard."""
+    return None if starve_after is None else now - starve_after
 
 
 def fit_batch(candidates: Sequence[Job], max_jobs: int, taken: Sequence[Job] = ()) -> list[Job]:
@@ -235,3 +299,43 @@ def translated_failures(
         if failure is None:
             raise
         raise failure from exc
+
+
+# -- the outbox: rules every backend shares ---------------------------------------------------------
+
+
+def delivery_rows(job: Job, spec: JobSpec) -> list[Delivery]:
+    """The outbox rows a new job's submit makes, one per `DeliverySpec`, all WAITING."""
+    return [Delivery.create(job.id, d, job.created_at) for d in spec.delivery_specs]
+
+
+def stepped(rows: Sequence[Delivery], step: DeliveryStep | None, now: float) -> list[Delivery]:
+    """The rows that `step` (of the job's transition, at `now`) changes, each at its next version."""
+    if step is None:
+        return []
+    changed = [row.armed(now) if step is DeliveryStep.ARM else row.rearmed() for row in rows]
+    return [
+        dataclasses.replace(new, version=old.version + 1)
+        for old, new in zip(rows, changed, strict=True)
+        if new != old
+    ]
+
+
+def saved(stored: Delivery, delivery: Delivery) -> Delivery | None:
+    """What `save_delivery(delivery)` stores over `stored`: its mutable fields at the next version,
+    or None when `stored` changed since `delivery` was read (a re-drive, another dispatcher)."""
+    if stored.version != delivery.version:
+        return None
+    return dataclasses.replace(
+        stored,
+        state=delivery.state,
+        attempts=delivery.attempts,
+        next_at=delivery.next_at,
+        error=delivery.error,
+        progress_seq=delivery.progress_seq,
+        version=stored.version + 1,
+    )
+
+
+def missing_delivery(delivery: Delivery) -> JobNotFound:
+    return JobNotFound(f"no {delivery.channel} delivery for job {delivery.job_id!r}", field="id")

@@ -17,6 +17,12 @@ jobs through it). Retention, the same in every backend:
   while the job's `progress` field keeps moving: its result holds the whole output anyway), and
   deleted once the job has been final for `event_retention` seconds (default `EVENT_RETENTION`);
   trimming runs in `reap()` and, at most every `TRIM_EVERY` seconds, in `settle`.
+
+The outbox (`Outbox`, a role of its own: the delivery dispatcher needs nothing else). `submit` makes
+one `Delivery` row per `DeliverySpec` of the job (WAITING) in the atomic step that stores the job;
+the transition that makes a job final arms its WAITING rows (PENDING, `next_at` now) in its own
+atomic step, and `retry` (a re-drive) re-arms every row (WAITING, attempts reset) in its step. A row
+is stored with a `version`; `save_delivery` writes only over the version it was read with.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from swell.core.errors import SwellError
-from swell.core.jobs import Job, JobEvent, JobSpec, JobState
+from swell.core.jobs import Delivery, Job, JobEvent, JobSpec, JobState
 
 Submitted = tuple[Job, bool]  # the job, and whether this submit created it
 
@@ -99,7 +105,35 @@ class QueueStats:
 
 
 @runtime_checkable
-class QueueBackend(Protocol):
+class Outbox(Protocol):
+    """The delivery rows of jobs, one per (job id, channel): what the dispatcher reads and writes."""
+
+    def due_deliveries(
+        self, now: float | None = None, limit: int = 100, channels: Sequence[str] | None = None
+    ) -> list[tuple[Delivery, Job]]:
+        """PENDING rows (of `channels`, or any) due at `now` (the queue clock's now when None), with
+        their jobs: the earliest `next_at` first, ties in the order the rows were made."""
+        ...
+
+    def open_deliveries(self, channels: Sequence[str], limit: int = 100) -> list[tuple[Delivery, Job]]:
+        """WAITING rows of `channels` (their jobs are not final yet), with their jobs: the rows that
+        expire first first, then those without `expires_at` in the order they were made (progress
+        edits, expiry)."""
+        ...
+
+    def save_delivery(self, delivery: Delivery) -> None:
+        """Store the row's state, attempts, next_at, error and progress_seq, if its stored `version`
+        is still `delivery.version` (and bump it); a row changed meanwhile (re-armed by a re-drive,
+        saved by another dispatcher) is left as it is, silently. `JobNotFound` for no such row."""
+        ...
+
+    def deliveries(self, job_id: str) -> list[Delivery]:
+        """The job's rows, in the order they were made; `JobNotFound` for an unknown job."""
+        ...
+
+
+@runtime_checkable
+class QueueBackend(Outbox, Protocol):
     """Every method may raise `Unavailable` (503, with retry_after) when the storage cannot serve it
     now: a full or read-only disk, an I/O error, a lock held too long, an unreachable server."""
 
@@ -135,12 +169,21 @@ class QueueBackend(Protocol):
         max_jobs: int = 1,
         lease_seconds: float = 30.0,
         model: str | None = None,
+        models: Sequence[str] = (),
+        starve_after: float | None = None,
     ) -> list[Job]:
         """Take up to `max_jobs` available jobs of `service` (lowest rank first; with `model`, jobs
         for that model before others). Expired leases are reaped first. The batch is never larger
         than the smallest `batch_limit` among its jobs: of the first `max_jobs` candidates, one that
         does not fit is left queued for the next lease. Each job records the batch's size in
-        `leased_with`."""
+        `leased_with`.
+
+        Model-affine leasing (`models`, the checkpoints the worker holds, or `starve_after` set; a
+        `model` then counts as one more held): jobs of any model that have been available for
+        `starve_after` seconds or more come first (the starvation guard), then jobs of the held
+        models, each group by rank. A job of another model is taken only when neither exists: then
+        the lowest-ranked job and more of its model, so that one lease costs at most one load.
+        Every backend decides through `swell.queue._common.affine_candidates`."""
         ...
 
     def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:
@@ -205,7 +248,8 @@ class QueueBackend(Protocol):
 
     def retry(self, job_id: str) -> Job:
         """Re-drive a dead, failed or cancelled job: back to the queue with its attempts reset and
-        its webhook re-armed (`Job.redrive`); `IllegalTransition` (409) in any other state."""
+        its deliveries re-armed (`Job.redrive`, `Delivery.rearmed`); `IllegalTransition` (409) in any
+        other state."""
         ...
 
     def reap(self) -> int:
@@ -228,14 +272,6 @@ class QueueBackend(Protocol):
 
     def depth(self) -> dict[str, dict[str, int]]:
         """{service: {state: count}} for every service that has jobs."""
-        ...
-
-    def due_webhooks(self, limit: int = 100) -> list[Job]:
-        """Final jobs whose webhook delivery is due now."""
-        ...
-
-    def save_webhook(self, job: Job) -> None:
-        """Persist a job's webhook fields (state, attempts, next_at, error) after a delivery try."""
         ...
 
     def probe(self) -> None:

@@ -14,7 +14,6 @@ in a heap by finish time for their progress and delta events to be trimmed.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import heapq
 import itertools
 import threading
@@ -26,29 +25,37 @@ from swell.core.clock import Clock, SystemClock
 from swell.core.errors import Conflict, JobNotFound, LeaseLost, QueueFull, SwellError
 from swell.core.jobs import (
     ACTIVITY_KINDS,
+    Delivery,
+    DeliveryState,
     Job,
     JobEvent,
     JobSpec,
     JobState,
     RetryPolicy,
-    WebhookState,
+    delivery_step,
 )
 from swell.queue._common import (
     ACTIVE_STATES,
     ADMISSION_WINDOW,
     Counters,
     OneAtATime,
+    affine_candidates,
     apply_outcome,
     cancel_or_request,
     check_kinds,
+    delivery_rows,
     fit_batch,
     full_message,
     holds,
     idempotency_conflict,
     lease_expired,
+    missing_delivery,
     reported,
     require_owner,
     retry_after,
+    saved,
+    starve_limit,
+    stepped,
     transition_events,
     uncounted,
     unknown_cursor,
@@ -64,7 +71,7 @@ class _ReadyIndex:
 
     def __init__(self) -> None:
         self._by_service: dict[str, list[_Entry]] = defaultdict(list)
-        self._by_model: dict[tuple[str, str], list[_Entry]] = defaultdict(list)
+        self._by_model: dict[tuple[str, str | None], list[_Entry]] = defaultdict(list)
         self._tokens: dict[str, int] = {}
         self._next_token = itertools.count()
 
@@ -73,8 +80,7 @@ class _ReadyIndex:
         self._tokens[job.id] = token
         entry = (rank, job.available_at, number, token, job.id)
         self._push(self._by_service[job.service], entry)
-        if job.model is not None:
-            self._push(self._by_model[(job.service, job.model)], entry)
+        self._push(self._by_model[(job.service, job.model)], entry)  # None too: affine leases
 
     def discard(self, job_id: str) -> None:
         self._tokens.pop(job_id, None)
@@ -87,6 +93,44 @@ class _ReadyIndex:
         if len(taken) < n and service in self._by_service:
             taken += self._take(self._by_service[service], now, n - len(taken))
         return taken
+
+    def peek(
+        self,
+        service: str,
+        model: str | _Any | None,
+        now: float,
+        n: int,
+        *,
+        before: float | None = None,
+        slack: float = 0.0,
+    ) -> list[str]:
+        """Up to `n` ids available at `now` by rank, left queued: of `model` (ANY: any), and with
+        `before`, only those available at or before it (the scan stops past rank `before + slack`)."""
+        if isinstance(model, _Any):
+            heap = self._by_service.get(service)
+        else:
+            heap = self._by_model.get((service, model))
+        if not heap:
+            return []
+        stop = None if before is None else before + slack
+        return self._peek(heap, now, n, before, stop)
+
+    def _peek(
+        self, heap: list[_Entry], now: float, n: int, before: float | None, stop: float | None
+    ) -> list[str]:
+        found: list[str] = []
+        popped: list[_Entry] = []
+        while heap and len(found) < n and (stop is None or heap[0][0] <= stop):
+            entry = heapq.heappop(heap)
+            _, available_at, _, token, job_id = entry
+            if self._tokens.get(job_id) != token:
+                continue  # stale: dropped for good
+            popped.append(entry)
+            if available_at <= now and (before is None or available_at <= before):
+                found.append(job_id)
+        for entry in popped:
+            heapq.heappush(heap, entry)
+        return found
 
     def _take(self, heap: list[_Entry], now: float, n: int) -> list[str]:
         taken: list[str] = []
@@ -112,6 +156,34 @@ class _ReadyIndex:
             heapq.heapify(heap)
 
 
+class _Any:
+    """The `model` of `_ReadyIndex.peek` that matches every job."""
+
+
+ANY = _Any()
+
+
+class _MemoryView:
+    """`ReadyView` over a MemoryQueue's ready index, called under its lock."""
+
+    def __init__(self, queue: MemoryQueue, service: str, now: float) -> None:
+        self.queue, self.service, self.now = queue, service, now
+
+    def starved(self, before: float, n: int) -> list[Job]:
+        slack = self.queue._policy.aging_seconds  # a starved job's rank is at most before + slack
+        return self._jobs(self.queue._ready.peek(self.service, ANY, self.now, n, before=before, slack=slack))
+
+    def of_model(self, model: str | None, n: int) -> list[Job]:
+        return self._jobs(self.queue._ready.peek(self.service, model, self.now, n))
+
+    def first(self) -> Job | None:
+        found = self._jobs(self.queue._ready.peek(self.service, ANY, self.now, 1))
+        return found[0] if found else None
+
+    def _jobs(self, ids: list[str]) -> list[Job]:
+        return [self.queue._jobs[i] for i in ids]
+
+
 class MemoryQueue(OneAtATime):
     """A `QueueBackend` held in this process; safe across its threads, lost when it exits."""
 
@@ -134,7 +206,10 @@ class MemoryQueue(OneAtATime):
         self._leased: dict[str, set[str]] = defaultdict(set)
         self._depth: Counter[tuple[str, JobState]] = Counter()
         self._finished: list[tuple[float, int]] = []  # (finished_at, submission number), sorted
-        self._webhooks: set[str] = set()  # ids whose webhook_state is pending
+        self._deliveries: dict[str, dict[str, Delivery]] = {}  # job id -> channel -> its row
+        self._row_numbers: dict[tuple[str, str], int] = {}  # (job id, channel) -> creation order
+        self._due: set[tuple[str, str]] = set()  # the rows that are pending
+        self._open: set[tuple[str, str]] = set()  # the rows that are waiting
         self._counts = Counters()
         self._events: dict[str, list[JobEvent]] = defaultdict(list)  # job id -> its events
         self._log: list[JobEvent] = []  # every event, by seq
@@ -175,20 +250,41 @@ class MemoryQueue(OneAtATime):
         max_jobs: int = 1,
         lease_seconds: float = 30.0,
         model: str | None = None,
+        models: Sequence[str] = (),
+        starve_after: float | None = None,
     ) -> list[Job]:
         with self._lock:
             now = self._clock.now()
             self._reap([service], now)
-            candidates = [self._jobs[i] for i in self._ready.take(service, model, now, max_jobs)]
-            chosen = fit_batch(candidates, max_jobs)
-            picked = {job.id for job in chosen}
-            for job in candidates:
-                if job.id not in picked:  # did not fit this batch: back in line, rank unchanged
-                    self._ready.add(job, job.rank(self._policy), self._numbers[job.id])
+            if models or starve_after is not None:
+                held = [*models, *([model] if model is not None else [])]
+                chosen = self._affine(service, held, now, max_jobs, starve_limit(now, starve_after))
+            else:
+                chosen = self._ranked(service, model, now, max_jobs)
             batch = len(chosen)
             leased = [self._store(job.lease(owner, now, lease_seconds, batch=batch)) for job in chosen]
             self._counts.leased += len(leased)
             return leased
+
+    def _ranked(self, service: str, model: str | None, now: float, max_jobs: int) -> list[Job]:
+        """A plain lease's jobs: by rank, `model`'s first; taken off the ready index."""
+        candidates = [self._jobs[i] for i in self._ready.take(service, model, now, max_jobs)]
+        chosen = fit_batch(candidates, max_jobs)
+        picked = {job.id for job in chosen}
+        for job in candidates:
+            if job.id not in picked:  # did not fit this batch: back in line, rank unchanged
+                self._ready.add(job, job.rank(self._policy), self._numbers[job.id])
+        return chosen
+
+    def _affine(
+        self, service: str, models: Sequence[str], now: float, max_jobs: int, before: float | None
+    ) -> list[Job]:
+        """A model-affine lease's jobs (`affine_candidates`), taken off the ready index."""
+        view = _MemoryView(self, service, now)
+        chosen = fit_batch(affine_candidates(view, models, max_jobs, before, self._policy), max_jobs)
+        for job in chosen:
+            self._ready.discard(job.id)
+        return chosen
 
     def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:
         """Renews every lease `owner` still holds; then `LeaseLost` naming any it does not."""
@@ -315,17 +411,37 @@ class MemoryQueue(OneAtATime):
         with self._lock:
             return self._depth_view()
 
-    def due_webhooks(self, limit: int = 100) -> list[Job]:
+    def due_deliveries(
+        self, now: float | None = None, limit: int = 100, channels: Sequence[str] | None = None
+    ) -> list[tuple[Delivery, Job]]:
         with self._lock:
-            now = self._clock.now()
-            due = [self._jobs[i] for i in self._webhooks]
-            due = [j for j in due if j.webhook_next_at is not None and j.webhook_next_at <= now]
-            due.sort(key=lambda j: (j.webhook_next_at, self._numbers[j.id]))
-            return due[:limit]
+            now = self._clock.now() if now is None else now
+            rows = [self._row(key) for key in self._due if channels is None or key[1] in channels]
+            due = [row for row in rows if row.next_at is not None and row.next_at <= now]
+            due.sort(key=lambda row: (row.next_at or 0.0, self._row_numbers[row.key]))
+            return [(row, self._jobs[row.job_id]) for row in due[:limit]]
 
-    def save_webhook(self, job: Job) -> None:
+    def open_deliveries(self, channels: Sequence[str], limit: int = 100) -> list[tuple[Delivery, Job]]:
         with self._lock:
-            self._store(_with_webhook(self._get(job.id), job))
+            rows = [self._row(key) for key in self._open if key[1] in channels]
+            rows.sort(
+                key=lambda row: (row.expires_at is None, row.expires_at or 0.0, self._row_numbers[row.key])
+            )
+            return [(row, self._jobs[row.job_id]) for row in rows[:limit]]
+
+    def save_delivery(self, delivery: Delivery) -> None:
+        with self._lock:
+            stored = self._deliveries.get(delivery.job_id, {}).get(delivery.channel)
+            if stored is None:
+                raise missing_delivery(delivery)
+            new = saved(stored, delivery)
+            if new is not None:
+                self._put_row(new)
+
+    def deliveries(self, job_id: str) -> list[Delivery]:
+        with self._lock:
+            self._get(job_id)
+            return list(self._deliveries.get(job_id, {}).values())
 
     def probe(self) -> None:
         """Memory always takes a write."""
@@ -370,6 +486,8 @@ class MemoryQueue(OneAtATime):
         if limit is not None:
             self._admit(spec.service, limit, now)
         job = self._store(Job.create(spec, now))
+        for row in delivery_rows(job, spec):
+            self._put_row(row)
         if spec.idempotency_key is not None:
             self._keys[(spec.service, spec.idempotency_key)] = job.id
         self._counts.submitted += 1
@@ -434,11 +552,23 @@ class MemoryQueue(OneAtATime):
             heapq.heappush(self._untrimmed, (job.finished_at, job.id))
         elif job.finished_at is None and old is not None and old.finished_at is not None:
             del self._finished[bisect.bisect_left(self._finished, (old.finished_at, number))]
-        if job.webhook_state is WebhookState.PENDING:
-            self._webhooks.add(job.id)
-        else:
-            self._webhooks.discard(job.id)
+        rows = list(self._deliveries.get(job.id, {}).values())
+        for row in stepped(rows, delivery_step(old, job), job.finished_at or self._clock.now()):
+            self._put_row(row)
         return job
+
+    def _row(self, key: tuple[str, str]) -> Delivery:
+        return self._deliveries[key[0]][key[1]]
+
+    def _put_row(self, row: Delivery) -> None:
+        """Store an outbox row and keep the due and open sets in step."""
+        self._deliveries.setdefault(row.job_id, {})[row.channel] = row
+        self._row_numbers.setdefault(row.key, len(self._row_numbers))
+        for index, state in ((self._due, DeliveryState.PENDING), (self._open, DeliveryState.WAITING)):
+            if row.state is state:
+                index.add(row.key)
+            else:
+                index.discard(row.key)
 
     def _append(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
         self._last_seq += 1
@@ -466,14 +596,3 @@ class MemoryQueue(OneAtATime):
             if count:
                 view.setdefault(service, {})[state.value] = count
         return view
-
-
-def _with_webhook(stored: Job, job: Job) -> Job:
-    """`stored` with the webhook fields of `job` and nothing else."""
-    return dataclasses.replace(
-        stored,
-        webhook_state=job.webhook_state,
-        webhook_attempts=job.webhook_attempts,
-        webhook_next_at=job.webhook_next_at,
-        webhook_error=job.webhook_error,
-    )

@@ -8,13 +8,22 @@ Key schema (every key starts with the `prefix`, `swell` unless told otherwise):
     {p}:idem:{n}:{service}:{key} string: the job id an idempotency key maps to (n: len(service));
                                  the job's `fingerprint` tells a repeat from a different request
     {p}:ready:{service}          zset of queued jobs: score rank, member `{available_at}:{seq}:{id}`
-    {p}:ready:{service}:{model}  the same for the jobs that name a model (model-affine leasing)
+    {p}:ready:{service}:{model}  the same for the jobs that name a model (model-affine leasing:
+                                 a lease with `models` reads one per held model; its starvation
+                                 guard reads `ready:{service}` by score up to `now - starve_after
+                                 + aging_seconds`, the highest rank a starved job can have, so no
+                                 key was added for it)
     {p}:leased:{service}         zset of leased job ids by lease expiry
     {p}:services                 set of every service that has had a job (reap)
     {p}:created[:{service}]      zset of job ids by seq (listing, newest first)
     {p}:state:{state}            zset of job ids by seq, per state
     {p}:finished:{service}       zset `{seq}:{id}` by finished_at (admission's drain rate)
-    {p}:webhooks                 zset `{seq}:{id}` by webhook_next_at, jobs whose webhook is pending
+    {p}:delivery:{id}:{channel}  hash: one outbox row (`Delivery`'s fields, `target` JSON; absent =
+                                 None), and `member`, its entry in the two zsets below:
+                                 `{seq:012d}:{n:03d}:{id}:{channel}` (n: its place among the job's)
+    {p}:deliveries:{id}          list: the job's channels, in the order its rows were made
+    {p}:due                      zset of pending rows' members by next_at
+    {p}:open                     zset of waiting rows' members by expires_at (+inf when none)
     {p}:depth                    hash `{service}|{state}` -> count
     {p}:counters                 hash of the cumulative `QueueStats` counters
     {p}:probe                    string set with an expiry by `probe()` (readiness)
@@ -36,7 +45,10 @@ through two Lua scripts: `APPLY` writes a job and its index entries only if the 
 still the one read (optimistic concurrency: a worker that lost the race re-reads and tries again),
 and `SUBMIT` adds a job unless its idempotency key is taken or the service is full. An event is
 one more op of the same script (`EVENT`: take the next seq, add the entry to the job's stream and
-to the log), so a transition and its `state` event are written together or not at all; `TRIM`
+to the log), so a transition and its `state` event are written together or not at all; so is the
+step it takes the job's outbox rows through (`ARM`, `REARM`: each row is read and written inside the
+script, so a row the dispatcher saved meanwhile is judged as it is now). `submit` writes the rows with
+the job, and `SAVE_DELIVERY` stores a dispatcher's try only over the row's version it read; `TRIM`
 deletes the activity streams of jobs final for longer than the retention. Times come from
 the injected clock and reach Redis as arguments, never from Redis TIME, so tests run on virtual time.
 
@@ -54,7 +66,7 @@ import contextlib
 import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis
@@ -71,32 +83,40 @@ from swell.core.errors import (
 )
 from swell.core.jobs import (
     ACTIVITY_KINDS,
+    Delivery,
+    DeliveryState,
     Job,
     JobEvent,
     JobSpec,
     JobState,
     Priority,
     RetryPolicy,
-    WebhookState,
+    delivery_step,
 )
 from swell.queue._common import (
     ACTIVE_STATES,
     ADMISSION_WINDOW,
     COUNTER_NAMES,
+    NO_MODEL_WINDOW,
     Appended,
     Counters,
     OneAtATime,
+    affine_candidates,
+    affine_key,
     apply_outcome,
     cancel_or_request,
     check_kinds,
+    delivery_rows,
     fit_batch,
     full_message,
     holds,
     idempotency_conflict,
     lease_expired,
+    missing_delivery,
     reported,
     require_owner,
     retry_after,
+    starve_limit,
     transition_events,
     translated_failures,
     uncounted,
@@ -131,8 +151,32 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _APPLY_OPS = """
+-- {'ARM' | 'REARM', the job's channel list, due zset, open zset, row key prefix, now}: arm the job's
+-- waiting rows (pending, due now), or re-arm every row (waiting, attempts reset).
+local function step_deliveries(op)
+  for _, channel in ipairs(redis.call('LRANGE', KEYS[op[2]], 0, -1)) do
+    local row = op[5] .. channel
+    local member = redis.call('HGET', row, 'member')
+    if op[1] == 'ARM' then
+      if redis.call('HGET', row, 'state') == 'waiting' then
+        redis.call('HSET', row, 'state', 'pending', 'next_at', op[6])
+        redis.call('HINCRBY', row, 'version', 1)
+        redis.call('ZADD', KEYS[op[3]], op[6], member)
+        redis.call('ZREM', KEYS[op[4]], member)
+      end
+    else
+      redis.call('HSET', row, 'state', 'waiting', 'attempts', '0', 'progress_seq', '0')
+      redis.call('HDEL', row, 'next_at', 'error')
+      redis.call('HINCRBY', row, 'version', 1)
+      redis.call('ZREM', KEYS[op[3]], member)
+      redis.call('ZADD', KEYS[op[4]], redis.call('HGET', row, 'expires_at') or '+inf', member)
+    end
+  end
+end
+
 -- An op is {command, key index, arg...}, or {'EVENT', seq key, job stream, log, log cap, job id,
--- kind, at, data}: the next event seq, its entry added to the job's stream and to the log.
+-- kind, at, data}: the next event seq, its entry added to the job's stream and to the log, or a
+-- step of the job's outbox rows (above).
 local function apply_ops(ops)
   for _, op in ipairs(ops) do
     if op[1] == 'EVENT' then
@@ -140,6 +184,8 @@ local function apply_ops(ops)
       redis.call('XADD', KEYS[op[3]], id, 'kind', op[7], 'at', op[8], 'data', op[9])
       redis.call('XADD', KEYS[op[4]], 'MAXLEN', '~', op[5], id,
                  'job', op[6], 'kind', op[7], 'at', op[8], 'data', op[9])
+    elseif op[1] == 'ARM' or op[1] == 'REARM' then
+      step_deliveries(op)
     else
       local args = {op[1], KEYS[op[2]]}
       for i = 3, #op do args[#args + 1] = op[i] end
@@ -147,6 +193,34 @@ local function apply_ops(ops)
     end
   end
 end
+"""
+
+SAVE_DELIVERY = """
+-- KEYS[1] the row, KEYS[2] due zset, KEYS[3] open zset. ARGV: the version read, state, attempts,
+-- next_at ('' for none), progress_seq, error given ('1' or ''), error. Returns -1 for no such row,
+-- 0 when the row changed since read (left as it is), 1 when stored.
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HGET', KEYS[1], 'version') ~= ARGV[1] then return 0 end
+local member = redis.call('HGET', KEYS[1], 'member')
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'attempts', ARGV[3], 'progress_seq', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[1], 'next_at')
+else
+  redis.call('HSET', KEYS[1], 'next_at', ARGV[4])
+end
+if ARGV[6] == '1' then
+  redis.call('HSET', KEYS[1], 'error', ARGV[7])
+else
+  redis.call('HDEL', KEYS[1], 'error')
+end
+if ARGV[2] == 'pending' and ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[4], member)
+else
+  redis.call('ZREM', KEYS[2], member)
+end
+if ARGV[2] ~= 'waiting' then redis.call('ZREM', KEYS[3], member) end
+return 1
 """
 
 TRIM = """
@@ -226,17 +300,15 @@ _FLOATS = frozenset(
         "started_at",
         "finished_at",
         "lease_expires_at",
-        "webhook_next_at",
     }
 )
 _FLOATS = _FLOATS | {"progress"}
-_INTS = frozenset({"max_attempts", "attempts", "webhook_attempts", "batch_limit", "leased_with"})
+_INTS = frozenset({"max_attempts", "attempts", "batch_limit", "leased_with"})
 _BOOLS = frozenset({"cancel_requested"})
 _JSON = frozenset({"input", "result"})
 _ENUMS: dict[str, Callable[[str], Any]] = {
     "priority": Priority,
     "state": JobState,
-    "webhook_state": WebhookState,
 }
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
 STORED_KINDS = frozenset({"state", "cancel"})  # the kinds `{p}:log` holds
@@ -337,6 +409,9 @@ class _Keys:
         if command == "EVENT":  # three keys: seq counter, the job's stream, the log
             stream, log, *rest = args
             return [command, self.index(key), self.index(stream), self.index(log), *rest]
+        if command in ("ARM", "REARM"):  # three keys: the channel list, the due and open zsets
+            due, open_, *rest = args
+            return [command, self.index(key), self.index(due), self.index(open_), *rest]
         return [command, self.index(key), *args]
 
 
@@ -381,6 +456,7 @@ class RedisQueue(OneAtATime):
         self._apply_script = self._redis.register_script(APPLY)
         self._submit_script = self._redis.register_script(SUBMIT)
         self._trim_script = self._redis.register_script(TRIM)
+        self._save_delivery_script = self._redis.register_script(SAVE_DELIVERY)
         with _storage(self.where):
             self._baseline = self._counters()
 
@@ -392,6 +468,7 @@ class RedisQueue(OneAtATime):
         job = Job.create(spec, now)
         seq = int(self._redis.incr(self._key("seq")))
         writes = self._writes(None, _Stored(job, 0, seq))
+        self._add_deliveries(writes, delivery_rows(job, spec), seq)
         writes.add("SADD", self._key("services"), job.service)
         writes.add("HINCRBY", self._key("counters"), "submitted", "1")
         key = spec.idempotency_key
@@ -453,19 +530,25 @@ class RedisQueue(OneAtATime):
         max_jobs: int = 1,
         lease_seconds: float = 30.0,
         model: str | None = None,
+        models: Sequence[str] = (),
+        starve_after: float | None = None,
     ) -> list[Job]:
         now = self._clock.now()
         self._reap([service], now)
+        affine = bool(models) or starve_after is not None
+        held = [*models, *([model] if model is not None else [])]
+        before = starve_limit(now, starve_after)
         leased: list[Job] = []
         for _ in range(LEASE_ROUNDS):
             want = max_jobs - len(leased)
             if want <= 0:
                 break
-            candidates = {
-                s.job.id: s
-                for s in self._candidates(service, model, now, want)
-                if s.job.state is JobState.QUEUED
-            }
+            if affine:  # a later round tops up with the models already leased: still one load
+                held += [job.model for job in leased if job.model is not None and job.model not in held]
+                found = self._affine(service, held, now, want, before)
+            else:
+                found = self._candidates(service, model, now, want)
+            candidates = {s.job.id: s for s in found if s.job.state is JobState.QUEUED}
             chosen = fit_batch([s.job for s in candidates.values()], max_jobs, leased)
             if not chosen:
                 break
@@ -477,7 +560,10 @@ class RedisQueue(OneAtATime):
             leased += applied
             if len(applied) == len(changes):
                 break  # nobody took a pick: what did not fit waits for the next lease
-        self._sort_like_candidates(leased, model)
+        if affine:
+            leased.sort(key=lambda job: affine_key(job, self._policy, before))
+        else:
+            self._sort_like_candidates(leased, model)
         return leased
 
     @_translated
@@ -636,23 +722,50 @@ class RedisQueue(OneAtATime):
         return depth
 
     @_translated
-    def due_webhooks(self, limit: int = 100) -> list[Job]:
-        now = self._clock.now()
-        members = self._redis.zrangebyscore(self._key("webhooks"), "-inf", repr(now), start=0, num=limit)
-        return self._load_many(_member_id(m) for m in members)
+    def due_deliveries(
+        self, now: float | None = None, limit: int = 100, channels: Sequence[str] | None = None
+    ) -> list[tuple[Delivery, Job]]:
+        now = self._clock.now() if now is None else now
+        due = self._key("due")
+        members = self._members(
+            lambda start, n: self._redis.zrangebyscore(due, "-inf", repr(now), start=start, num=n),
+            channels,
+            limit,
+        )
+        rows = self._rows_with_jobs(members, DeliveryState.PENDING)
+        return [(row, job) for row, job in rows if row.next_at is not None and row.next_at <= now]
 
     @_translated
-    def save_webhook(self, job: Job) -> None:
-        def with_webhook(stored: Job) -> Job:
-            return replace(
-                stored,
-                webhook_state=job.webhook_state,
-                webhook_attempts=job.webhook_attempts,
-                webhook_next_at=job.webhook_next_at,
-                webhook_error=job.webhook_error,
-            )
+    def open_deliveries(self, channels: Sequence[str], limit: int = 100) -> list[tuple[Delivery, Job]]:
+        members = self._members(
+            lambda start, n: self._redis.zrange(self._key("open"), start, start + n - 1), channels, limit
+        )
+        return self._rows_with_jobs(members, DeliveryState.WAITING)
 
-        self._change(job.id, with_webhook)
+    @_translated
+    def save_delivery(self, delivery: Delivery) -> None:
+        keys = [self._row_key(delivery.job_id, delivery.channel), self._key("due"), self._key("open")]
+        args = [
+            str(delivery.version),
+            delivery.state.value,
+            str(delivery.attempts),
+            "" if delivery.next_at is None else repr(float(delivery.next_at)),
+            str(delivery.progress_seq),
+            "" if delivery.error is None else "1",
+            delivery.error or "",
+        ]
+        if self._save_delivery_script(keys=keys, args=args) == -1:
+            raise missing_delivery(delivery)
+
+    @_translated
+    def deliveries(self, job_id: str) -> list[Delivery]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.exists(self._key("job", job_id))
+        pipe.lrange(self._key("deliveries", job_id), 0, -1)
+        exists, channels = pipe.execute()
+        if not exists:
+            raise JobNotFound(f"no job {job_id!r}", field="id")
+        return self._load_rows([(job_id, channel) for channel in channels])
 
     @_translated
     def probe(self) -> None:
@@ -734,6 +847,14 @@ class RedisQueue(OneAtATime):
         if len(ids) < n:
             ids += self._available(self._key("ready", service), now, n - len(ids), set(ids))
         return self._load_stored(ids)
+
+    def _affine(
+        self, service: str, models: Sequence[str], now: float, n: int, before: float | None
+    ) -> list[_Stored]:
+        """A model-affine lease's candidates (`affine_candidates` over `_RedisView`)."""
+        view = _RedisView(self, service, now)
+        jobs = affine_candidates(view, models, n, before, self._policy)
+        return [view.stored[job.id] for job in jobs]
 
     def _available(self, index: str, now: float, n: int, skip: set[str]) -> list[str]:
         found: list[str] = []
@@ -902,12 +1023,71 @@ class RedisQueue(OneAtATime):
             writes.add("ZREM", self._key("finished", job.service), member)  # re-driven
             writes.add("ZREM", self._key("untrimmed"), job.id)
         self._add_events(writes, job.id, transition_events(before, job))
-        webhooks = self._key("webhooks")
-        if job.webhook_state is WebhookState.PENDING and job.webhook_next_at is not None:
-            writes.add("ZADD", webhooks, repr(job.webhook_next_at), f"{new.seq:012d}:{job.id}")
-        elif before is not None and before.webhook_state is WebhookState.PENDING:
-            writes.add("ZREM", webhooks, f"{new.seq:012d}:{job.id}")
+        step = delivery_step(before, job)
+        if step is not None:
+            now = repr(job.finished_at or self._clock.now())
+            rows, due, open_ = self._key("deliveries", job.id), self._key("due"), self._key("open")
+            writes.add(step.name, rows, due, open_, self._row_key(job.id, ""), now)
         return writes
+
+    # -- the outbox -------------------------------------------------------------------------------
+
+    def _row_key(self, job_id: str, channel: str) -> str:
+        return self._key("delivery", job_id) + f":{channel}"
+
+    def _add_deliveries(self, writes: _Writes, rows: Sequence[Delivery], seq: int) -> None:
+        """The commands that make a new job's outbox rows (all waiting)."""
+        for n, row in enumerate(rows):
+            member = f"{seq:012d}:{n:03d}:{row.job_id}:{row.channel}"
+            values = {
+                "job_id": row.job_id,
+                "channel": row.channel,
+                "target": json.dumps(dict(row.target), separators=(",", ":"), ensure_ascii=False),
+                "state": row.state.value,
+                "attempts": str(row.attempts),
+                "created_at": repr(float(row.created_at)),
+                "progress_seq": str(row.progress_seq),
+                "version": str(row.version),
+                "member": member,
+            }
+            if row.expires_at is not None:
+                values["expires_at"] = repr(float(row.expires_at))
+            pairs = [item for pair in values.items() for item in pair]
+            writes.add("HSET", self._row_key(row.job_id, row.channel), *pairs)
+            writes.add("RPUSH", self._key("deliveries", row.job_id), row.channel)
+            score = "+inf" if row.expires_at is None else values["expires_at"]
+            writes.add("ZADD", self._key("open"), score, member)
+
+    def _members(
+        self, page: Callable[[int, int], list[str]], channels: Sequence[str] | None, limit: int
+    ) -> list[tuple[str, str]]:
+        """(job id, channel) of the first `limit` members of `channels` a zset gives, page by page."""
+        found: list[tuple[str, str]] = []
+        start, size = 0, max(limit, 100)
+        while len(found) < limit:
+            members = page(start, size)
+            for member in members:
+                _, _, job_id, channel = member.split(":", 3)
+                if channels is None or channel in channels:
+                    found.append((job_id, channel))
+            if len(members) < size:
+                break
+            start += size
+        return found[:limit]
+
+    def _load_rows(self, keys: Sequence[tuple[str, str]]) -> list[Delivery]:
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, channel in keys:
+            pipe.hgetall(self._row_key(job_id, channel))
+        return [_delivery(values) for values in pipe.execute() if values]
+
+    def _rows_with_jobs(
+        self, keys: Sequence[tuple[str, str]], state: DeliveryState
+    ) -> list[tuple[Delivery, Job]]:
+        """The rows of `keys` still in `state` (one may have moved since its zset was read), with jobs."""
+        rows = [row for row in self._load_rows(keys) if row.state is state]
+        jobs = {job.id: job for job in self._load_many(dict.fromkeys(row.job_id for row in rows))}
+        return [(row, jobs[row.job_id]) for row in rows if row.job_id in jobs]
 
     def _move_state(self, writes: _Writes, before: Job | None, job: Job, seq: str) -> None:
         depth = self._key("depth")
@@ -937,6 +1117,69 @@ class RedisQueue(OneAtATime):
         if job.model is not None:
             indexes.append(self._key("ready", job.service, job.model))
         return indexes
+
+
+class _RedisView:
+    """`ReadyView` over the `ready` zsets (read without a lock: the lease's versioned APPLY refuses
+    a job another worker took meanwhile). `stored` keeps what was read, for that write."""
+
+    def __init__(self, queue: RedisQueue, service: str, now: float) -> None:
+        self.queue, self.service, self.now = queue, service, now
+        self.stored: dict[str, _Stored] = {}
+
+    def starved(self, before: float, n: int) -> list[Job]:
+        """Scans `ready:{service}` up to rank `before + aging`: no starved job ranks above it."""
+        index = self.queue._key("ready", self.service)
+        bound = repr(before + self.queue._policy.aging_seconds)
+        found: list[str] = []
+        start, page = 0, max(2 * n, 16)
+        while len(found) < n:
+            members = self.queue._redis.zrangebyscore(index, "-inf", bound, start=start, num=page)
+            if not members:
+                break
+            for member in members:
+                available_at, _, job_id = member.split(":")
+                if float(available_at) <= min(before, self.now) and len(found) < n:
+                    found.append(job_id)
+            start += page
+        return self._jobs(found)
+
+    def of_model(self, model: str | None, n: int) -> list[Job]:
+        if model is not None:
+            return self._jobs(
+                self.queue._available(self.queue._key("ready", self.service, model), self.now, n, set())
+            )
+        window = max(NO_MODEL_WINDOW, 4 * n)  # jobs naming no model have no index of their own
+        ids = self.queue._available(self.queue._key("ready", self.service), self.now, window, set())
+        return [job for job in self._jobs(ids) if job.model is None][:n]
+
+    def first(self) -> Job | None:
+        found = self._jobs(self.queue._available(self.queue._key("ready", self.service), self.now, 1, set()))
+        return found[0] if found else None
+
+    def _jobs(self, ids: list[str]) -> list[Job]:
+        stored = [s for s in self.queue._load_stored(ids) if s.job.state is JobState.QUEUED]
+        self.stored.update((s.job.id, s) for s in stored)
+        return [s.job for s in stored]
+
+
+def _delivery(values: dict[str, str]) -> Delivery:
+    def number(name: str) -> float | None:
+        return float(values[name]) if name in values else None
+
+    return Delivery(
+        job_id=values["job_id"],
+        channel=values["channel"],
+        target=json.loads(values["target"]),
+        state=DeliveryState(values["state"]),
+        attempts=int(values["attempts"]),
+        next_at=number("next_at"),
+        error=values.get("error"),
+        expires_at=number("expires_at"),
+        created_at=float(values["created_at"]),
+        progress_seq=int(values.get("progress_seq", 0)),
+        version=int(values["version"]),
+    )
 
 
 def _depth_field(service: str, state: JobState) -> str:

@@ -1,6 +1,6 @@
 """The embedded queue: one SQLite file in WAL mode, shared by the gateway and worker processes.
 
-Schema (version 3, kept in `PRAGMA user_version`; `MIGRATIONS[i]` moves a file from version i,
+Schema (version 4, kept in `PRAGMA user_version`; `MIGRATIONS[i]` moves a file from version i,
 each named for what it adds):
 
     jobs      one row per job; lifecycle columns are rewritten from the `Job` value that
@@ -18,6 +18,11 @@ each named for what it adds):
               transition inserts its `state` event in the transaction that updates the job row.
               `jobs.activity` counts a job's progress and delta events (the cap), and the partial
               index `jobs_untrimmed` finds final jobs whose such events are due for trimming
+    deliveries the outbox: one row per (job_id, channel), `target` JSON; inserted in the submit's
+              transaction, armed (`state` pending, `next_at`) in the transaction of the job's final
+              transition, re-armed by a re-drive's; `version` guards `save_delivery`. Partial
+              indexes: `deliveries_due` (pending, by next_at) and `deliveries_open` (waiting, by
+              expires_at). Version 4 moved the webhook columns of `jobs` into rows here
 
 Storage failures (a full or read-only disk, I/O errors, a write lock not had within BUSY_TIMEOUT,
 a file that cannot be opened) leave every public method as `Unavailable` (503), never as a raw
@@ -56,22 +61,38 @@ from swell.core.errors import (
     SwellError,
     Unavailable,
 )
-from swell.core.jobs import Job, JobEvent, JobSpec, JobState, Priority, RetryPolicy, WebhookState
+from swell.core.jobs import (
+    Delivery,
+    DeliveryState,
+    DeliveryStep,
+    Job,
+    JobEvent,
+    JobSpec,
+    JobState,
+    Priority,
+    RetryPolicy,
+    delivery_step,
+)
 from swell.queue._common import (
     ADMISSION_WINDOW,
     COUNTER_NAMES,
+    NO_MODEL_WINDOW,
     Counters,
     OneAtATime,
+    affine_candidates,
     apply_outcome,
     cancel_or_request,
     check_kinds,
+    delivery_rows,
     fit_batch,
     full_message,
     holds,
     idempotency_conflict,
+    missing_delivery,
     reported,
     require_owner,
     retry_after,
+    starve_limit,
     transition_events,
     translated_failures,
     uncounted,
@@ -214,25 +235,49 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX jobs_untrimmed ON jobs (finished_at) WHERE activity > 0 AND finished_at IS NOT NULL;
     """,
     ),
+    Migration(
+        "deliveries: the outbox, one row per (job, channel); the webhook columns leave jobs",
+        """
+    CREATE TABLE deliveries (
+        job_id       TEXT NOT NULL,
+        channel      TEXT NOT NULL,
+        target       TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      REAL,
+        error        TEXT,
+        expires_at   REAL,
+        created_at   REAL NOT NULL,
+        progress_seq INTEGER NOT NULL DEFAULT 0,
+        version      INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (job_id, channel)
+    );
+    CREATE INDEX deliveries_due ON deliveries (next_at) WHERE state = 'pending';
+    CREATE INDEX deliveries_open ON deliveries (expires_at) WHERE state = 'waiting';
+    INSERT INTO deliveries (job_id, channel, target, state, attempts, next_at, error, created_at)
+        SELECT id, 'webhook', json_object('url', callback_url), webhook_state, webhook_attempts,
+               webhook_next_at, webhook_error, created_at
+        FROM jobs WHERE callback_url IS NOT NULL AND webhook_state != 'none' ORDER BY rowid;
+    DROP INDEX jobs_webhooks;
+    ALTER TABLE jobs DROP COLUMN webhook_state;
+    ALTER TABLE jobs DROP COLUMN webhook_attempts;
+    ALTER TABLE jobs DROP COLUMN webhook_next_at;
+    ALTER TABLE jobs DROP COLUMN webhook_error;
+    """,
+    ),
 )
 
 COLUMNS = (
     "id, service, state, priority, input, created_at, available_at, max_attempts, timeout, attempts, "
     "idempotency_key, callback_url, tenant, model, started_at, finished_at, lease_owner, lease_expires_at, "
-    "result, error, webhook_state, webhook_attempts, webhook_next_at, webhook_error, "
-    "batch_limit, leased_with, fingerprint, progress, progress_message, cancel_requested"
+    "result, error, batch_limit, leased_with, fingerprint, progress, progress_message, cancel_requested"
 )
 SELECT = f"SELECT {COLUMNS} FROM jobs"
-INSERT = f"INSERT INTO jobs (rank, {COLUMNS}) VALUES ({', '.join('?' * 31)})"
+INSERT = f"INSERT INTO jobs (rank, {COLUMNS}) VALUES ({', '.join('?' * 27)})"
 UPDATE = (
     "UPDATE jobs SET state = ?, rank = ?, available_at = ?, attempts = ?, started_at = ?, finished_at = ?, "
-    "lease_owner = ?, lease_expires_at = ?, result = ?, error = ?, webhook_state = ?, webhook_attempts = ?, "
-    "webhook_next_at = ?, webhook_error = ?, batch_limit = ?, leased_with = ?, progress = ?, "
-    "progress_message = ?, cancel_requested = ? WHERE id = ?"
-)
-UPDATE_WEBHOOK = (
-    "UPDATE jobs SET webhook_state = ?, webhook_attempts = ?, webhook_next_at = ?, webhook_error = ? "
-    "WHERE id = ?"
+    "lease_owner = ?, lease_expires_at = ?, result = ?, error = ?, batch_limit = ?, leased_with = ?, "
+    "progress = ?, progress_message = ?, cancel_requested = ? WHERE id = ?"
 )
 BUMP = "UPDATE counters SET " + ", ".join(f"{name} = {name} + ?" for name in COUNTER_NAMES)
 READY = (
@@ -243,10 +288,39 @@ READY_MODEL = (
     f"{SELECT} WHERE service = ? AND model = ? AND state = 'queued' AND available_at <= ? "
     "ORDER BY rank, available_at, rowid LIMIT ?"
 )
-DUE_WEBHOOKS = (
-    f"{SELECT} WHERE webhook_state = 'pending' AND webhook_next_at <= ? "
-    "ORDER BY webhook_next_at, rowid LIMIT ?"
+READY_STARVED = (  # rank <= before + aging bounds the scan: no starved job ranks above it
+    f"{SELECT} WHERE service = ? AND state = 'queued' AND rank <= ? AND available_at <= ? "
+    "ORDER BY rank, available_at, rowid LIMIT ?"
 )
+DELIVERY_COLUMNS = (
+    "job_id, channel, target, state, attempts, next_at, error, expires_at, created_at, progress_seq, version"
+)
+INSERT_DELIVERY = f"INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES ({', '.join('?' * 11)})"
+WITH_JOBS = (  # a row and its job: the delivery's columns, then the job's
+    f"SELECT {', '.join('d.' + c for c in DELIVERY_COLUMNS.split(', '))}, "
+    f"{', '.join('j.' + c for c in COLUMNS.split(', '))} "
+    "FROM deliveries AS d JOIN jobs AS j ON j.id = d.job_id"
+)
+DUE_DELIVERIES = f"{WITH_JOBS} WHERE d.state = 'pending' AND d.next_at <= ?"  # + channels, ORDER BY
+DUE_ORDER = " ORDER BY d.next_at, d.rowid LIMIT ?"
+OPEN_EXPIRING = f"{WITH_JOBS} WHERE d.state = 'waiting' AND d.expires_at IS NOT NULL"
+OPEN_EXPIRING_ORDER = " ORDER BY d.expires_at, d.rowid LIMIT ?"
+OPEN_LASTING = f"{WITH_JOBS} WHERE d.state = 'waiting' AND d.expires_at IS NULL"
+OPEN_LASTING_ORDER = " ORDER BY d.rowid LIMIT ?"
+JOB_DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE job_id = ? ORDER BY rowid"
+ARM = (
+    "UPDATE deliveries SET state = 'pending', next_at = ?, version = version + 1 "
+    "WHERE job_id = ? AND state = 'waiting'"
+)
+REARM = (
+    "UPDATE deliveries SET state = 'waiting', attempts = 0, next_at = NULL, error = NULL, progress_seq = 0, "
+    "version = version + 1 WHERE job_id = ?"
+)
+SAVE_DELIVERY = (
+    "UPDATE deliveries SET state = ?, attempts = ?, next_at = ?, error = ?, progress_seq = ?, "
+    "version = version + 1 WHERE job_id = ? AND channel = ? AND version = ?"
+)
+HAS_DELIVERY = "SELECT 1 FROM deliveries WHERE job_id = ? AND channel = ?"
 EXPIRED = f"{SELECT} INDEXED BY jobs_leases WHERE state = 'leased' AND lease_expires_at <= ?"
 ACTIVE = "SELECT coalesce(sum(count), 0) FROM depth WHERE service = ? AND state IN ('queued', 'leased')"
 HAS_WORK = (
@@ -304,10 +378,6 @@ def _row(job: Job, policy: RetryPolicy) -> tuple[Any, ...]:
         job.lease_expires_at,
         _dump(job.result),
         job.error,
-        job.webhook_state.value,
-        job.webhook_attempts,
-        job.webhook_next_at,
-        job.webhook_error,
         job.batch_limit,
         job.leased_with,
         job.fingerprint,
@@ -330,10 +400,6 @@ def _changes(job: Job, policy: RetryPolicy) -> tuple[Any, ...]:
         job.lease_expires_at,
         _dump(job.result),
         job.error,
-        job.webhook_state.value,
-        job.webhook_attempts,
-        job.webhook_next_at,
-        job.webhook_error,
         job.batch_limit,
         job.leased_with,
         job.progress,
@@ -348,8 +414,7 @@ def _job(row: tuple[Any, ...]) -> Job:
         :10
     ]
     (key, callback_url, tenant, model, started_at, finished_at, owner, expires_at, result, error) = row[10:20]
-    (webhook_state, webhook_attempts, webhook_next_at, webhook_error) = row[20:24]
-    (batch_limit, leased_with, fingerprint, progress, progress_message, cancel_requested) = row[24:]
+    (batch_limit, leased_with, fingerprint, progress, progress_message, cancel_requested) = row[20:]
     return Job(
         id=id_,
         service=service,
@@ -371,10 +436,6 @@ def _job(row: tuple[Any, ...]) -> Job:
         lease_expires_at=expires_at,
         result=None if result is None else json.loads(result),
         error=error,
-        webhook_state=WebhookState(webhook_state),
-        webhook_attempts=webhook_attempts,
-        webhook_next_at=webhook_next_at,
-        webhook_error=webhook_error,
         batch_limit=batch_limit,
         leased_with=leased_with,
         fingerprint=fingerprint,
@@ -382,6 +443,49 @@ def _job(row: tuple[Any, ...]) -> Job:
         progress_message=progress_message,
         cancel_requested=bool(cancel_requested),
     )
+
+
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    job_id, channel, target, state, attempts, next_at, error, expires_at, created_at, seq, version = row
+    return Delivery(
+        job_id=job_id,
+        channel=channel,
+        target=json.loads(target),
+        state=DeliveryState(state),
+        attempts=attempts,
+        next_at=next_at,
+        error=error,
+        expires_at=expires_at,
+        created_at=created_at,
+        progress_seq=seq,
+        version=version,
+    )
+
+
+def _delivery_row(row: Delivery) -> tuple[Any, ...]:
+    """The INSERT_DELIVERY parameters for `row`."""
+    return (
+        row.job_id,
+        row.channel,
+        _dump(dict(row.target)),
+        row.state.value,
+        row.attempts,
+        row.next_at,
+        row.error,
+        row.expires_at,
+        row.created_at,
+        row.progress_seq,
+        row.version,
+    )
+
+
+def _with_job(row: tuple[Any, ...]) -> tuple[Delivery, Job]:
+    return _delivery(row[:11]), _job(row[11:])
+
+
+def _in(column: str, values: Sequence[str]) -> str:
+    """` AND column IN (?, ...)` for a filter whose values are bound after the query's others."""
+    return f" AND {column} IN ({', '.join('?' * len(values))})"
 
 
 def _event(row: tuple[Any, ...]) -> JobEvent:
@@ -464,6 +568,30 @@ def _rollback(db: sqlite3.Connection) -> None:
             db.execute("ROLLBACK")
 
 
+class _SqliteView:
+    """`ReadyView` over the jobs table, inside the lease's write transaction: each list is one
+    query on `jobs_ready` or `jobs_ready_model`."""
+
+    def __init__(self, db: sqlite3.Connection, service: str, now: float, policy: RetryPolicy) -> None:
+        self.db, self.service, self.now, self.policy = db, service, now, policy
+
+    def starved(self, before: float, n: int) -> list[Job]:
+        bound = before + self.policy.aging_seconds
+        rows = self.db.execute(READY_STARVED, (self.service, bound, min(before, self.now), n))
+        return [_job(row) for row in rows]
+
+    def of_model(self, model: str | None, n: int) -> list[Job]:
+        if model is not None:
+            return [_job(row) for row in self.db.execute(READY_MODEL, (self.service, model, self.now, n))]
+        window = max(NO_MODEL_WINDOW, 4 * n)
+        rows = self.db.execute(READY, (self.service, self.now, window))
+        return [job for job in map(_job, rows) if job.model is None][:n]
+
+    def first(self) -> Job | None:
+        row = self.db.execute(READY, (self.service, self.now, 1)).fetchone()
+        return None if row is None else _job(row)
+
+
 @dataclass(frozen=True, slots=True)
 class _Rejected:
     """Admission said no; raised as `QueueFull` once the transaction that counted it committed."""
@@ -534,6 +662,8 @@ class SQLiteQueue(OneAtATime):
         max_jobs: int = 1,
         lease_seconds: float = 30.0,
         model: str | None = None,
+        models: Sequence[str] = (),
+        starve_after: float | None = None,
     ) -> list[Job]:
         now = self._clock.now()
         with self._read() as db:
@@ -541,7 +671,14 @@ class SQLiteQueue(OneAtATime):
                 return []  # idle workers poll without taking the write lock
         with self._write() as db:
             self._reap(db, now, service)
-            chosen = fit_batch(self._ready(db, service, model, now, max_jobs), max_jobs)
+            if models or starve_after is not None:
+                held = [*models, *([model] if model is not None else [])]
+                view = _SqliteView(db, service, now, self._policy)
+                before = starve_limit(now, starve_after)
+                candidates = affine_candidates(view, held, max_jobs, before, self._policy)
+            else:
+                candidates = self._ready(db, service, model, now, max_jobs)
+            chosen = fit_batch(candidates, max_jobs)
             leased = [job.lease(owner, now, lease_seconds, batch=len(chosen)) for job in chosen]
             self._save(db, list(zip(chosen, leased, strict=True)), now)
             self._bump(db, leased=len(leased))
@@ -675,21 +812,46 @@ class SQLiteQueue(OneAtATime):
         with self._read() as db:
             return self._depth(db)
 
-    def due_webhooks(self, limit: int = 100) -> list[Job]:
+    def due_deliveries(
+        self, now: float | None = None, limit: int = 100, channels: Sequence[str] | None = None
+    ) -> list[tuple[Delivery, Job]]:
+        now = self._clock.now() if now is None else now
+        query = DUE_DELIVERIES + ("" if channels is None else _in("d.channel", channels)) + DUE_ORDER
         with self._read() as db:
-            return [_job(row) for row in db.execute(DUE_WEBHOOKS, (self._clock.now(), limit))]
+            return [_with_job(row) for row in db.execute(query, (now, *(channels or ()), limit))]
 
-    def save_webhook(self, job: Job) -> None:
+    def open_deliveries(self, channels: Sequence[str], limit: int = 100) -> list[tuple[Delivery, Job]]:
+        """Two index scans: rows that expire, soonest first, then the others in creation order."""
+        if not channels:
+            return []
+        found: list[tuple[Delivery, Job]] = []
+        with self._read(snapshot=True) as db:
+            for query, order in ((OPEN_EXPIRING, OPEN_EXPIRING_ORDER), (OPEN_LASTING, OPEN_LASTING_ORDER)):
+                if len(found) < limit:
+                    query += _in("d.channel", channels) + order
+                    found += map(_with_job, db.execute(query, (*channels, limit - len(found))))
+        return found
+
+    def save_delivery(self, delivery: Delivery) -> None:
         changes = (
-            job.webhook_state.value,
-            job.webhook_attempts,
-            job.webhook_next_at,
-            job.webhook_error,
-            job.id,
+            delivery.state.value,
+            delivery.attempts,
+            delivery.next_at,
+            delivery.error,
+            delivery.progress_seq,
+            delivery.job_id,
+            delivery.channel,
+            delivery.version,
         )
         with self._write() as db:
-            if db.execute(UPDATE_WEBHOOK, changes).rowcount == 0:
-                raise JobNotFound(f"no job {job.id!r}", field="id")
+            stale = db.execute(SAVE_DELIVERY, changes).rowcount == 0
+            if stale and db.execute(HAS_DELIVERY, (delivery.job_id, delivery.channel)).fetchone() is None:
+                raise missing_delivery(delivery)
+
+    def deliveries(self, job_id: str) -> list[Delivery]:
+        with self._read(snapshot=True) as db:
+            self._get(db, job_id)
+            return [_delivery(row) for row in db.execute(JOB_DELIVERIES, (job_id,))]
 
     def probe(self) -> None:
         """Commit one tiny write, waiting PROBE_TIMEOUT at most for the write lock."""
@@ -795,6 +957,8 @@ class SQLiteQueue(OneAtATime):
                 )
         job = Job.create(spec, now)
         db.execute(INSERT, _row(job, self._policy))
+        if spec.delivery_specs:
+            db.executemany(INSERT_DELIVERY, [_delivery_row(row) for row in delivery_rows(job, spec)])
         db.executemany(INSERT_EVENT, _event_rows([(None, job)], now))
         self._bump(db, submitted=1)
         return job, True
@@ -860,6 +1024,19 @@ class SQLiteQueue(OneAtATime):
         """Persist (before, after) pairs, with the state events of their transitions."""
         db.executemany(UPDATE, [_changes(after, self._policy) for _, after in changes])
         db.executemany(INSERT_EVENT, _event_rows(changes, now))
+        self._step_deliveries(db, changes, now)
+
+    def _step_deliveries(
+        self, db: sqlite3.Connection, changes: Sequence[tuple[Job, Job]], now: float
+    ) -> None:
+        """Arm the deliveries of jobs that turned final, re-arm those of re-driven jobs."""
+        steps = [(delivery_step(before, after), after) for before, after in changes]
+        armed = [(a.finished_at or now, a.id) for step, a in steps if step is DeliveryStep.ARM]
+        rearmed = [(a.id,) for step, a in steps if step is DeliveryStep.REARM]
+        if armed:  # a lease or a renewal, the hot paths, arms nothing and costs no statement
+            db.executemany(ARM, armed)
+        if rearmed:
+            db.executemany(REARM, rearmed)
 
     def _report(
         self,

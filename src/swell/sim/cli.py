@@ -2,7 +2,8 @@
 
 swell sim --trace FILE --policy NAME|all [--slo-wait S] [--json] [--plot FILE.png]
 swell sim run --trace FILE ...            (the same, spelled as a subcommand)
-swell sim sweep --trace FILE [--json] [--plot FILE.png]
+swell sim sweep --trace FILE [--jobs N] [--json] [--plot FILE.png]
+swell sim validate --trace FILE [--origins 5,7,9,11] [--test-days 2] [--jobs N] [--json]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from swell.core.errors import SwellError
+from swell.core.errors import SwellError, ValidationError
 from swell.sim.cluster import PoolConfig
 from swell.sim.report import Report
 from swell.sim.trace import LlmRates, Trace, read_trace
@@ -41,6 +42,19 @@ DiskCacheOpt = Annotated[float, typer.Option("--disk-cache-gb", help="Local disk
 MaxGpusOpt = Annotated[int | None, typer.Option("--max-gpus", help="Cap on the pool (default: none).")]
 TickOpt = Annotated[float, typer.Option("--tick-seconds", help="How often the policy decides.")]
 BatchOpt = Annotated[int, typer.Option("--llm-batch", help="LLM requests a replica runs at once.")]
+JobsOpt = Annotated[int, typer.Option("--jobs", help="Runs in parallel processes (results as serial).")]
+ProgressOpt = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="One line per finished run on stderr.")
+]
+GuardOpt = Annotated[
+    bool,
+    typer.Option(
+        "--guardrails/--no-guardrails",
+        help="Run each policy in the guarded stack live runs (SLO fall-back, change limit, bounds).",
+    ),
+]
+ReactiveOpt = Annotated[str, typer.Option("--reactive-policy", help="The SLO fall-back's policy.")]
+TargetOpt = Annotated[float, typer.Option("--target", help="SLO attainment the summary compares at.")]
 
 sim_app = typer.Typer(
     help="Replay real traces under autoscaling policies on a simulated GPU pool.",
@@ -77,6 +91,8 @@ def sim(
     max_gpus: MaxGpusOpt = None,
     tick_seconds: TickOpt = 10.0,
     llm_batch: BatchOpt = 16,
+    guardrails: GuardOpt = True,
+    reactive_policy: ReactiveOpt = "concurrency",
 ) -> None:
     """Replay --trace under --policy (default: all) and report SLO attainment and GPU-hours."""
     if ctx.invoked_subcommand is not None:
@@ -110,6 +126,8 @@ def run(
     max_gpus: MaxGpusOpt = None,
     tick_seconds: TickOpt = 10.0,
     llm_batch: BatchOpt = 16,
+    guardrails: GuardOpt = True,
+    reactive_policy: ReactiveOpt = "concurrency",
 ) -> None:
     """The same as `swell sim --trace ...`."""
     _run(**dict(locals()))
@@ -120,9 +138,11 @@ def sweep_cmd(
     trace: Annotated[Path, typer.Option("--trace", help="An sd_requests_* or azure_llm_* CSV.")],
     policy: PolicyOpt = "all",
     slo_wait: SloOpt = 30.0,
-    target: Annotated[float, typer.Option("--target", help="SLO attainment the summary compares at.")] = 0.99,
+    target: TargetOpt = 0.99,
     json_out: JsonOpt = False,
     plot: PlotOpt = None,
+    jobs: JobsOpt = 1,
+    progress: ProgressOpt = True,
     speed: SpeedOpt = 1.0,
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
@@ -138,26 +158,112 @@ def sweep_cmd(
     max_gpus: MaxGpusOpt = None,
     tick_seconds: TickOpt = 10.0,
     llm_batch: BatchOpt = 16,
+    guardrails: GuardOpt = True,
+    reactive_policy: ReactiveOpt = "concurrency",
 ) -> None:
     """Every policy across its knob grid; the frontier of SLO attainment against GPU-hours."""
-    from swell.sim.sweep import policy_names, sweep
+    from swell.sim.sweep import Progress, policy_names, sweep
 
     out = Console()
     with _errors():
         data = _trace(trace, llm_batch, speed, limit)
         pool = _pool(locals())
         names = policy_names(policy)
+        on_done = Progress("sweep") if progress else None
         if json_out:
-            reports = sweep(data, names, pool, on_point=lambda r: print(json.dumps(r.to_json()), flush=True))
+            reports = sweep(
+                data,
+                names,
+                pool,
+                on_point=lambda r: print(json.dumps(r.to_json()), flush=True),
+                jobs=jobs,
+                on_done=on_done,
+            )
         else:
-            with out.status("sweeping…"):
-                reports = sweep(data, names, pool)
+            reports = sweep(data, names, pool, jobs=jobs, on_done=on_done)
             out.print(_table(reports, knob=True))
             out.print(_summary(reports, target))
         if plot:
             from swell.sim.plot import plot_frontiers
 
             plot_frontiers(reports, plot, target=target)
+
+
+@sim_app.command("validate")
+def validate_cmd(
+    trace: Annotated[Path, typer.Option("--trace", help="An sd_requests_* or azure_llm_* CSV.")],
+    policy: PolicyOpt = "all",
+    slo_wait: SloOpt = 30.0,
+    target: TargetOpt = 0.99,
+    origins: Annotated[str, typer.Option("--origins", help="Tune on days 1..k for each k.")] = "5,7,9,11",
+    test_days: Annotated[int, typer.Option("--test-days", help="Days tested after each k.")] = 2,
+    cut_hour: Annotated[float, typer.Option("--cut-hour", help="Days start at this hour.")] = 12.0,
+    json_out: JsonOpt = False,
+    jobs: JobsOpt = 1,
+    progress: ProgressOpt = True,
+    seed: SeedOpt = 0,
+    gpu_start_seconds: StartOpt = 100.0,
+    start_jitter: JitterOpt = 0.1,
+    model_gb: ModelGbOpt = 5.0,
+    init_seconds: InitOpt = 5.0,
+    host_gbps: HostOpt = 10.0,
+    disk_gbps: DiskOpt = 2.0,
+    remote_gbps: RemoteOpt = 0.5,
+    host_cache_gb: HostCacheOpt = 64.0,
+    disk_cache_gb: DiskCacheOpt = 200.0,
+    max_gpus: MaxGpusOpt = None,
+    tick_seconds: TickOpt = 10.0,
+    llm_batch: BatchOpt = 16,
+    guardrails: GuardOpt = True,
+    reactive_policy: ReactiveOpt = "concurrency",
+) -> None:
+    """Rolling-origin validation: tune every policy on days 1..k, report it on the days after."""
+    from swell.sim.sweep import Progress, policy_names
+    from swell.sim.validate import day_starts, folds, origin_clock, rows, validate
+
+    with _errors():
+        data = _trace(trace, llm_batch, 1.0, None)
+        pool = _pool(locals())
+        starts = day_starts(data.span, origin_clock(trace), cut_hour)
+        fold_list = folds(len(starts), _ints(origins), test_days)
+        on_done = Progress("validate") if progress else None
+        result = validate(
+            data, policy_names(policy), pool, starts=starts, fold_list=fold_list, target=target,
+            jobs=jobs, on_done=on_done,
+        )  # fmt: skip
+        if json_out:
+            for row in rows(result):
+                print(json.dumps(row), flush=True)
+        else:
+            Console().print(_validation_table(rows(result), target))
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValidationError(f"--origins must be whole numbers, got {text!r}", field="origins") from None
+
+
+def _validation_table(data: list[dict[str, object]], target: float) -> Table:
+    table = Table(
+        "fold", "policy", "tuned knob", "tune GPU-h / att.", "test GPU-h / att.", "hindsight on test",
+        title=f"rolling-origin validation at {target:.0%}",
+    )  # fmt: skip
+    for r in data:
+        hindsight = (
+            f"{r['hindsight_knob']}: {r['hindsight_gpu_hours']:.1f} / {r['hindsight_attainment']:.2%}"
+            if r["hindsight_knob"] is not None
+            else "not reached"
+        )
+        if r["kind"] == "fold":
+            tune = f"{r['tune_gpu_hours']:.1f} / {r['tune_attainment']:.2%}"
+            test = f"{r['test_gpu_hours']:.1f} / {r['test_attainment']:.2%}"
+            table.add_row(str(r["fold"]), str(r["policy"]), str(r["knob"]), tune, test, hindsight)
+        else:
+            test = f"{r['tuned_gpu_hours']:.1f} / {r['tuned_attainment']:.2%}"
+            table.add_row("pooled", str(r["policy"]), "per fold", "", test, hindsight)
+    return table
 
 
 def _run(
@@ -169,7 +275,7 @@ def _run(
     speed: float,
     limit: int | None,
     llm_batch: int,
-    **pool_options: float | int | None,
+    **pool_options: object,
 ) -> None:
     from swell.sim.sweep import policy_names, run_policies
 
@@ -259,3 +365,34 @@ class _errors:
         if isinstance(exc, SwellError):
             Console(stderr=True).print(f"[red]error[/]: {exc.message}")
             raise typer.Exit(1)
+
+
+@sim_app.command("llm")
+def llm_cmd(
+    trace: Annotated[Path, typer.Option("--trace", help="An Azure LLM trace CSV (TIMESTAMP, tokens).")],
+    policy: PolicyOpt = "all",
+    slo_wait: Annotated[float, typer.Option("--slo-wait", help="TTFT SLO (s).")] = 2.0,
+    initial: Annotated[int, typer.Option("--initial-replicas", help="Replicas serving at the start.")] = 0,
+    json_out: JsonOpt = False,
+    speed: SpeedOpt = 1.0,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    max_gpus: MaxGpusOpt = None,
+    guardrails: GuardOpt = True,
+) -> None:
+    """LLM replicas that batch continuously (`swell.sim.llm`, defaults: a 13B model on an A100)."""
+    from swell.sim.llm import LlmEngine, llm_pool, run_policies, table
+    from swell.sim.llm_trace import read_llm_trace
+    from swell.sim.sweep import policy_names
+
+    with _errors():
+        data = read_llm_trace(trace)
+        data = data.head(limit) if limit is not None else data
+        data = data.scaled(speed) if speed != 1.0 else data
+        pool = llm_pool(slo_wait=slo_wait, seed=seed, max_gpus=max_gpus, guardrails=guardrails)
+        reports = run_policies(data, policy_names(policy), LlmEngine(), pool, initial_replicas=initial)
+        if json_out:
+            for r in reports:
+                print(json.dumps(r.to_json()), flush=True)
+        else:
+            Console().print(table(reports))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from enum import IntEnum
 
+from swell.brain.placement import Phase, Tier
 from swell.core.errors import ValidationError
 
 
@@ -30,6 +30,14 @@ class PoolConfig:
     slo_wait: float = 30.0
     attainment_window: float = 300.0
     seed: int = 0
+    # the guarded stack live runs (swell.brain.guardrails.guarded), on by default: a sweep's figures
+    # are those of the code that runs; `guardrails=False` replays the bare policy (research)
+    guardrails: bool = True
+    slo_target: float = 0.99
+    reactive_policy: str = "concurrency"
+    max_changes_per_minute: int = 6
+    min_replicas: int = 0
+    work_prior: float | None = None  # seconds per unit before any job finished; None: by the trace's kind
 
     def __post_init__(self) -> None:
         for name in ("gpu_start_seconds", "init_seconds", "model_gb", "start_jitter"):
@@ -38,6 +46,12 @@ class PoolConfig:
         for name in ("host_gbps", "disk_gbps", "remote_gbps", "tick_seconds", "slo_wait"):
             if getattr(self, name) <= 0:
                 raise ValidationError(f"{name} must be > 0", field=name)
+        if not 0 < self.slo_target <= 1:
+            raise ValidationError("slo_target must be in (0, 1]", field="slo_target")
+        if self.max_changes_per_minute < 1 or self.min_replicas < 0:
+            raise ValidationError(
+                "max_changes_per_minute must be >= 1, min_replicas >= 0", field="guardrails"
+            )
         if self.max_gpus is not None and self.max_gpus < 1:
             raise ValidationError("max_gpus must be >= 1", field="max_gpus")
 
@@ -52,12 +66,6 @@ class PoolConfig:
     def start_seconds(self) -> float:
         """What a policy is told it takes to bring up a replica: start plus a load from the store."""
         return self.gpu_start_seconds + self.load_seconds(Tier.REMOTE)
-
-
-class Tier(IntEnum):
-    HOST = 0
-    DISK = 1
-    REMOTE = 2
 
 
 class Cache:
@@ -83,14 +91,12 @@ class Cache:
             self.items.popitem(last=False)
 
 
-class State(IntEnum):
-    STARTING = 0
-    LOADING = 1
-    READY = 2
+State = Phase  # a simulated replica's life: starting (GPU coming up), loading, ready
 
 
 class Replica:
-    """One GPU on its own node, holding at most one checkpoint. `version` invalidates stale events."""
+    """One GPU on its own node, holding at most one checkpoint (`model`, an index into the trace's
+    models, None while it holds none). `version` invalidates stale events. A `placement.Holder`."""
 
     __slots__ = (
         "acquired_at",
@@ -110,7 +116,7 @@ class Replica:
         self.id = rid
         self.acquired_at = now
         self.state = State.STARTING
-        self.model = -1
+        self.model: int | None = None
         self.busy = 0
         self.slots = slots
         self.draining = False
@@ -118,6 +124,10 @@ class Replica:
         self.load_started = 0.0
         self.host = Cache(host)
         self.disk = Cache(disk)
+
+    @property
+    def phase(self) -> Phase:
+        return self.state
 
     @property
     def free(self) -> bool:

@@ -3,23 +3,34 @@
 Events (a heap of replica events plus the sorted arrivals and a fixed tick) happen in this order at
 one instant: a job finishes, a load finishes, a GPU comes up, a job arrives, the policy ticks. The
 serving path is modelled as Swell's workers behave: per-checkpoint queues ranked by arrival shifted
-by priority (`RetryPolicy.rank`); a free replica takes jobs for the checkpoint it holds first, and an
-idle replica swaps to a queued checkpoint no free replica holds. Loading costs `init_seconds` plus
-the checkpoint's size over the bandwidth of the tier it comes from (host memory, local disk, store).
+by priority (`RetryPolicy.rank`), and a free replica takes jobs for the checkpoint it holds first
+(the worker's affinity lease). Loading costs `init_seconds` plus the checkpoint's size over the
+bandwidth of the tier it comes from (host memory, local disk, store).
+
+The brain's parts are the live ones, not copies: what happens is fed to `swell.brain.observe`'s
+`Observer`, which builds the policy's `Context`; every placement decision (swaps, a fresh replica's
+first checkpoint, warm host sets, which replicas a scale-down releases) is `swell.brain.placement`'s;
+and the policy runs inside the guarded stack live runs (`guarded`: SLO fall-back, change-rate
+limit, bounds) unless `PoolConfig.guardrails` is off. This module only carries the moves out.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from swell.brain.context import Arrival, Context, ModelLoad, Plan, Policy
-from swell.brain.forecast import WorkRate
+from swell.brain import placement
+from swell.brain.context import Arrival, Context, Plan, Policy
+from swell.brain.guardrails import Bounded, guarded
+from swell.brain.observe import Observer, ReplicaSnapshot, work_prior
+from swell.brain.placement import MoveKind, Waiting
+from swell.brain.policies import make_policy
 from swell.core.jobs import Priority, RetryPolicy
+from swell.core.replicas import ReplicaState
 from swell.sim.cluster import PoolConfig, Replica, State, Tier
 from swell.sim.report import Report, Series, summarize_waits
 from swell.sim.trace import Trace
@@ -32,7 +43,10 @@ class Simulator:
     def __init__(
         self, trace: Trace, policy: Policy, pool: PoolConfig | None = None, *, knob: str = "-"
     ) -> None:
-        self.trace, self.policy, self.pool, self.knob = trace, policy, pool or PoolConfig(), knob
+        self.pool = pool or PoolConfig()
+        self.trace, self.knob = trace, knob
+        self.oracle = policy if hasattr(policy, "lookahead") else None  # clairvoyant: shown the future
+        self.policy = guard(policy, self.pool)
         self.rng = np.random.default_rng(self.pool.seed)
         n, m = len(trace), len(trace.models)
         ranks = RetryPolicy()
@@ -40,28 +54,33 @@ class Simulator:
             [ranks.rank(float(a), PRIORITIES[p]) for a, p in zip(trace.arrival, trace.priority, strict=True)]
         )
         self.queues: list[list[tuple[float, int]]] = [[] for _ in range(m)]
-        self.q_work = np.zeros(m)
-        self.running = np.zeros(m, dtype=np.int64)
+        self.q_work = np.zeros(m)  # estimated work queued per checkpoint (the Observer's estimates)
         self.loading_for = np.zeros(m, dtype=np.int64)
         # ready replicas per checkpoint, by id: insertion-ordered, so runs repeat exactly
         self.by_model: list[dict[int, Replica]] = [{} for _ in range(m)]
+        self.holders = _Holders(self.by_model)
         self.est = np.zeros(n)
         self.waits = np.full(n, np.nan)
         self.replicas: dict[int, Replica] = {}
         self.events: list[tuple[float, int, int, int, int]] = []
-        self.rate = WorkRate(prior=0.7 if trace.kind == "image" else 1.0)
+        self.wants_future = self.oracle is not None
+        self.observer = Observer(
+            tick_seconds=self.pool.tick_seconds,
+            start_seconds=self.pool.start_seconds,
+            slo_wait=self.pool.slo_wait,
+            slots=trace.slots,
+            window=self.pool.attainment_window,
+            prior=work_prior(trace.kind) if self.pool.work_prior is None else self.pool.work_prior,
+            track_ends=self.wants_future,
+        )
         self.plan = Plan(0)
+        self.planned: dict[int, int] = {}  # the plan's replicas per checkpoint, by index
         self.warm: tuple[str, ...] = ()  # the warm set nodes were last told to fetch
-        self.recent: deque[tuple[float, bool]] = deque()
-        self.arrived: dict[int, float] = {}  # estimated work per checkpoint since the last tick
-        self.arrivals = 0  # jobs since the last tick
-        self.ends: dict[int, float] = {}
         self.queued = self.in_flight = self.ready = self.next_id = self.seq = 0
         self.gpu_s = self.starting_s = self.loading_s = self.over_s = 0.0
         self.loads = {tier.name.lower(): 0 for tier in Tier}
         self.actions = self.peak = 0
         self.samples: list[tuple[float, int, int, int]] = []
-        self.wants_future = hasattr(policy, "lookahead")
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -113,34 +132,25 @@ class Simulator:
 
     def _arrive(self, i: int, now: float) -> None:
         m = int(self.trace.model[i])
-        self.est[i] = self.rate.estimate(float(self.trace.units[i]))
+        self.est[i] = self.observer.arrive(i, now, float(self.trace.units[i]), self.trace.models[m])
         heapq.heappush(self.queues[m], (float(self.rank[i]), i))
         self.q_work[m] += self.est[i]
         self.queued += 1
-        self.arrived[m] = self.arrived.get(m, 0.0) + self.est[i]
-        self.arrivals += 1
 
     def _start(self, r: Replica, m: int, now: float) -> None:
         _, i = heapq.heappop(self.queues[m])
         self.q_work[m] = max(0.0, self.q_work[m] - self.est[i])
         self.queued -= 1
         self.in_flight += 1
-        self.running[m] += 1
         r.busy += 1
-        wait = now - float(self.trace.arrival[i])
-        self.waits[i] = wait
-        self.recent.append((now, wait <= self.pool.slo_wait + 1e-9))
+        self.waits[i] = now - float(self.trace.arrival[i])
         end = now + float(self.trace.service[i])
-        if self.wants_future:
-            self.ends[i] = end
+        self.observer.start(i, now, end if self.wants_future else None)
         self._push(end, DONE, r.id, i)
 
     def _done(self, now: float, rid: int, i: int) -> None:
-        m = int(self.trace.model[i])
         self.in_flight -= 1
-        self.running[m] -= 1
-        self.ends.pop(i, None)
-        self.rate = self.rate.observe(float(self.trace.service[i]), float(self.trace.units[i]))
+        self.observer.finish(i, now, float(self.trace.service[i]), float(self.trace.units[i]))
         r = self.replicas[rid]
         r.busy -= 1
         if r.draining and r.busy == 0:
@@ -152,26 +162,22 @@ class Simulator:
             for r in list(self.by_model[m].values()):
                 while r.free and self.queues[m]:
                     self._start(r, m, now)
-        for m in sorted((m for m in waiting if self.queues[m]), key=lambda m: self.queues[m][0]):
-            if self.loading_for[m] * self.trace.slots >= len(self.queues[m]):
-                continue
-            spare = self._swap_candidate(m, now)
-            if spare is None:
-                return
-            self._load(spare, m, now)
+        left = self._waiting(m for m in waiting if self.queues[m])
+        if not any(w.loading * self.trace.slots < w.queued for w in left):
+            return
+        for move in placement.swaps(
+            self.replicas.values(), left, self.holders, slots=self.trace.slots, now=now
+        ):
+            self._load(self.replicas[move.replica], move.model, now)  # type: ignore[arg-type, index]
 
-    def _swap_candidate(self, m: int, now: float) -> Replica | None:
-        """The idle replica to load `m`: the fastest tier first (a node keeping it warm), then an
-        empty replica, then one whose checkpoint has the most other holders."""
-        best: tuple[int, int, int] | None = None
-        chosen: Replica | None = None
-        for r in self.replicas.values():
-            if not r.idle or r.draining or (r.model >= 0 and self.queues[r.model]):
-                continue
-            key = (int(r.tier(m, now)), r.model >= 0, -len(self.by_model[r.model]) if r.model >= 0 else 0)
-            if best is None or key < best:
-                best, chosen = key, r
-        return chosen
+    def _waiting(self, models: Any) -> list[Waiting]:
+        """Checkpoints with queued jobs as placement reads them, by index (the order of `models`)."""
+        return [
+            Waiting(
+                m, len(self.queues[m]), float(self.q_work[m]), self.queues[m][0], int(self.loading_for[m])
+            )
+            for m in models
+        ]
 
     # -- replicas ---------------------------------------------------------------------------------
 
@@ -200,25 +206,18 @@ class Simulator:
             self._load(r, m, now)
 
     def _wanted_model(self) -> int | None:
-        """The checkpoint a fresh replica should load: queued work first, then the plan."""
-        queued = [
-            m for m, q in enumerate(self.queues) if q and self.loading_for[m] * self.trace.slots < len(q)
-        ]
-        if queued:
-            return max(queued, key=lambda m: self.q_work[m])
-        return self._under_planned()
-
-    def _under_planned(self) -> int | None:
-        index = self._model_index()
-        short = [
-            (len(self.by_model[m]) + self.loading_for[m] - want, m)
-            for name, want in self.plan.models.items()
-            if (m := index.get(name)) is not None and len(self.by_model[m]) + self.loading_for[m] < want
-        ]
-        return min(short)[1] if short else None
+        """The checkpoint a fresh replica should load (`placement.first_model`)."""
+        waiting = self._waiting(m for m, q in enumerate(self.queues) if q) if self.queued else []
+        model = placement.first_model(
+            waiting,
+            self.planned,
+            lambda m: len(self.by_model[m]) + int(self.loading_for[m]),
+            slots=self.trace.slots,
+        )
+        return None if model is None else int(model)  # type: ignore[call-overload]
 
     def _load(self, r: Replica, m: int, now: float) -> None:
-        if r.model >= 0 and r.state is State.READY:
+        if r.model is not None and r.state is State.READY:
             self.by_model[r.model].pop(r.id, None)
         if r.state is State.READY:
             self.ready -= 1
@@ -230,6 +229,7 @@ class Simulator:
         self._push(now + self.pool.load_seconds(tier), LOADED, r.id, r.version)
 
     def _loaded(self, r: Replica, now: float) -> None:
+        assert r.model is not None
         self.loading_s += now - r.load_started
         self.loading_for[r.model] -= 1
         r.state = State.READY
@@ -239,11 +239,14 @@ class Simulator:
         r.disk.put(r.model, now)
 
     def _prefetch(self, r: Replica, now: float) -> None:
-        """Bring the plan's warm checkpoints into the node's host memory, from disk or the store."""
+        """Bring the plan's warm checkpoints into the node's host memory (`placement.warm`), from
+        disk or the store."""
         index = self._model_index()
-        for name in self.plan.warm[: r.host.capacity]:
-            m = index.get(name)
-            if m is None or r.host.has(m, math.inf):
+        known = [index[name] for name in self.plan.warm if name in index]
+        move = placement.warm(r.id, known, r.host.capacity, lambda m: r.host.has(m, math.inf))
+        for m in move.models if move else ():
+            assert isinstance(m, int)
+            if r.host.has(m, math.inf):
                 continue
             gbps = self.pool.disk_gbps if r.disk.has(m, now) else self.pool.remote_gbps
             r.host.put(m, now + self.pool.model_gb / gbps)
@@ -258,7 +261,7 @@ class Simulator:
             self.loading_for[r.model] -= 1
         else:
             self.ready -= 1
-            if r.model >= 0:
+            if r.model is not None:
                 self.by_model[r.model].pop(r.id, None)
         r.version += 1
         del self.replicas[r.id]
@@ -269,9 +272,10 @@ class Simulator:
         ctx = self._context(now)
         plan, state = self.policy.decide(ctx, state)
         self.plan = plan
-        self.arrived, self.arrivals = {}, 0
+        index = self._model_index()
+        self.planned = {index[name]: n for name, n in plan.models.items() if name in index}
         self._scale(plan.replicas, now)
-        if plan.warm and plan.warm != self.warm:  # nodes already up fetch a new warm set
+        if placement.rewarm(self.warm, plan.warm):  # nodes already up fetch a new warm set
             for r in self.replicas.values():
                 if r.state is not State.STARTING:
                     self._prefetch(r, now)
@@ -280,56 +284,21 @@ class Simulator:
         return state
 
     def _context(self, now: float) -> Context:
-        names = self.trace.models
-        active = (
-            set(self.arrived) | {m for m, q in enumerate(self.queues) if q}
-            if self.queued
-            else set(self.arrived)
-        )
-        active |= {r.model for r in self.replicas.values() if r.model >= 0}
-        active |= {int(m) for m in np.flatnonzero(self.running)} if self.in_flight else set()
-        models = {
-            names[m]: ModelLoad(
-                queued=len(self.queues[m]),
-                queued_work=float(self.q_work[m]),
-                running=int(self.running[m]),
-                replicas=len(self.by_model[m]) + int(self.loading_for[m]),
-                arrived_work=self.arrived.get(m, 0.0),
-            )
-            for m in active
-        }
-        return Context(
-            now=now,
-            tick_seconds=self.pool.tick_seconds,
-            start_seconds=self.pool.start_seconds,
-            slo_wait=self.pool.slo_wait,
-            slots=self.trace.slots,
-            arrived=self.arrivals,
-            arrived_work=sum(self.arrived.values()),
-            queued=self.queued,
-            queued_work=float(self.q_work.sum()) if self.queued else 0.0,
-            running=self.in_flight,
-            running_until=tuple(self.ends.values()) if self.wants_future else (),
-            replicas=sum(1 for r in self.replicas.values() if not r.draining),
-            ready=self.ready,
-            models=models,
-            attainment=self._attainment(now),
-            future=self._future(now) if self.wants_future else (),
-        )
+        self.observer.replicas(self._snapshot(r) for r in self.replicas.values())
+        return self.observer.context(now, future=self._future(now) if self.wants_future else ())
 
-    def _attainment(self, now: float) -> float | None:
-        """Share of jobs started in the window within the SLO; a queue whose oldest job is already
-        late counts as one more miss, so a stuck queue shows up before its jobs start."""
-        while self.recent and self.recent[0][0] < now - self.pool.attainment_window:
-            self.recent.popleft()
-        late = sum(1 for q in self.queues if q and now - self.trace.arrival[q[0][1]] > self.pool.slo_wait)
-        total = len(self.recent) + late
-        if total == 0:
-            return None
-        return (sum(ok for _, ok in self.recent)) / total
+    def _snapshot(self, r: Replica) -> ReplicaSnapshot:
+        if r.draining:
+            state = ReplicaState.DRAINING
+        elif r.state is State.READY:
+            state = ReplicaState.BUSY if r.busy else ReplicaState.READY
+        else:
+            state = ReplicaState.STARTING if r.state is State.STARTING else ReplicaState.LOADING
+        models = () if r.model is None else (self.trace.models[r.model],)
+        return ReplicaSnapshot(r.id, models=models, state=state, busy=r.busy)
 
     def _future(self, now: float) -> tuple[Arrival, ...]:
-        lookahead = self.policy.lookahead(self.pool.start_seconds, self.pool.tick_seconds)  # type: ignore[attr-defined]
+        lookahead = self.oracle.lookahead(self.pool.start_seconds, self.pool.tick_seconds)  # type: ignore[union-attr]
         a = self.trace.arrival
         lo, hi = np.searchsorted(a, [now, now + lookahead], side="right")
         load = self.pool.load_seconds(Tier.REMOTE) if len(self.trace.models) > 1 else 0.0
@@ -359,18 +328,10 @@ class Simulator:
             self._acquire(now)
 
     def _shrink(self, active: list[Replica], count: int, now: float) -> None:
-        """Cancel the newest starts first, then idle replicas holding the least wanted checkpoints,
-        then loads; busy replicas drain (they finish their jobs, then stop)."""
-        wanted = self._model_index()
-        plan = self.plan.models
-
-        def order(r: Replica) -> tuple[int, int, int, float]:
-            planned = plan.get(self.trace.models[r.model], 0) if r.model >= 0 and wanted else 0
-            rank = {State.STARTING: 0, State.READY: 1, State.LOADING: 2}[r.state]
-            return (r.busy > 0, rank, planned, -r.acquired_at)
-
-        for r in sorted(active, key=order)[:count]:
-            if r.busy:
+        """`placement.release`: evict what runs nothing, drain what is busy."""
+        for move in placement.release(active, count, self.planned):
+            r = self.replicas[move.replica]  # type: ignore[index]
+            if move.kind is MoveKind.DRAIN:
                 r.draining = True
             else:
                 self._release(r, now)
@@ -413,6 +374,38 @@ class Simulator:
         )
 
 
+class _Holders(Mapping[int, int]):
+    """Ready replicas per checkpoint index, read through (placement's `holders`)."""
+
+    def __init__(self, by_model: list[dict[int, Replica]]) -> None:
+        self.by_model = by_model
+
+    def __getitem__(self, m: int) -> int:
+        return len(self.by_model[m])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self.by_model)))
+
+    def __len__(self) -> int:
+        return len(self.by_model)
+
+
+def guard(policy: Policy, pool: PoolConfig) -> Policy:
+    """`policy` inside the stack live runs (`guarded`) with the pool's settings, unless
+    `pool.guardrails` is off or it is guarded already."""
+    if not pool.guardrails or isinstance(policy, Bounded):
+        return policy
+    return guarded(
+        policy,
+        make_policy(pool.reactive_policy),
+        target=pool.slo_target,
+        max_changes=pool.max_changes_per_minute,
+        low=pool.min_replicas,
+        high=pool.max_gpus,
+    )
+
+
 def simulate(trace: Trace, policy: Policy, pool: PoolConfig | None = None, *, knob: str = "-") -> Report:
-    """Replay `trace` under `policy` on a simulated pool; deterministic for `pool.seed`."""
+    """Replay `trace` under `policy` (in the guarded stack unless `pool.guardrails` is off) on a
+    simulated pool; deterministic for `pool.seed`."""
     return Simulator(trace, policy, pool, knob=knob).run()

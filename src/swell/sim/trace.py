@@ -173,13 +173,15 @@ def synthetic(
     priority: list[int] | None = None,
     name: str = "synthetic",
     slots: int = 1,
+    units: list[float] | np.ndarray | None = None,
 ) -> Trace:
-    """A hand-made trace (tests, examples): units equal service seconds."""
+    """A hand-made trace (tests, examples): units equal service seconds unless given."""
     arrival = np.asarray(arrival, dtype=np.float64)
     service = np.asarray(service, dtype=np.float64)
+    work = service.copy() if units is None else np.asarray(units, dtype=np.float64)
     names = models or ["default"] * len(arrival)
     table, codes = np.unique(names, return_inverse=True)
-    trace = _sorted(name, "image", arrival, service, service.copy(), codes, table, slots=slots)
+    trace = _sorted(name, "image", arrival, service, work, codes, table, slots=slots)
     if priority is not None:
         order = np.argsort(arrival, kind="stable")
         trace = replace(trace, priority=np.asarray(priority, dtype=np.int8)[order])

@@ -44,6 +44,7 @@ from swell.engines.results import results_from_env
 from swell.queue.base import Outcome, QueueBackend, open_queue
 from swell.worker import DATASETS_ENV
 from swell.worker.contract import Drained, GpuShare, WorkerArgs, WorkerState, WorkerStatus, publish
+from swell.worker.models import ModelSet
 from swell.worker.runner import BatchTimeout, Runner
 from swell.worker.status import describe_error, status_path, touch_status
 from swell.worker.storage import STORAGE_ERRORS, Backoff, Complaints
@@ -252,20 +253,44 @@ class Worker:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
-    def _load(self) -> tuple[Engine, dict[str, float], GpuShare | None]:
+    def _load(self) -> tuple[ModelSet, GpuShare | None]:
+        """The engines to serve with, loaded: the service's one engine, or (with `models`) the
+        checkpoints `--models` names (else the default model) as far as `max_loaded` allows."""
         datasets = datasets_from_env()
-        options = self.service.options
-        engine = create_engine(
+        if not self.service.models:
+            engine = self._build(None, datasets)
+            phases = LoadTimings.of(engine.load()).to_dict()
+            return ModelSet.single(engine, phases), gpu.cap_to_share(self.args.gpu_fraction)
+        affinity = self.service.affinity
+        models = ModelSet(
+            lambda model: self._build(model, datasets),
+            max_loaded=affinity.max_loaded,
+            budget_bytes=affinity.budget_bytes,
+            on_change=lambda: self._switched(models),
+        )
+        wanted = list(self.args.models or [self.service.default_model])[: affinity.max_loaded]
+        models.preload(reversed(wanted))  # the first named ends most recent
+        models.serving = True
+        return models, gpu.cap_to_share(self.args.gpu_fraction)
+
+    def _build(self, model: str | None, datasets: Mapping[str, DatasetConfig]) -> Engine:
+        options = self.service.model_options(model)
+        return create_engine(
             self.service.engine, options, data_dir=self.args.data_dir, datasets=datasets, results=self.results
         )
-        phases = LoadTimings.of(engine.load()).to_dict()
-        return engine, phases, gpu.cap_to_share(self.args.gpu_fraction)
 
-    def _serve(self, loaded: tuple[Engine, dict[str, float], GpuShare | None]) -> int:
-        engine, phases, share = loaded
+    def _switched(self, models: ModelSet) -> None:
+        """A checkpoint was loaded: what is held and the load counts go to the status file now."""
+        if models.serving:
+            self.reporter.update(**_held(models))
+
+    def _serve(self, loaded: tuple[ModelSet, GpuShare | None]) -> int:
+        models, share = loaded
+        engine = models.current
+        assert engine is not None  # a set is built loaded
         queue = self._open_queue()
         if queue is None:
-            return self._stopped(engine)
+            return self._stopped(models)
         self.queue = HeldJobs(queue)
         runner = Runner(
             self.queue,  # type: ignore[arg-type]  # a QueueBackend by delegation
@@ -279,17 +304,19 @@ class Worker:
             on_change=self.reporter.update,
             results=self.results,
             batch_key=batch_key_of(self.service.engine),
+            models=models,
+            affinity=self.service.affinity,
         )
         self.reporter.runner = runner
         heap.freeze()  # the model's objects live as long as the process: keep the collector off them
         if not self.stopping.is_set():
-            self.reporter.update(state=WorkerState.READY, phases=phases, model=engine.model, gpu=share)
+            self.reporter.update(state=WorkerState.READY, gpu=share, **_held(models))
         try:
             runner.serve()
         except BatchTimeout as exc:
             self.reporter.update(state=WorkerState.DEAD, error=describe_error(exc))
             return EXIT_TIMEOUT
-        return self._stopped(engine)
+        return self._stopped(models)
 
     def _open_queue(self) -> QueueBackend | None:
         """The queue, retried with back-off while storage fails; None when asked to stop meanwhile."""
@@ -305,12 +332,21 @@ class Worker:
             return queue
         return None
 
-    def _stopped(self, engine: Engine) -> int:
-        engine.unload()
+    def _stopped(self, models: ModelSet) -> int:
+        models.unload_all()
         with self._drain_lock:  # the grace watch must not exit the process under a clean stop
             self.reporter.update(state=WorkerState.STOPPED, drained=self._drained(0))
             self._stopped_cleanly = True
         return 0
+
+
+def _held(models: ModelSet) -> dict[str, Any]:
+    """The status fields that say which checkpoints a worker holds and what loading them cost."""
+    held = models.held
+    engine = models.current
+    names = tuple(name for name in held if name is not None)
+    model = names[0] if names else (engine.model if engine is not None else None)
+    return {"model": model, "models": names, "phases": models.phases()}
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from swell.core.jobs import Job
 from swell.engines.base import Engine, JobCancelled, RunContext
 from swell.engines.results import ResultStore
 from swell.queue.base import Outcome
+from swell.worker.models import ModelSet
 
 BatchKey = Callable[[Mapping[str, Any]], Hashable]
 
@@ -77,7 +78,16 @@ class Exited:
     """The engine thread is done with the batch."""
 
 
-Event = Started | Finished | Reported | Exited
+@dataclass(frozen=True, slots=True)
+class Loading:
+    """The engine thread is loading checkpoint `model` for the calls that follow: no call runs, so
+    no call's deadline counts until the next `Started` (a load is not a job's work)."""
+
+    model: str | None
+    at: float
+
+
+Event = Started | Finished | Reported | Exited | Loading
 
 
 def call_deadline(jobs: Sequence[Job], started: float) -> float:
@@ -99,6 +109,15 @@ def outcome(job: Job, result: Result, *, cancelled: bool = False) -> Outcome:
 def one_line(exc: BaseException) -> str:
     """`Type: message` on one line."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def split_by_model(jobs: Sequence[Job]) -> list[list[Job]]:
+    """`jobs` in groups of one checkpoint (`Job.model`), in order of first appearance: an engine
+    holds one model, so a call never mixes two."""
+    groups: dict[str | None, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.model, []).append(job)
+    return list(groups.values())
 
 
 def split_by_key(jobs: Sequence[Job], key: BatchKey | None) -> list[list[Job]]:
@@ -208,12 +227,15 @@ class Executor:
     results: ResultStore | None = None  # None: files under data_dir
     batch_key: BatchKey | None = None
     reported: set[str] = field(default_factory=set)
+    models: ModelSet | None = None  # several checkpoints: each call runs on its model's engine
 
     def run(self, jobs: Sequence[Job]) -> None:
-        """Run `jobs` in calls of equal batch key, halving every call that fails as a whole until each
-        failure is one job's. Jobs cancelled before their call starts are not run."""
+        """Run `jobs` in calls of one model and equal batch key, halving every call that fails as a
+        whole until each failure is one job's. Jobs cancelled before their call starts are not run."""
         try:
-            stack = list(reversed(split_by_key(jobs, self.batch_key)))
+            groups = split_by_model(jobs) if self.models is not None and self.models.affine else [list(jobs)]
+            calls = [call for group in groups for call in split_by_key(group, self.batch_key)]
+            stack = list(reversed(calls))
             while stack:
                 call = [job for job in stack.pop() if job.id not in self.reported]
                 call = self._skip_cancelled(call)
@@ -229,8 +251,24 @@ class Executor:
             self.events.put(Reported(job, JobCancelled("cancelled before it ran")))
         return [job for job in jobs if job.id not in self.reported]
 
+    def _engine(self, model: str | None) -> Engine:
+        """The engine for `model`: loaded first (a `Loading` event) when the worker does not hold it."""
+        if self.models is None:
+            return self.engine
+        if self.models.affine and model not in self.models.held:
+            self.events.put(Loading(model, time.monotonic()))
+        return self.models.engine(model)
+
     def _call(self, jobs: list[Job]) -> list[list[Job]]:
-        """Call the engine once on `jobs`; return the halves to run next when the call failed."""
+        """Call the engine once on `jobs`; return the halves to run next when the call failed. A
+        checkpoint that fails to load fails the call's jobs (retryable), not the worker."""
+        try:
+            engine = self._engine(jobs[0].model)
+        except Exception as exc:
+            log.exception("loading model %s failed", jobs[0].model)
+            self.events.put(Started(tuple(jobs), time.monotonic()))
+            self._finish(jobs, [exc] * len(jobs))
+            return []
         self.events.put(Started(tuple(jobs), time.monotonic()))
         by_id = {job.id: job for job in jobs}
         context = RunContext(
@@ -241,7 +279,7 @@ class Executor:
             results=self.results,  # type: ignore[arg-type]  # None: RunContext makes the local store
         )
         try:
-            results: list[Result] = list(self.engine.run([job.input for job in jobs], context))
+            results: list[Result] = list(engine.run([job.input for job in jobs], context))
             if len(results) != len(jobs):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} inputs")
         except Exception as exc:
@@ -288,10 +326,15 @@ class BatchRun:
     def __post_init__(self) -> None:
         self.running, self.running_since = self.jobs, self.started
 
+    loading: bool = False  # the engine thread loads a checkpoint: no call runs
+
     @property
     def deadline(self) -> float:
-        """When the call running now is overdue; never, once the engine thread has exited."""
-        return math.inf if self.exited else call_deadline(self.running, self.running_since)
+        """When the call running now is overdue; never, once the engine thread has exited, or
+        while it loads a checkpoint."""
+        if self.exited or self.loading:
+            return math.inf
+        return call_deadline(self.running, self.running_since)
 
     @property
     def open_ids(self) -> list[str]:
@@ -300,8 +343,10 @@ class BatchRun:
 
     def apply(self, event: Event) -> list[Outcome]:
         """Take in one event; return the outcomes to settle now (a finished call's, in one go)."""
-        if isinstance(event, Started):
-            self.running, self.running_since = event.jobs, event.at
+        if isinstance(event, Loading):
+            self.loading = True
+        elif isinstance(event, Started):
+            self.running, self.running_since, self.loading = event.jobs, event.at, False
         elif isinstance(event, Reported):
             self.early.append(self._outcome(event.job, event.result))
             self.given.add(event.job.id)

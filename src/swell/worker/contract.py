@@ -7,10 +7,14 @@ and so does the one dataset's config (`DATASETS_ENV`, secrets stay out of `ps`).
 
 `WorkerStatus` is published as JSON in an atomic, private status file (swell.worker.status moves the
 bytes): `state` (a `WorkerState`), `heartbeat` (time.time() of the last write, or the file's mtime
-when later: a full disk can still touch a file), `model`, `phases` (seconds in fetch / load /
-warmup, as `LoadTimings.to_dict()`), the job counters, `error` ("Type: message", one line, secrets
-masked) once it failed, `drained` (what a drain did: finished, handed back, seconds) once it
-drained, `gpu` (the measured footprint and the cap it set, on CUDA), and `node` (where it runs).
+when later: a full disk can still touch a file), `model` (the checkpoint used last) and `models`
+(every checkpoint held, most recent first), `phases` (seconds in fetch / load / warmup of the first
+load, as `LoadTimings.to_dict()`, then per checkpoint `load:NAME` seconds and `loads:NAME` count,
+and `switch` / `switches` for the loads made while serving: swell.worker.models), the job
+counters, `error` ("Type: message", one line, secrets masked) once it failed, `drained` (what a
+drain did: finished, handed back, seconds) once it drained, `gpu` (the measured footprint and the
+cap it set, on CUDA), `node` (where it runs), and `usage` (CPU, memory and GPU memory the process
+uses, measured at each publish).
 Unknown fields are ignored and a state this version does not know reads as `failed`, so a newer
 worker does not break an older supervisor.
 """
@@ -64,6 +68,7 @@ class WorkerArgs:
     queue_url: str
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
     gpu_fraction: float | None = None  # the share of one GPU this replica was given (None: whole or none)
+    models: tuple[str, ...] = ()  # checkpoints to load at start, most wanted first (default: default_model)
 
     def argv(self) -> list[str]:
         """The arguments after `python -m swell.worker` (no queue URL: see `environment`)."""
@@ -71,6 +76,8 @@ class WorkerArgs:
         argv += ["--data-dir", str(self.data_dir), "--drain-seconds", f"{self.drain_seconds:g}"]
         if self.gpu_fraction is not None:
             argv += ["--gpu-fraction", f"{self.gpu_fraction:g}"]
+        if self.models:
+            argv += ["--models", ",".join(self.models)]
         return argv
 
     def environment(self) -> dict[str, str]:
@@ -86,8 +93,17 @@ class WorkerArgs:
             _parser(environ).error(f"the queue URL is needed: --queue or ${QUEUE_ENV}")
         if ns.gpu_fraction is not None and not 0 < ns.gpu_fraction <= 1:
             _parser(environ).error(f"--gpu-fraction must be in (0, 1], not {ns.gpu_fraction:g}")
+        service = ServiceConfig.model_validate_json(ns.service)
+        models = tuple(name for name in (ns.models or "").split(",") if name)
+        unknown = [name for name in models if name not in service.models]
+        if unknown:
+            known = ", ".join(service.models) or "none"
+            _parser(environ).error(
+                f"--models names checkpoints the service has not: {unknown} (known: {known})"
+            )
         return cls(
-            service=ServiceConfig.model_validate_json(ns.service),
+            service=service,
+            models=models,
             replica_id=ns.replica_id,
             data_dir=ns.data_dir,
             queue_url=ns.queue,
@@ -109,6 +125,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help=f"grace period after SIGTERM before what is unfinished is handed back (default: ${DRAIN_ENV})",
     )
     parser.add_argument("--gpu-fraction", type=float, default=None, help="this replica's share of a GPU")
+    parser.add_argument("--models", default="", help="checkpoints to load at start, comma-separated")
     return parser
 
 
@@ -138,10 +155,23 @@ class GpuShare:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What the worker process used, measured at each publish (swell.cluster.usage): CPU cores over
+    the interval since the previous one, resident memory, and the GPU memory torch holds (None
+    unless the engine uses CUDA) with the GPU's total. The right-sizing advice reads it."""
+
+    cpu: float = 0.0
+    rss_bytes: int = 0
+    gpu_bytes: int | None = None
+    gpu_total_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerStatus:
     state: WorkerState = WorkerState.STARTING
     heartbeat: float = 0.0
-    model: str | None = None
+    model: str | None = None  # the checkpoint used last (the first of `models`)
+    models: tuple[str, ...] = ()  # the checkpoints held, most recently used first
     phases: dict[str, float] = field(default_factory=dict)
     jobs_done: int = 0
     jobs_failed: int = 0
@@ -150,6 +180,7 @@ class WorkerStatus:
     drained: Drained | None = None
     gpu: GpuShare | None = None
     node: str | None = None
+    usage: Usage | None = None
 
     @property
     def serving(self) -> bool:
@@ -175,6 +206,7 @@ class WorkerStatus:
             state=_state(data.get("state")),
             heartbeat=float(beat) if isinstance(beat, int | float) else 0.0,
             model=_text(data.get("model")),
+            models=tuple(str(m) for m in data.get("models") or () if m is not None),
             phases={str(k): float(v) for k, v in dict(data.get("phases") or {}).items()},
             jobs_done=int(data.get("jobs_done") or 0),
             jobs_failed=int(data.get("jobs_failed") or 0),
@@ -183,6 +215,7 @@ class WorkerStatus:
             drained=Drained(**data["drained"]) if isinstance(data.get("drained"), dict) else None,
             gpu=GpuShare(**data["gpu"]) if isinstance(data.get("gpu"), dict) else None,
             node=_text(data.get("node")),
+            usage=_usage(data.get("usage")),
         )
 
 
@@ -195,12 +228,24 @@ def _state(value: object) -> WorkerState:
         return WorkerState.FAILED
 
 
+def _usage(value: object) -> Usage | None:
+    """A `Usage` from its JSON form; fields this version does not know are left out."""
+    if not isinstance(value, dict):
+        return None
+    return Usage(**{k: v for k, v in value.items() if k in Usage.__dataclass_fields__})
+
+
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
 def publish(path: Path, status: WorkerStatus) -> None:
-    """Write `status` to the status file at `path` atomically (OSError on a full disk)."""
+    """Write `status` to the status file at `path` atomically (OSError on a full disk), with this
+    process's `usage` measured now unless `status` carries one."""
+    if status.usage is None:
+        from swell.cluster.usage import METER
+
+        status = status.evolve(usage=METER.read())
     write_status(path, status.to_dict())
 
 

@@ -27,12 +27,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from swell.core.config import Affinity
 from swell.core.jobs import Job
 from swell.engines.base import Engine
 from swell.engines.results import ResultStore, results_from_env
 from swell.queue.base import Outcome, QueueBackend, Update
 from swell.worker.batch import BatchKey, BatchRun, Event, Executor, Exited, Pending, Signals
+from swell.worker.models import ModelSet
 from swell.worker.storage import STORAGE_ERRORS, Backoff, Complaints, Ledger, WorkerCounters
 
 IDLE_SLEEP_MIN = 0.002
@@ -67,6 +70,8 @@ class Runner:
     batch_key: BatchKey | None = None  # the engine spec's: jobs with equal keys share a call
     report_seconds: float = REPORT_SECONDS
     cancel_seconds: float = CANCEL_SECONDS
+    models: ModelSet | None = None  # several checkpoints (None: `engine` alone, for every job)
+    affinity: Affinity | None = None  # how to lease for `models`; None: the defaults
     ledger: Ledger = field(init=False)
     _backoff: Backoff = field(default_factory=Backoff, init=False)
     _previews: Complaints = field(default_factory=lambda: Complaints("storing a preview"), init=False)
@@ -75,6 +80,8 @@ class Runner:
         self.ledger = Ledger(self.queue, self.owner)
         if self.results is None:
             self.results = results_from_env(self.data_dir)
+        if self.models is None:
+            self.models = ModelSet.single(self.engine)
 
     @property
     def counters(self) -> WorkerCounters:
@@ -114,6 +121,7 @@ class Runner:
             signals=signals,
             results=self.results,
             batch_key=self.batch_key,
+            models=self.models,
         )
         threading.Thread(target=executor.run, args=(jobs,), name="engine", daemon=True).start()
         if not self._watch(run, events, signals):
@@ -125,15 +133,31 @@ class Runner:
             jobs = self.queue.lease(
                 self.service,
                 self.owner,
-                max_jobs=self.max_batch_size if self.engine.batches else 1,
+                max_jobs=self.max_batch_size if self._batches() else 1,
                 lease_seconds=self.lease_seconds,
-                model=self.engine.model,
+                **self._affinity(),
             )
         except STORAGE_ERRORS as exc:
             self.ledger.complaints.failed(exc)
             return None
         self.ledger.answered()
         return jobs
+
+    def _batches(self) -> bool:
+        models = self.models
+        return models.batches if models is not None and models.affine else bool(self.engine.batches)
+
+    def _affinity(self) -> dict[str, Any]:
+        """The lease's model arguments: the held checkpoints first with the starvation guard;
+        the one engine's model (a preference) for a single engine; nothing for the
+        `prefer_held: false` baseline, which takes jobs in plain rank order."""
+        models, affinity = self.models, self.affinity or Affinity()
+        if models is None or not models.affine:
+            return {"model": self.engine.model}
+        if not affinity.prefer_held:
+            return {}
+        held = [model for model in models.held if model is not None]
+        return {"models": held, "starve_after": affinity.max_wait_seconds}
 
     def _watch(self, run: BatchRun, events: queues.SimpleQueue[Event], signals: Signals) -> bool:
         """Follow the engine thread until it exits (True) or its call passes its deadline (False)."""

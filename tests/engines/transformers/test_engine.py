@@ -3,6 +3,7 @@ are checked: batching, streaming, stops, seeds, cancels)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,10 @@ from typing import Any
 import pytest
 
 from swell.core.errors import ConfigError, ValidationError
-from swell.engines.base import MemorySignals
+from swell.engines.base import LoadTimings, MemorySignals
 from tests.engines.transformers.conftest import make_engine, run
 
-PROMPTS = [
+PROMPTS: list[dict[str, Any]] = [
     {"prompt": "hello world"},
     {"prompt": "the cat is on the"},
     {"prompt": "a"},
@@ -111,8 +112,8 @@ class CancelAfter(MemorySignals):
         super().__init__()
         self.job, self.pieces = job, pieces
 
-    def delta(self, job_id: str, text: str) -> None:
-        super().delta(job_id, text)
+    def choice_delta(self, job_id: str, index: int, text: str) -> None:
+        super().choice_delta(job_id, index, text)
         if (
             job_id == self.job
             and sum(1 for j, kind, _ in self.events if j == job_id and kind == "delta") >= self.pieces
@@ -151,7 +152,7 @@ def test_more_rows_than_one_call_takes_are_split_into_calls(engine: Any) -> None
 
 
 def test_a_bad_job_fails_alone_naming_its_field(engine: Any) -> None:
-    bad = [
+    bad: list[dict[str, Any]] = [
         {"prompt": "x", "messages": [{"role": "user", "content": "y"}]},
         {"prompt": "x y", "max_tokens": 1023},  # over the model's 1,024 positions with the prompt
         {"prompt": "x", "n": 9},  # over max_batch_rows
@@ -209,9 +210,116 @@ def test_a_dataset_is_fetched_through_the_node_cache(tiny_llm: Path, tmp_path: P
             datasets=datasets,
         )
         timings = remote.load()
-    assert counter.bytes >= (tiny_llm / "model.safetensors").stat().st_size and timings.fetch > 0
+    assert counter.bytes >= (tiny_llm / "model.safetensors").stat().st_size
+    assert LoadTimings.of(timings).fetch > 0
     assert remote.model == "llm"
     local = make_engine(tiny_llm, tmp_path)
     local.load()
     job = greedy(PROMPTS[3])
     assert run(remote, [job])[0][0]["choices"] == run(local, [job])[0][0]["choices"]
+
+
+def test_every_completion_of_a_job_streams_its_own_text(engine: Any) -> None:
+    job = {"prompt": "hello", "max_tokens": 20, "n": 3, "seed": 5, "temperature": 1.0}
+    (result, other), signals = run(engine, [job, greedy(PROMPTS[1])])
+    for choice in result["choices"]:
+        index = choice["index"]
+        assert signals.text("j0", index) == choice["text"]
+        assert (
+            sum(1 for j, i, _ in signals.choices if (j, i) == ("j0", index)) > 1
+        )  # streamed, not at the end
+    assert signals.text("j1") == other["choices"][0]["text"]
+    assert {i for j, i, _ in signals.choices if j == "j1"} == {0}
+
+
+def test_signals_without_an_index_stream_the_first_completion_only(engine: Any) -> None:
+    class FirstOnly:
+        def __init__(self) -> None:
+            self.pieces: list[str] = []
+
+        def progress(self, job_id: str, fraction: float, preview: Any, message: Any) -> None:
+            pass
+
+        def delta(self, job_id: str, text: str) -> None:
+            self.pieces.append(text)
+
+        def cancelled(self, job_id: str) -> bool:
+            return False
+
+    from swell.engines.base import RunContext
+
+    plain = FirstOnly()
+    job = {"prompt": "hello", "max_tokens": 12, "n": 2, "seed": 5}
+    [result] = engine.run([job], RunContext(["j0"], Path("."), signals=plain))
+    assert "".join(plain.pieces) == result["choices"][0]["text"]
+
+
+def test_an_unset_max_tokens_is_cut_to_what_the_context_leaves(tmp_path: Path) -> None:
+    from swell.models.tiny_llm import make_tiny_llm
+
+    short = make_engine(make_tiny_llm(tmp_path / "short", context=24), tmp_path, default_max_tokens=64)
+    short.load()
+    prompt = {"prompt": "hello world the cat is on the dog", "temperature": 0.0}
+    (cut, fits, over, full), _ = run(
+        short, [prompt, {**prompt, "max_tokens": 5}, {**prompt, "max_tokens": 20}, {"prompt": "a " * 30}]
+    )
+    prompt_tokens = cut["usage"]["prompt_tokens"]
+    assert cut["usage"]["completion_tokens"] == 24 - prompt_tokens
+    assert cut["choices"][0]["finish_reason"] == "length"
+    assert fits["usage"]["completion_tokens"] == 5
+    assert isinstance(over, ValidationError) and over.field == "input.max_tokens"
+    assert str(over).startswith("input.max_tokens: ") and f"at most {24 - prompt_tokens}" in str(over)
+    assert isinstance(full, ValidationError) and full.field == "input.prompt"
+
+
+def test_an_unset_max_tokens_is_the_services_default(tiny_llm: Path, tmp_path: Path) -> None:
+    from swell.engines.transformers.spec import SPEC
+
+    (result,), _ = run(
+        make_loaded(tiny_llm, tmp_path, default_max_tokens=7), [{"prompt": "x", "temperature": 0}]
+    )
+    assert result["usage"]["completion_tokens"] == 7
+    with pytest.raises(ConfigError, match="default_max_tokens"):
+        SPEC.parse_options({"path": "m", "max_tokens": 8, "default_max_tokens": 9})
+
+
+def make_loaded(directory: Path, data: Path, **options: Any) -> Any:
+    built = make_engine(directory, data, **options)
+    built.load()
+    return built
+
+
+JSON_MODE = {"response_format": {"type": "json_object"}}
+
+
+def test_json_mode_text_is_one_json_object_for_every_seed(engine: Any) -> None:
+    jobs = [
+        {"prompt": "hello", "max_tokens": 48, "seed": seed, "temperature": 1.0, **JSON_MODE}
+        for seed in range(6)
+    ]
+    jobs += [greedy({"prompt": "the cat"}, 48, **JSON_MODE), greedy(PROMPTS[3], 48, **JSON_MODE)]
+    jobs.append({"prompt": "hello", "max_tokens": 24, "n": 2, "seed": 3, "top_k": 5, **JSON_MODE})
+    results, signals = run(engine, jobs)
+    objects = 0
+    for index, result in enumerate(results):
+        for choice in result["choices"]:
+            assert choice["finish_reason"] == "stop"  # ended by the completed object, within max_tokens
+            assert isinstance(json.loads(choice["text"]), dict)
+            assert signals.text(f"j{index}", choice["index"]) == choice["text"]
+            objects += 1
+    assert objects == 10
+    assert len({r["choices"][0]["text"] for r in results[:6]}) > 1  # sampled: seeds still matter
+
+
+def test_json_mode_rows_leave_the_others_of_their_call_alone(engine: Any) -> None:
+    plain = greedy(PROMPTS[4], 16)
+    (alone,), _ = run(engine, [plain])
+    (with_json, _json), _ = run(engine, [plain, greedy(PROMPTS[0], 16, **JSON_MODE)])
+    assert with_json["choices"] == alone["choices"]
+    (again,), _ = run(engine, [greedy(PROMPTS[0], 16, **JSON_MODE)])
+    assert again["choices"] == _json["choices"]
+
+
+def test_json_mode_with_a_tiny_budget_still_closes_the_object(engine: Any) -> None:
+    (result,), _ = run(engine, [{"prompt": "a", "max_tokens": 3, "seed": 1, **JSON_MODE}])
+    assert result["choices"][0]["text"].strip() == "{}"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from swell.core.errors import ConfigError, EngineError, MissingExtra, SwellError, ValidationError
+from swell.core.errors import ConfigError, DataError, EngineError, MissingExtra, SwellError, ValidationError
 from swell.engines.base import JobCancelled, LoadTimings
 from swell.engines.diffusers import infotext, samplers
 from swell.engines.diffusers.loras import LoraCache, folder_resolver
@@ -482,16 +482,48 @@ def _load_base(diffusers: Any, options: DiffusersOptions, source: Path, dtype: A
             if not source.is_file():
                 raise ConfigError(f"no such file {source}", key="options.checkpoint")
             config = Path(options.config or "")
-            if not config.is_dir():
-                raise ConfigError(f"no such folder {config}", key="options.config")
-            return cls.from_single_file(str(source), config=str(config), local_files_only=True, **common)
+            if not (config / "model_index.json").is_file():
+                raise ConfigError(f"{config} is not a diffusers config folder", key="options.config")
+            return _load_single_file(diffusers, source, config, dtype)
         if not (source / "model_index.json").is_file():
             raise ConfigError(
                 f"{source} is not a diffusers folder (no model_index.json)", key=_source_key(options)
             )
         return cls.from_pretrained(str(source), local_files_only=True, use_safetensors=True, **common)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, DataError) as exc:
         raise ConfigError(f"cannot load the model: {exc}", key=_source_key(options)) from None
+
+
+def _load_single_file(diffusers: Any, checkpoint: Path, config: Path, dtype: Any) -> Any:
+    """The pipeline from one original-layout (A1111) checkpoint, its weights read by swell.data's
+    loader (one parallel read into one buffer, no pickle) rather than by diffusers opening the file;
+    diffusers' own single-file converters map the keys of each part, with the configs, tokenizer
+    and scheduler from the local `config` folder (nothing is fetched from a hub)."""
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from swell.data import load_safetensors
+
+    state = load_safetensors(checkpoint, device="cpu")
+    part: dict[str, Any] = {"config": str(config), "torch_dtype": dtype, "local_files_only": True}
+    unet = diffusers.UNet2DConditionModel.from_single_file(state, subfolder="unet", **part)
+    vae = diffusers.AutoencoderKL.from_single_file(state, subfolder="vae", **part)
+    text_encoder = create_diffusers_clip_model_from_ldm(
+        CLIPTextModel, state, subfolder="text_encoder", **part
+    )
+    del state  # the parts hold their own tensors now: the file's buffer goes
+    scheduler_config = diffusers.DDIMScheduler.load_config(str(config / "scheduler"))
+    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+    return diffusers.StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(str(config / "tokenizer"), local_files_only=True),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def _source_key(options: DiffusersOptions) -> str:

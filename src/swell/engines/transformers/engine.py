@@ -18,7 +18,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ class Job:
     prompt: list[int]
     seed: int
     rows: list[Row]
+    max_tokens: int  # the job's, or the service's default cut to what the context leaves
 
     def result(self, model: str | None) -> dict[str, Any]:
         """The job's result: its choices in order, token counts, the model and the seed used."""
@@ -76,6 +77,8 @@ class TransformersEngine:
         self._eos: frozenset[int] = frozenset()
         self._pad = 0
         self._context: int | None = None  # the most positions the model takes (prompt + completion)
+        self._strings: list[str | None] | None = None  # each token's text, for JSON mode
+        self._decode: Callable[[Sequence[int]], str] = _unloaded
         self._lock = threading.Lock()
 
     # -- load ------------------------------------------------------------------------------------
@@ -93,6 +96,7 @@ class TransformersEngine:
         started = time.perf_counter()
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        self._decode = decoder_of(self._tokenizer)
         self._lm = self._load_model(transformers, directory)
         self._special_tokens()
         loaded = time.perf_counter()
@@ -187,22 +191,44 @@ class TransformersEngine:
         request: TransformersInput = SPEC.parse_input(payload)
         check(request, self.options)
         prompt = self._prompt(request)
-        if self._context is not None and len(prompt) + request.max_tokens > self._context:
-            message = (
-                f"the prompt's {len(prompt)} tokens and max_tokens {request.max_tokens} exceed "
-                f"the model's context of {self._context} tokens"
+        max_tokens = self._max_tokens(request, len(prompt))
+        if request.json_mode and not self._eos:
+            raise ValidationError(
+                "JSON mode needs a model with an end-of-sequence token", field="input.response_format"
             )
-            raise ValidationError(message, field="input.max_tokens")
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         rows = rows_for(
             job_id,
             request.n,
-            max_tokens=request.max_tokens,
+            max_tokens=max_tokens,
             stops=request.stops(),
-            decode=decoder_of(self._tokenizer),
+            decode=self._decode,
             eos=self._eos,
         )
-        return Job(position, job_id, request, prompt, seed, rows)
+        return Job(position, job_id, request, prompt, seed, rows, max_tokens)
+
+    def _max_tokens(self, request: TransformersInput, prompt: int) -> int:
+        """The tokens a job may generate: its `max_tokens`, refused when the prompt leaves less room
+        in the model's context; unset, the service's `default_max_tokens` cut to that room.
+
+        The message starts with the field (`input.max_tokens: ...`): the job's error reaches the
+        OpenAI door as text, which answers it as a 400 naming the parameter."""
+        room = None if self._context is None else self._context - prompt
+        if room is not None and room < 1:
+            message = (
+                f"input.prompt: the prompt's {prompt} tokens fill the model's context of {self._context}"
+            )
+            raise ValidationError(message, field="input.prompt")
+        if request.max_tokens is None:
+            default = self.options.default_max_tokens
+            return default if room is None else min(default, room)
+        if room is not None and request.max_tokens > room:
+            message = (
+                f"input.max_tokens: {request.max_tokens} tokens after the prompt's {prompt} exceed the "
+                f"model's context of {self._context} tokens; at most {room} here"
+            )
+            raise ValidationError(message, field="input.max_tokens")
+        return request.max_tokens
 
     def _prompt(self, request: TransformersInput) -> list[int]:
         """The prompt's token ids: the text with the tokenizer's special tokens, or the messages
@@ -271,16 +297,48 @@ class TransformersEngine:
         jobs = [job for job in jobs if not job.rows[0].done]
         if not jobs:
             return
-        stopper = BatchStopper([row for job in jobs for row in job.rows], context, finished)
+        rows = [row for job in jobs for row in job.rows]
+        stopper = BatchStopper(rows, context, finished)
         ids, mask = self._padded([job.prompt for job in jobs for _ in job.rows])
+        sampling = self._sampling(jobs)
+        processors = self._json_constraint(jobs, rows)
+        if any(row.temperature > 0 for row in sampling):  # all greedy: no per-step sampler call at all
+            processors.append(RowSampler(sampling))
         self._lm.generate(
             ids,
             attention_mask=mask,
-            generation_config=self._generation_config(max(job.request.max_tokens for job in jobs)),
-            logits_processor=LogitsProcessorList([RowSampler(self._sampling(jobs))]),
+            generation_config=self._generation_config(max(job.max_tokens for job in jobs)),
+            logits_processor=LogitsProcessorList(processors),
             stopping_criteria=StoppingCriteriaList([stopper]),
         )
         stopper.end()
+
+    def _json_constraint(self, jobs: Sequence[Job], rows: Sequence[Row]) -> list[Any]:
+        """The JSON-mode processor for the rows of JSON-mode jobs (none when there are none)."""
+        from swell.engines.transformers.constrain import SAMPLED_CANDIDATES, JsonConstraint
+
+        constrained: list[int] = []
+        keep: list[int] = []
+        start = 0
+        for job in jobs:
+            if job.request.json_mode:
+                constrained += range(start, start + len(job.rows))
+                sampled = job.request.temperature > 0
+                kept = (job.request.top_k or SAMPLED_CANDIDATES) if sampled else 1
+                keep += [kept] * len(job.rows)
+            start += len(job.rows)
+        if not constrained:
+            return []
+        return [JsonConstraint(rows, constrained, self._token_strings(), min(self._eos), keep)]
+
+    def _token_strings(self) -> list[str | None]:
+        """Each token's text, decoded once per engine the first time a job asks for JSON mode."""
+        from swell.engines.transformers.constrain import token_strings
+
+        if self._strings is None:
+            size = int(self._lm.get_output_embeddings().weight.shape[0])
+            self._strings = token_strings(self._tokenizer, size)
+        return self._strings
 
     def _sampling(self, jobs: Sequence[Job]) -> list[Any]:
         from swell.engines.transformers.sampling import Sampling, row_seed
@@ -328,3 +386,8 @@ class TransformersEngine:
     def unload(self) -> None:
         self._lm = None
         self._tokenizer = None
+        self._strings = None
+
+
+def _unloaded(ids: Sequence[int]) -> str:
+    raise RuntimeError("the transformers engine is not loaded")

@@ -3,9 +3,12 @@
 A service runs one causal LM from a local transformers folder (`path`) or a dataset of swell.yaml
 (`dataset`). A job gives a `prompt` or chat `messages` (rendered through the model's chat template),
 and sampling parameters in OpenAI's terms: `max_tokens`, `temperature` (0: greedy), `top_p`,
-`top_k` (0: off), `stop` strings, `seed` and `n` completions. This module imports pydantic and
-Swell's light modules only: swell.yaml checks and the gateway import it; the engine itself
-(swell.engines.transformers.engine) is imported in the worker.
+`top_k` (0: off), `stop` strings, `seed`, `n` completions and `response_format` (`json_object`:
+JSON mode). A job that sets no `max_tokens` gets the service's `default_max_tokens`, cut to what the
+model's context leaves after the prompt; one that sets more than the context leaves is refused
+(naming `input.max_tokens`), since only the worker's tokenizer can count the prompt. This module
+imports pydantic and Swell's light modules only: swell.yaml checks and the gateway import it; the
+engine itself (swell.engines.transformers.engine) is imported in the worker.
 
 Every job may share a call with any other (each sequence is sampled with its own parameters and
 seed), but a call pads every prompt to the longest, so `batch_key` keeps prompts of very different
@@ -41,6 +44,7 @@ class TransformersOptions(Options):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: bf16/fp16 on GPU, fp32 on CPU
     max_batch_rows: int = Field(default=16, ge=1, le=1024)  # sequences (jobs x n) per generate call
     max_tokens: int = Field(default=4096, ge=1, le=1_000_000)  # the most a job may ask for
+    default_max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=1_000_000)  # when a job sets none
 
     @field_validator("device")
     @classmethod
@@ -51,6 +55,8 @@ class TransformersOptions(Options):
     def _one_source(self) -> TransformersOptions:
         if (self.path is None) == (self.dataset is None):
             raise ValueError("give exactly one of 'path' (a local transformers folder) or 'dataset'")
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(f"default_max_tokens may not exceed max_tokens ({self.max_tokens})")
         return self
 
 
@@ -62,6 +68,12 @@ class Message(Input):
     name: Annotated[str, StringConstraints(max_length=64)] | None = None
 
 
+class ResponseFormat(Input):
+    """OpenAI's `response_format`: `text` (anything) or `json_object` (the text is one JSON object)."""
+
+    type: Literal["text", "json_object"]
+
+
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
@@ -70,7 +82,7 @@ class TransformersInput(Input):
 
     prompt: Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)] | None = None
     messages: list[Message] | None = Field(default=None, min_length=1, max_length=MAX_MESSAGES)
-    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=1_000_000)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)  # None: the service's default
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)  # 0: greedy
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)  # 0: no top-k cut
@@ -79,6 +91,7 @@ class TransformersInput(Input):
     )  # one string alone: a list of one
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)  # None: drawn, and reported
     n: int = Field(default=1, ge=1, le=MAX_N)
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -95,11 +108,16 @@ class TransformersInput(Input):
         """The stop strings, as a tuple."""
         return tuple(self.stop or ())
 
+    @property
+    def json_mode(self) -> bool:
+        """Whether the text must be one JSON object (JSON mode)."""
+        return self.response_format is not None and self.response_format.type == "json_object"
+
 
 def check(job: TransformersInput, options: TransformersOptions) -> None:
     """The submit-time cross-check of a job against its service: the token cap, and a job's
     sequences must fit one call."""
-    if job.max_tokens > options.max_tokens:
+    if job.max_tokens is not None and job.max_tokens > options.max_tokens:
         raise ValidationError(f"at most {options.max_tokens} for this service", field="input.max_tokens")
     if job.n > options.max_batch_rows:
         raise ValidationError(f"at most {options.max_batch_rows} for this service", field="input.n")
@@ -109,7 +127,9 @@ def units(payload: Mapping[str, Any]) -> dict[str, float]:
     """A job's work: the tokens it may generate, over all its completions."""
     max_tokens = payload.get("max_tokens", DEFAULT_MAX_TOKENS)
     n = payload.get("n", 1)
-    tokens = max_tokens if isinstance(max_tokens, int) else DEFAULT_MAX_TOKENS
+    tokens = (
+        max_tokens if isinstance(max_tokens, int) else DEFAULT_MAX_TOKENS
+    )  # the service's is unknown here
     return {"tokens": float(tokens * (n if isinstance(n, int) else 1))}
 
 

@@ -4,7 +4,7 @@
 new token last, and ends a row when it returns true for it (the others go on; a finished row gets
 pad tokens, which its `Row` ignores). Each call it pushes the new tokens into the rows
 (swell.engines.transformers.streaming), ends the rows of cancelled jobs, sends each job's new text
-(`context.delta`, the first completion's when a job asks for several) and its progress
+(`context.delta`, each completion's with its index) and its progress
 (tokens / max_tokens, once per percent), and hands a job whose rows have all ended to `finished`,
 so its result is reported while the rest of the batch still runs.
 """
@@ -60,9 +60,9 @@ class BatchStopper(StoppingCriteria):
 
     def _signal(self, job: str) -> None:
         rows = self.jobs[job]
-        for row in rows[1:]:
-            row.take()  # only the first completion streams: a job's events carry one text
-        self.context.delta(job, rows[0].take())
+        for row in rows:
+            if row.out:
+                self.context.delta(job, row.take(), index=row.index)
         fraction = sum(1.0 if r.done else r.tokens / r.max_tokens for r in rows) / len(rows)
         if int(fraction * 100) > self.percent[job]:
             self.percent[job] = int(fraction * 100)

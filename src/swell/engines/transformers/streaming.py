@@ -19,11 +19,27 @@ REPLACEMENT = "\ufffd"  # what decoding an incomplete UTF-8 sequence ends with
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
+MEMO_TOKENS = 2  # windows of at most this many tokens are remembered (most windows of a stream)
+MEMO_ENTRIES = 1 << 16  # then the memo starts over: bounded memory however long the engine lives
+
+
 def decoder_of(tokenizer: Any) -> Callable[[Sequence[int]], str]:
-    """`tokenizer.decode` as the streamers call it: special tokens skipped, spaces left as they are."""
+    """`tokenizer.decode` as the streamers call it: special tokens skipped, spaces left as they are.
+
+    Streaming decodes two short windows per token per sequence, and a call into the tokenizer costs
+    tens of microseconds of Python, as much as a small model's step per sequence: windows of one or
+    two tokens (nearly all of them) are remembered, since a decode depends on its ids alone."""
+    memo: dict[tuple[int, ...], str] = {}
 
     def decode(ids: Sequence[int]) -> str:
+        key = tuple(ids) if len(ids) <= MEMO_TOKENS else None
+        if key is not None and (known := memo.get(key)) is not None:
+            return known
         text: str = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if key is not None:
+            if len(memo) >= MEMO_ENTRIES:
+                memo.clear()
+            memo[key] = text
         return text
 
     return decode

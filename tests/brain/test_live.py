@@ -225,3 +225,19 @@ def test_placement_moves_are_carried_out_in_enforce_and_only_shown_in_dry_run(mo
     else:
         assert cluster.desired("img") == 1 and cluster.statistics().started_warm == 0
     queue.close()
+
+
+def test_a_backlog_found_at_start_is_load_not_arrivals(make: Make) -> None:
+    _, queue, supervisor, clock, _ = make("dry-run", policy="queue-length")
+    submit(queue, 4, model="m1")
+    jobs = queue.lease("img", "w1", max_jobs=1)
+    config = SwellConfig(
+        services=[ServiceConfig.model_validate({"name": "img", "engine": "diffusers"})],
+        brain=BrainConfig.model_validate({"mode": "dry-run", "policy": "queue-length"}),
+    )
+    loop = LiveLoop(config, queue, supervisor, clock=clock, registry=CollectorRegistry())
+    ctx = loop.services["img"].observer.context(clock.now())
+    assert (ctx.queued, ctx.running, ctx.arrived) == (3, 1, 0)
+    queue.complete(jobs[0].id, "w1", {})
+    loop.observe()
+    assert loop.services["img"].observer.running == 0

@@ -43,3 +43,34 @@ def test_the_help_says_outputs_are_noise_and_unknown_kinds_are_refused(tmp_path:
     refused = runner.invoke(app, ["make-tiny", "--kind", "gan", str(tmp_path / "x")])
     assert refused.exit_code == 2 and "unknown kind" in refused.output
     assert not (tmp_path / "x").exists()
+
+
+def test_single_file_writes_an_original_layout_checkpoint_and_a_config_folder(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    result = CliRunner().invoke(app, ["make-tiny", "--kind", "sd", "--single-file", str(tmp_path / "sd")])
+    assert result.exit_code == 0, result.output
+    with safe_open(tmp_path / "sd" / "tiny-sd.safetensors", "pt") as f:
+        keys = set(f.keys())
+    prefixes = {key.split(".", 1)[0] for key in keys}
+    assert prefixes == {"model", "first_stage_model", "cond_stage_model"}  # CompVis / A1111 layout
+    assert "model.diffusion_model.input_blocks.0.0.weight" in keys
+    assert (tmp_path / "sd" / "config" / "model_index.json").is_file()
+    assert not list((tmp_path / "sd" / "config").rglob("*.safetensors"))
+
+
+def test_llm_shape_options(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    args = ["make-tiny", "--kind", "llm", "--hidden-size", "32", "--layers", "1", "--context", "48"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "llm")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "llm" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["max_position_embeddings"]) == (
+        32,
+        1,
+        48,
+    )
+    refused = CliRunner().invoke(
+        app, ["make-tiny", "--kind", "llm", "--hidden-size", "30", str(tmp_path / "x")]
+    )
+    assert refused.exit_code == 2 and "--hidden-size" in refused.output

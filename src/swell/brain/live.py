@@ -156,6 +156,7 @@ class LiveLoop:
                     self._arrive(sb, job)
                     if state is JobState.LEASED:
                         sb.observer.start(job.id, job.started_at or job.created_at)
+            sb.observer.clear_arrivals()  # the backlog is load, not a burst of arrivals
 
     def _arrive(self, sb: ServiceBrain, job: Job) -> None:
         sb.observer.arrive(job.id, job.created_at, job_units(sb.config.engine, job), job.model or "")

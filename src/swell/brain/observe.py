@@ -258,10 +258,14 @@ class Observer:
             attainment=attainment,
             future=future,
         )
+        self.clear_arrivals()
+        return ctx
+
+    def clear_arrivals(self) -> None:
+        """Forget what arrived since the previous context (a backlog found at start is not news)."""
         self.arrived, self.arrived_work = 0, 0.0
         for load in self._loads.values():
             load.arrived_work = 0.0
-        return ctx
 
     @property
     def queued_work(self) -> float:

@@ -5,6 +5,7 @@ SwellError                      (status 500)
 ├── ValidationError             bad input; names the offending field (422)
 │   └── PayloadTooLarge         a request body over the configured limit (413)
 ├── AuthError                   missing or wrong API key (401)
+├── Refused                     a request the gateway's filter refused; says why (403)
 ├── NotFound                    unknown job, service, file or dataset (404)
 │   ├── JobNotFound
 │   └── ServiceNotFound
@@ -60,6 +61,12 @@ class PayloadTooLarge(ValidationError):
 
 class AuthError(SwellError):
     status_code = 401
+
+
+class Refused(SwellError):
+    """A request the gateway's filter refused (swell.gateway.filtering); `message` says why, `field` where."""
+
+    status_code = 403
 
 
 class NotFound(SwellError):

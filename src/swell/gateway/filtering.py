@@ -43,7 +43,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from swell.core.errors import ConfigError, SwellError, Unavailable
+from swell.core.errors import ConfigError, Refused, Unavailable
 
 log = logging.getLogger("swell.gateway")
 
@@ -54,12 +54,6 @@ SEPARATORS = re.compile(r"[\W_]+")
 MAX_TERMS = 100_000
 
 Hook = Callable[[str, dict[str, Any]], "str | Awaitable[str | None] | None"]
-
-
-class Refused(SwellError):
-    """A request the gateway's filter refused (403); `message` says why, `field` where."""
-
-    status_code = 403
 
 
 class FilterConfig(BaseModel):

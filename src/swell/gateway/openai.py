@@ -56,6 +56,7 @@ from swell.core.errors import (
     Conflict,
     NotFound,
     QueueFull,
+    Refused,
     ServiceNotFound,
     SwellError,
     Unavailable,
@@ -67,7 +68,6 @@ from swell.gateway.auth import bearer_key
 from swell.gateway.errors import field_name
 from swell.gateway.events import HEADERS as SSE_HEADERS
 from swell.gateway.events import is_final
-from swell.gateway.filtering import Refused
 from swell.gateway.metrics import WAITED
 from swell.gateway.submissions import Submissions
 

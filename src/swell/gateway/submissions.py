@@ -26,6 +26,7 @@ from swell.core.config import ServiceConfig, Settings, SwellConfig
 from swell.core.errors import (
     Conflict,
     QueueFull,
+    Refused,
     ServiceNotFound,
     SwellError,
     Unavailable,
@@ -34,7 +35,7 @@ from swell.core.errors import (
 from swell.core.jobs import WEBHOOK, DeliverySpec, Job, JobEvent, JobSpec, Priority
 from swell.gateway.batching import GroupCommit
 from swell.gateway.events import is_final
-from swell.gateway.filtering import Refused, RequestFilter
+from swell.gateway.filtering import RequestFilter
 from swell.gateway.health import ServiceHealth
 from swell.gateway.limits import GatewayLimits
 from swell.gateway.metrics import GatewayMetrics

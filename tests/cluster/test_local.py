@@ -83,3 +83,66 @@ def test_scale_up_and_down_within_bounds(supervisor: LocalSupervisor) -> None:
     supervisor.scale("svc", 0)
     assert supervisor.desired("svc") == 2
     wait_for(lambda: len([r for r in supervisor.replicas() if r.state != ReplicaState.STOPPED]) == 2)
+
+
+def test_replicas_start_holding_the_checkpoints_the_brain_names(tmp_path: Path) -> None:
+    """`scale(service, n, models=...)` deals the checkpoints over the replicas it starts: each
+    worker loads its own at start (`WorkerArgs.models`) and reports it held."""
+    config = parse_config(
+        {
+            "services": [
+                {
+                    "name": "ckpt",
+                    "engine": "tests.worker.engines:CheckpointEngine",
+                    "options": {"load_seconds": 0.01},
+                    "models": {name: {"checkpoint": name} for name in ("a", "b", "c")},
+                    "replicas": {"min": 0, "max": 2},
+                }
+            ]
+        }
+    )
+    sup = LocalSupervisor(config, f"sqlite:///{tmp_path / 'q.db'}", tmp_path)
+    sup.start()
+    try:
+        sup.scale("ckpt", 2, models=["c", "b"])
+        wait_for(lambda: len(ready(sup)) == 2)
+        assert sorted(r.models for r in sup.replicas()) == [("b",), ("c",)]
+    finally:
+        sup.stop(timeout=10)
+
+
+def test_a_service_without_checkpoints_preloads_nothing() -> None:
+    from swell.cluster.base import next_model, preload
+
+    config = parse_config(
+        {
+            "services": [
+                {"name": "svc", "engine": "callable", "options": {"function": "tests.worker.funcs:echo"}}
+            ]
+        }
+    )
+    service = config.services[0]
+    assert next_model(service, ("wm",), []) == "wm"  # a dataset-only service: its dataset is its model
+    assert preload(service, "wm") == ()
+
+
+def test_next_model_spreads_the_named_checkpoints() -> None:
+    from swell.cluster.base import next_model
+
+    config = parse_config(
+        {
+            "services": [
+                {
+                    "name": "s",
+                    "engine": "callable",
+                    "options": {"function": "tests.worker.funcs:echo"},
+                    "models": {"a": {}, "b": {}},
+                }
+            ]
+        }
+    )
+    service = config.services[0]
+    assert next_model(service, ("a", "b"), []) == "a"
+    assert next_model(service, ("a", "b"), ["a"]) == "b"
+    assert next_model(service, ("a", "b"), ["a", "b", None]) == "a"
+    assert next_model(service, (), ["a"]) is None

@@ -27,7 +27,7 @@ from swell.core.jobs import JobSpec, JobState
 from swell.gateway.app import create_app
 from swell.gateway.limits import GatewayLimits
 from swell.gateway.protocol import serving_config
-from swell.queue.base import QueueBackend, open_queue
+from swell.queue.base import Outcome, QueueBackend, Update, open_queue
 from tests.gateway.helpers import API_KEY
 from tests.support import free_port, wait_for
 
@@ -319,16 +319,25 @@ def test_the_idempotency_key_reattaches_to_the_job(server: Server) -> None:
 
 
 def test_a_client_that_leaves_a_stream_cancels_its_job(server: Server) -> None:
+    """The job is held by this test (as a worker that never finishes would), so the cancel is seen
+    whatever the machine's speed: the client reads one streamed token, leaves, and the door asks the
+    job's worker to stop."""
     stream = server.client().chat.completions.create(
-        model="llm", messages=[{"role": "user", "content": "go on"}], max_tokens=1000, stream=True
+        model="broken", messages=[{"role": "user", "content": "go on"}], max_tokens=10, stream=True
     )
-    job_id = ""
+    leased: list[Any] = []
+    wait_for(
+        lambda: bool(leased.extend(server.queue.lease("broken", "w8", max_jobs=1)) or leased), 30, "a job"
+    )
+    job_id = leased[0].id
+    server.queue.report("w8", [Update(job_id, delta="tok")])
     for chunk in stream:
-        job_id = chunk.id
         if chunk.choices and chunk.choices[0].delta.content:
             break
     stream.close()
-    wait_for(lambda: server.job(job_id).state is JobState.CANCELLED, 60, "the cancel")
+    wait_for(lambda: job_id in server.queue.cancel_requested([job_id]), 30, "the cancel request")
+    server.queue.settle("w8", [Outcome.cancelled(job_id)])
+    assert server.queue.get(job_id).state is JobState.CANCELLED
 
 
 def test_a_job_that_fails_mid_stream_is_an_error_event(server: Server) -> None:

@@ -290,7 +290,7 @@ def _gpu_seconds(event: JobEvent) -> float | None:
 
 
 def _snapshot(r: ReplicaInfo) -> ReplicaSnapshot:
-    models = (r.model,) if r.model else ()
+    models = r.models or ((r.model,) if r.model else ())
     loading = r.started_at if r.state in (ReplicaState.STARTING, ReplicaState.LOADING) else None
     return ReplicaSnapshot(r.id, r.service, models, r.state, loading, int(r.state is ReplicaState.BUSY))
 

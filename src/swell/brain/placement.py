@@ -196,16 +196,40 @@ def rewarm(previous: Sequence[Hashable], plan_warm: Sequence[Hashable]) -> bool:
 _RELEASE_RANK = {Phase.STARTING: 0, Phase.READY: 1, Phase.LOADING: 2}
 
 
-def release(replicas: Iterable[Holder], count: int, planned: Mapping[Any, int]) -> list[Move]:
+def release(
+    replicas: Iterable[Holder],
+    count: int,
+    planned: Mapping[Any, int],
+    *,
+    packed: Callable[[Any], int] | None = None,
+) -> list[Move]:
     """`count` replicas to give up (the module docstring's order): evict what runs nothing, drain
-    what is busy. `planned` is the plan's replicas per checkpoint."""
+    what is busy. `planned` is the plan's replicas per checkpoint. On shared GPUs, `packed(r)` is
+    how many replicas share `r`'s GPU: among equals, the emptiest GPU's go first, so whole GPUs
+    empty out and are handed back."""
 
-    def order(r: Holder) -> tuple[bool, int, int, float]:
+    def order(r: Holder) -> tuple[bool, int, int, int, float]:
         wanted = planned.get(r.model, 0) if r.model is not None else 0
-        return (r.busy > 0, _RELEASE_RANK[r.phase], wanted, -r.acquired_at)
+        return (r.busy > 0, _RELEASE_RANK[r.phase], wanted, packed(r) if packed else 0, -r.acquired_at)
 
     chosen = sorted((r for r in replicas if not r.draining), key=order)[: max(0, count)]
     return [Move(MoveKind.DRAIN if r.busy else MoveKind.EVICT, r.id) for r in chosen]
+
+
+def pack(gpus: Iterable[tuple[Hashable, int, bool]], shares: int) -> Hashable | None:
+    """Where a new replica goes on shared GPUs: of `(gpu, replicas on it, up)`, one with a free
+    share among `shares`, an up one first (it serves after a load, no GPU start), then the fullest
+    (best fit: small models pack several to a GPU and whole GPUs stay free to hand back); ties by
+    key order. None: take a new GPU (always so for `shares == 1`)."""
+    best: tuple[bool, int] | None = None
+    chosen: Hashable | None = None
+    for gpu, used, up in gpus:
+        if used >= shares:
+            continue
+        key = (not up, -used)
+        if best is None or key < best:
+            best, chosen = key, gpu
+    return chosen
 
 
 def holdings(planned: Mapping[str, int], waiting: Iterable[str] = ()) -> list[str]:
@@ -276,6 +300,7 @@ __all__ = [
     "Waiting",
     "first_model",
     "holdings",
+    "pack",
     "place",
     "release",
     "rewarm",

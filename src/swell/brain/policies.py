@@ -139,7 +139,7 @@ class Swell:
       jobs held somewhere; the `warm_models` busiest checkpoints kept in every node's host memory.
     """
 
-    keep_alive: float = 1800.0
+    keep_alive: float = 3600.0
     burst_margin: float = 1.0
     warm_models: int = 8
     seasonal: bool = True

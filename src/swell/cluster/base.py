@@ -30,6 +30,7 @@ from swell.core.clock import Clock, SystemClock
 from swell.core.config import ServiceConfig, SwellConfig
 from swell.core.errors import ConfigError, MissingExtra, ServiceNotFound
 from swell.core.replicas import ReplicaInfo, ReplicaState
+from swell.data.config import DatasetConfig
 from swell.worker.contract import WorkerState, WorkerStatus
 
 MAX_ERROR_CHARS = 1000
@@ -173,6 +174,31 @@ def model_datasets(service: ServiceConfig, model: str) -> tuple[str, ...]:
         return ()
     name = service.model_options(model).get("dataset")
     return (str(name),) if name else ()
+
+
+def next_model(service: ServiceConfig, told: Sequence[str], held: Sequence[str | None]) -> str | None:
+    """The checkpoint a new replica of `service` is started holding: of the models it was told
+    (`scale(models=...)`, the brain's placement), the one the fewest of its replicas (`held`, each
+    one's model) hold now, the first on a tie; so n replicas told k models spread over all k. None
+    when it was told none."""
+    if not told:
+        return None
+    return min(told, key=lambda model: (held.count(model), told.index(model)))
+
+
+def preload(service: ServiceConfig, model: str | None) -> tuple[str, ...]:
+    """What a worker loads at start to hold `model` (`WorkerArgs.models`): the checkpoint when the
+    service lists `models`; nothing otherwise (a dataset-only service holds its one model anyway)."""
+    return (model,) if model is not None and model in service.models else ()
+
+
+def service_datasets(config: SwellConfig, service: ServiceConfig) -> dict[str, DatasetConfig]:
+    """The dataset configs a worker of `service` needs: the one its `options` name and each
+    checkpoint's (what `model_datasets` lists)."""
+    names = [service.options.get("dataset"), *(opts.get("dataset") for opts in service.models.values())]
+    return {
+        name: config.datasets[name] for name in names if isinstance(name, str) and name in config.datasets
+    }
 
 
 def replica_state(status: WorkerStatus) -> ReplicaState:

@@ -49,8 +49,11 @@ from swell.cluster.base import (
     drained_dict,
     exit_reason,
     find_service,
+    next_model,
     one_line,
+    preload,
     replica_state,
+    service_datasets,
     service_models,
     services_by_name,
 )
@@ -104,6 +107,7 @@ class Slot:
     draining: bool = False
     ready: bool = False  # the current process has become ready
     crash_streak: int = 0  # exits of processes that never became ready, since one did
+    model: str | None = None  # the checkpoint its worker was started holding (`next_model`)
     last_error: str | None = None  # why the latest process that ended ended
     drained: dict[str, float] | None = None  # what the last drain of this slot did
     jobs: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0})
@@ -284,6 +288,9 @@ class LocalSupervisor:
     def _spawn(self, slot: Slot, now: float) -> None:
         path = self._status_path(slot)
         path.unlink(missing_ok=True)
+        name = slot.service.name
+        held = [other.model for other in self._slots if other.service.name == name and other is not slot]
+        slot.model = next_model(slot.service, self._models.get(name, ()), held)
         args = self.worker_args(slot)
         env = {**self.worker_env(slot.service), **args.environment()}  # a password stays out of `ps`
         slot.proc = self._popen([sys.executable, "-m", "swell.worker", *args.argv()], env)
@@ -300,13 +307,13 @@ class LocalSupervisor:
             data_dir=self.data_dir,
             queue_url=self.queue_url,
             gpu_fraction=gpus if 0 < gpus < 1 else None,
+            models=preload(slot.service, slot.model),
         )
 
     def worker_env(self, service: ServiceConfig) -> dict[str, str]:
         """The environment a worker of `service` starts with (the module docstring says what)."""
         environ = os.environ if self._environ is None else self._environ
-        name = service.options.get("dataset")
-        datasets = {name: self.config.datasets[name]} if name in self.config.datasets else {}
+        datasets = service_datasets(self.config, service)
         return worker_environment(environ, service.pass_env, datasets, self.config.cluster.results_url)
 
     def _remember_counts(self, slot: Slot, status: WorkerStatus | None) -> None:

@@ -65,8 +65,11 @@ from swell.cluster.base import (
     exit_reason,
     find_service,
     model_datasets,
+    next_model,
     one_line,
+    preload,
     replica_state,
+    service_datasets,
     service_models,
     services_by_name,
 )
@@ -539,8 +542,10 @@ class RayCluster:
     def _spawn(self, slot: RaySlot, nodes: list[placement.Node], now: float) -> None:
         """Place a new actor for `slot` (or note why it waits) and start its worker."""
         service = slot.service
-        models = self._models.get(service.name, ())
-        slot.model = models[0] if models else None
+        held = [
+            other.model for other in self._slots if other.service.name == service.name and other is not slot
+        ]
+        slot.model = next_model(service, self._models.get(service.name, ()), held)
         nodes = [_as_models(node, service, slot.model) for node in nodes]
         request = placement.request_for(service.resources, gpus=self._gpus(service))
         where = placement.place(request, slot.model, nodes, service.resources.warm_cache)
@@ -575,12 +580,12 @@ class RayCluster:
             data_dir=self.data_dir,
             queue_url=self.queue_url,
             gpu_fraction=request.gpus if 0 < request.gpus < 1 else None,
+            models=preload(slot.service, slot.model),
             drain_seconds=drain_seconds_from() if self.drain_seconds is None else self.drain_seconds,
         )
 
     def _datasets(self, service: ServiceConfig) -> dict[str, DatasetConfig]:
-        name = service.options.get("dataset")
-        return {name: self.config.datasets[name]} if name in self.config.datasets else {}
+        return service_datasets(self.config, service)
 
     def _worker_env(self) -> dict[str, str]:
         url = self.config.cluster.results_url

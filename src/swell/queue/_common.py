@@ -73,16 +73,22 @@ def transition_events(before: Job | None, after: Job) -> list[Appended]:
 
 
 def reported(job: Job, update: Update, activity: int) -> tuple[Job, list[Appended]]:
-    """The job after `update` and the events it appends, given the `activity` events (progress and
-    delta) the job holds already: none past `MAX_ACTIVITY_EVENTS`, though the progress still moves."""
+    """The job after `update` and the events it appends (its `progress` event, then one `delta` per
+    completion with text, by index), given the `activity` events (progress and delta) the job holds
+    already: none past `MAX_ACTIVITY_EVENTS`, though the progress still moves."""
     if update.progress:
         job = job.with_progress(update.fraction, update.message)
     events: list[Appended] = []
     if update.progress:
         events.append((EventKind.PROGRESS.value, progress_event_data(job, update.preview)))
-    if update.delta:
-        events.append((EventKind.DELTA.value, {"text": update.delta}))
+    events += [(EventKind.DELTA.value, delta_event_data(i, text)) for i, text in update.texts()]
     return job, events[: max(0, MAX_ACTIVITY_EVENTS - activity)]
+
+
+def delta_event_data(index: int, text: str) -> dict[str, Any]:
+    """A `delta` event's data: `{text}` for completion 0 (the shape readers knew before a job could
+    stream several), `{text, index}` for any other."""
+    return {"text": text} if index == 0 else {"text": text, "index": index}
 
 
 def holds(job: Job | None, owner: str) -> bool:

@@ -72,19 +72,37 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """What a worker reports about a job while it runs: any of a fraction done (0..1), a message, a
-    piece of streamed text, the name of a preview file it stored with the job's results."""
+    """What a worker reports about a job while it runs: any of a fraction done (0..1), a message,
+    pieces of streamed text, the name of a preview file it stored with the job's results.
+
+    Text comes per completion (a job with `n` > 1 makes several): `deltas` maps a completion's
+    index to its new text, and `delta` is completion 0's (what a job of one completion sends, so
+    callers that know of one text stay as they were). Both may name completion 0: `delta` comes
+    first."""
 
     job_id: str
     fraction: float | None = None
     message: str | None = None
     delta: str | None = None
     preview: str | None = None
+    deltas: Mapping[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [i for i in self.deltas if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+        if bad:
+            raise ValueError(f"deltas: a completion index is an int from 0, not {bad[0]!r}")
 
     @property
     def progress(self) -> bool:
         """Whether the update carries progress (and so appends a `progress` event)."""
         return self.fraction is not None or self.message is not None or self.preview is not None
+
+    def texts(self) -> list[tuple[int, str]]:
+        """Each completion's new text, `(index, text)` by index, leaving out the empty ones."""
+        by_index = {0: self.delta or ""} if self.delta else {}
+        for index, text in self.deltas.items():
+            by_index[index] = by_index.get(index, "") + text
+        return [(i, text) for i, text in sorted(by_index.items()) if text]
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +240,10 @@ class QueueBackend(Outbox, Protocol):
 
     def report(self, owner: str, updates: Sequence[Update]) -> None:
         """Record what a worker reports about jobs it runs: the job's progress (shown by `get`), a
-        `progress` event for an update with a fraction, message or preview, a `delta` event for one
-        with text. Updates for jobs `owner` does not hold (any more) are ignored, never an error."""
+        `progress` event for an update with a fraction, message or preview, then a `delta` event per
+        completion with text, by index (data `{text}` for completion 0, as before completions had
+        an index; `{text, index}` for another). Updates for jobs `owner` does not hold (any more)
+        are ignored, never an error."""
         ...
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:

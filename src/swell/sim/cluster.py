@@ -38,6 +38,19 @@ class PoolConfig:
     max_changes_per_minute: int = 6
     min_replicas: int = 0
     work_prior: float | None = None  # seconds per unit before any job finished; None: by the trace's kind
+    # shared GPUs: `gpu_shares` replicas packed per GPU, each 1/gpu_shares of it; `share_gain` is
+    # what all shares busy together get done per second against one whole GPU (the seed: three
+    # time-sliced shares of an A10g finished the same work in 11.9 % less time than serially, so
+    # 1 / 0.881 = 1.135 and each share runs at 1.135 / 3 = 0.378 of a whole GPU)
+    gpu_shares: int = 1
+    share_gain: float = 1 / 0.881
+    # the batch class: `batch_gpu_hours` of whole-GPU work queued at the start, in chunks of
+    # `batch_chunk_seconds`, run only on ready replicas no interactive job needs; a replica running
+    # one is handed back to interactive work `handback_seconds` after it is needed (the chunk in
+    # flight is lost and queued again)
+    batch_gpu_hours: float = 0.0
+    batch_chunk_seconds: float = 60.0
+    handback_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("gpu_start_seconds", "init_seconds", "model_gb", "start_jitter"):
@@ -54,6 +67,15 @@ class PoolConfig:
             )
         if self.max_gpus is not None and self.max_gpus < 1:
             raise ValidationError("max_gpus must be >= 1", field="max_gpus")
+        if self.gpu_shares < 1:
+            raise ValidationError("gpu_shares must be >= 1", field="gpu_shares")
+        if not 1 <= self.share_gain <= self.gpu_shares and self.gpu_shares > 1:
+            raise ValidationError("share_gain must be in [1, gpu_shares]", field="share_gain")
+        for name in ("batch_gpu_hours", "handback_seconds"):
+            if getattr(self, name) < 0:
+                raise ValidationError(f"{name} must be >= 0", field=name)
+        if self.batch_chunk_seconds <= 0:
+            raise ValidationError("batch_chunk_seconds must be > 0", field="batch_chunk_seconds")
 
     def load_seconds(self, tier: Tier) -> float:
         gbps = {Tier.HOST: self.host_gbps, Tier.DISK: self.disk_gbps, Tier.REMOTE: self.remote_gbps}[tier]
@@ -61,6 +83,12 @@ class PoolConfig:
 
     def slots(self, gb: float) -> int:
         return 1_000_000 if self.model_gb == 0 else max(1, math.floor(gb / self.model_gb))
+
+    @property
+    def share_speed(self) -> float:
+        """How fast one replica runs against a whole GPU: 1 unshared, else `share_gain / gpu_shares`
+        (the all-shares-busy figure, also used when its neighbours idle: pessimistic for sharing)."""
+        return 1.0 if self.gpu_shares == 1 else self.share_gain / self.gpu_shares
 
     @property
     def start_seconds(self) -> float:
@@ -94,14 +122,35 @@ class Cache:
 State = Phase  # a simulated replica's life: starting (GPU coming up), loading, ready
 
 
+class Gpu:
+    """One physical GPU on its own node: the replicas sharing it (`shares`, by id) and the node's
+    caches, which they share. Its GPU-hours run from `acquired_at` until its last share goes."""
+
+    __slots__ = ("acquired_at", "disk", "host", "id", "shares", "up_at")
+
+    def __init__(self, gid: int, now: float, up_at: float, host: int, disk: int) -> None:
+        self.id = gid
+        self.acquired_at = now
+        self.up_at = up_at
+        self.shares: set[int] = set()
+        self.host = Cache(host)
+        self.disk = Cache(disk)
+
+
 class Replica:
-    """One GPU on its own node, holding at most one checkpoint (`model`, an index into the trace's
-    models, None while it holds none). `version` invalidates stale events. A `placement.Holder`."""
+    """One GPU on its own node (or a share of one, `gpu`), holding at most one checkpoint (`model`,
+    an index into the trace's models, None while it holds none). `version` invalidates stale events.
+    `batch_work` is the batch chunk it runs (whole-GPU seconds, 0 when none), `batch_seq` invalidates
+    the chunk's end event when it is handed back. A `placement.Holder`."""
 
     __slots__ = (
         "acquired_at",
+        "batch_at",
+        "batch_seq",
+        "batch_work",
         "busy",
         "disk",
+        "gpu",
         "draining",
         "host",
         "id",
@@ -124,6 +173,10 @@ class Replica:
         self.load_started = 0.0
         self.host = Cache(host)
         self.disk = Cache(disk)
+        self.gpu = rid
+        self.batch_work = 0.0
+        self.batch_at = 0.0
+        self.batch_seq = 0
 
     @property
     def phase(self) -> Phase:

@@ -31,11 +31,11 @@ from swell.brain.placement import MoveKind, Waiting
 from swell.brain.policies import make_policy
 from swell.core.jobs import Priority, RetryPolicy
 from swell.core.replicas import ReplicaState
-from swell.sim.cluster import PoolConfig, Replica, State, Tier
+from swell.sim.cluster import Gpu, PoolConfig, Replica, State, Tier
 from swell.sim.report import Report, Series, summarize_waits
 from swell.sim.trace import Trace
 
-DONE, LOADED, UP = 0, 1, 2
+DONE, LOADED, UP, BATCH = 0, 1, 2, 3
 PRIORITIES = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 
 
@@ -81,6 +81,17 @@ class Simulator:
         self.loads = {tier.name.lower(): 0 for tier in Tier}
         self.actions = self.peak = 0
         self.samples: list[tuple[float, int, int, int]] = []
+        # shared GPUs (`PoolConfig.gpu_shares`): replicas are shares of the GPUs here, GPU-hours
+        # count GPUs; unshared, every replica has a GPU of its own
+        self.gpus: dict[int, Gpu] = {}
+        self.next_gpu = 0
+        self.speed = self.pool.share_speed
+        self.share = 1.0 / self.pool.gpu_shares
+        # the batch class (`PoolConfig.batch_gpu_hours`): whole-GPU seconds left, done, lost
+        self.batch_left = self.pool.batch_gpu_hours * 3600
+        self.batch_done_s = self.batch_lost_s = 0.0
+        self.handbacks = self.batch_running = 0
+        self.batch_samples: list[int] = []  # replicas running batch work, per tick
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -121,6 +132,10 @@ class Simulator:
             self._done(now, a, b)
             return
         r = self.replicas.get(a)
+        if kind == BATCH:
+            if r is not None and r.batch_seq == b:
+                self._batch_done(r, now)
+            return
         if r is None or r.version != b:
             return
         if kind == UP:
@@ -143,18 +158,23 @@ class Simulator:
         self.queued -= 1
         self.in_flight += 1
         r.busy += 1
+        if self._hand_back(r, now):  # the batch chunk it ran stops first
+            now += self.pool.handback_seconds
         self.waits[i] = now - float(self.trace.arrival[i])
-        end = now + float(self.trace.service[i])
+        end = now + float(self.trace.service[i]) / self.speed
         self.observer.start(i, now, end if self.wants_future else None)
         self._push(end, DONE, r.id, i)
 
     def _done(self, now: float, rid: int, i: int) -> None:
         self.in_flight -= 1
-        self.observer.finish(i, now, float(self.trace.service[i]), float(self.trace.units[i]))
+        took = float(self.trace.service[i]) / self.speed
+        self.observer.finish(i, now, took, float(self.trace.units[i]))
         r = self.replicas[rid]
         r.busy -= 1
         if r.draining and r.busy == 0:
             self._release(r, now)
+        elif r.busy == 0:
+            self._batch(r, now)
 
     def _dispatch(self, now: float) -> None:
         waiting = [m for m, q in enumerate(self.queues) if q] if self.queued else []
@@ -183,21 +203,33 @@ class Simulator:
 
     def _acquire(self, now: float) -> None:
         pool = self.pool
-        r = Replica(
-            self.next_id,
-            now,
-            self.trace.slots,
-            pool.slots(pool.host_cache_gb),
-            pool.slots(pool.disk_cache_gb),
-        )
+        host, disk = pool.slots(pool.host_cache_gb), pool.slots(pool.disk_cache_gb)
+        r = Replica(self.next_id, now, self.trace.slots, host, disk)
         self.next_id += 1
         self.replicas[r.id] = r
-        self.peak = max(self.peak, len(self.replicas))
+        gpu = self._gpu_for(now, host, disk)
+        gpu.shares.add(r.id)
+        r.gpu, r.host, r.disk = gpu.id, gpu.host, gpu.disk
+        self.peak = max(self.peak, len(self.gpus))
+        self._push(max(now, gpu.up_at), UP, r.id, r.version)
+
+    def _gpu_for(self, now: float, host: int, disk: int) -> Gpu:
+        """`placement.pack`: the GPU with a free share that is most full (up ones first), else a
+        new one (it comes up after `gpu_start_seconds`, +- the seeded jitter)."""
+        pool = self.pool
+        best = placement.pack(
+            ((g.id, len(g.shares), g.up_at <= now) for g in self.gpus.values()), pool.gpu_shares
+        )
+        if best is not None:
+            return self.gpus[best]  # type: ignore[index]
         jitter = pool.start_jitter * (2 * self.rng.random() - 1) if pool.start_jitter else 0.0
-        self._push(now + pool.gpu_start_seconds * (1 + jitter), UP, r.id, r.version)
+        gpu = Gpu(self.next_gpu, now, now + pool.gpu_start_seconds * (1 + jitter), host, disk)
+        self.next_gpu += 1
+        self.gpus[gpu.id] = gpu
+        return gpu
 
     def _up(self, r: Replica, now: float) -> None:
-        self.starting_s += now - r.acquired_at
+        self.starting_s += (now - r.acquired_at) * self.share
         r.state = State.READY
         self.ready += 1
         self._prefetch(r, now)
@@ -221,6 +253,8 @@ class Simulator:
             self.by_model[r.model].pop(r.id, None)
         if r.state is State.READY:
             self.ready -= 1
+        if self._hand_back(r, now):
+            now += self.pool.handback_seconds
         tier = r.tier(m, now)
         self.loads[tier.name.lower()] += 1
         r.state, r.model, r.load_started = State.LOADING, m, now
@@ -230,13 +264,14 @@ class Simulator:
 
     def _loaded(self, r: Replica, now: float) -> None:
         assert r.model is not None
-        self.loading_s += now - r.load_started
+        self.loading_s += (now - r.load_started) * self.share
         self.loading_for[r.model] -= 1
         r.state = State.READY
         self.ready += 1
         self.by_model[r.model][r.id] = r
         r.host.put(r.model, now)
         r.disk.put(r.model, now)
+        self._batch(r, now)
 
     def _prefetch(self, r: Replica, now: float) -> None:
         """Bring the plan's warm checkpoints into the node's host memory (`placement.warm`), from
@@ -253,11 +288,16 @@ class Simulator:
             r.disk.put(m, now + self.pool.model_gb / gbps)
 
     def _release(self, r: Replica, now: float) -> None:
-        self.gpu_s += now - r.acquired_at
+        self._hand_back(r, now)
+        gpu = self.gpus[r.gpu]
+        gpu.shares.discard(r.id)
+        if not gpu.shares:  # the GPU goes with its last share
+            self.gpu_s += now - gpu.acquired_at
+            del self.gpus[gpu.id]
         if r.state is State.STARTING:
-            self.starting_s += now - r.acquired_at
+            self.starting_s += (now - r.acquired_at) * self.share
         elif r.state is State.LOADING:
-            self.loading_s += now - r.load_started
+            self.loading_s += (now - r.load_started) * self.share
             self.loading_for[r.model] -= 1
         else:
             self.ready -= 1
@@ -281,6 +321,7 @@ class Simulator:
                     self._prefetch(r, now)
         self.warm = plan.warm
         self.samples.append((now, self.queued + self.in_flight, self.ready, len(self.replicas)))
+        self.batch_samples.append(self.batch_running)
         return state
 
     def _context(self, now: float) -> Context:
@@ -324,17 +365,55 @@ class Simulator:
         for r in self.replicas.values():
             if count and r.draining:
                 r.draining, count = False, count - 1
+                self._batch(r, now)
         for _ in range(count):
             self._acquire(now)
 
     def _shrink(self, active: list[Replica], count: int, now: float) -> None:
         """`placement.release`: evict what runs nothing, drain what is busy."""
-        for move in placement.release(active, count, self.planned):
+        gpus = self.gpus
+        packed = (lambda r: len(gpus[r.gpu].shares)) if self.pool.gpu_shares > 1 else None
+        for move in placement.release(active, count, self.planned, packed=packed):  # type: ignore[arg-type]
             r = self.replicas[move.replica]  # type: ignore[index]
             if move.kind is MoveKind.DRAIN:
                 r.draining = True
             else:
                 self._release(r, now)
+
+    # -- the batch class --------------------------------------------------------------------------
+
+    def _batch(self, r: Replica, now: float) -> None:
+        """Start a batch chunk on `r` if it is ready, holds a checkpoint, runs nothing and is not
+        going away: capacity interactive work leaves idle. Placement and the policy never see it
+        (`busy` counts interactive jobs only), so it changes none of their decisions."""
+        if self.batch_left <= 0 or r.batch_work or r.busy or r.draining or r.state is not State.READY:
+            return
+        if r.model is None:
+            return
+        work = min(self.pool.batch_chunk_seconds, self.batch_left)
+        self.batch_left -= work
+        r.batch_work, r.batch_at = work, now
+        self.batch_running += 1
+        self._push(now + work / self.speed, BATCH, r.id, r.batch_seq)
+
+    def _batch_done(self, r: Replica, now: float) -> None:
+        self.batch_done_s += r.batch_work
+        r.batch_work = 0.0
+        self.batch_running -= 1
+        self._batch(r, now)
+
+    def _hand_back(self, r: Replica, now: float) -> bool:
+        """Stop `r`'s batch chunk, if any (its work so far is lost, the chunk queued again);
+        whether there was one."""
+        if not r.batch_work:
+            return False
+        self.batch_lost_s += (now - r.batch_at) * self.speed
+        self.batch_left += r.batch_work
+        r.batch_work = 0.0
+        r.batch_seq += 1
+        self.batch_running -= 1
+        self.handbacks += 1
+        return True
 
     def _model_index(self) -> dict[str, int]:
         if not hasattr(self, "_index"):

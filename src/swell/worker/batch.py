@@ -9,10 +9,10 @@ turns the events into the outcomes to settle, knows the deadline of the call run
 that passes, what to hand back. It does no I/O, so every rule here is testable without a queue or a
 thread.
 
-`Signals` is the one object both threads share: the engine thread leaves progress, text and preview
-images in it (`RunContext.progress`, `delta`) and asks it whether a job was cancelled; the main
-thread takes what accumulated a few times a second to send in one `queue.report`, and marks the jobs
-`queue.cancel_requested` names. A job whose cancel was seen before it was settled ends `cancelled`,
+`Signals` is the one object both threads share: the engine thread leaves progress, text (per
+completion: a `ChoiceSignals`) and preview images in it (`RunContext.progress`, `delta`) and asks it
+whether a job was cancelled; the main thread takes what accumulated a few times a second to send in
+one `queue.report`, and marks the jobs `queue.cancel_requested` names. A job whose cancel was seen before it was settled ends `cancelled`,
 whatever the engine returned for it; one not yet started is not run at all.
 
 The deadline rule: an engine call on k jobs may run for the sum of their timeouts. A job's `timeout`
@@ -141,21 +141,30 @@ def split_by_key(jobs: Sequence[Job], key: BatchKey | None) -> list[list[Job]]:
 
 @dataclass
 class Pending:
-    """What the engine said about one job since the last report: the latest progress, text pieces."""
+    """What the engine said about one job since the last report: the latest progress, and the text
+    pieces of each completion (`texts`, by index: a job with `n` > 1 streams several)."""
 
     fraction: float | None = None
     message: str | None = None
     preview: bytes | None = None
-    text: list[str] = field(default_factory=list)
+    texts: dict[int, list[str]] = field(default_factory=dict)
 
     def merge_newer(self, newer: Pending) -> Pending:
-        """This (older, not sent) followed by `newer`: newer progress wins, text is joined in order."""
+        """This (older, not sent) followed by `newer`: newer progress wins, each completion's text
+        is joined in order."""
+        texts = {i: list(parts) for i, parts in self.texts.items()}
+        for index, parts in newer.texts.items():
+            texts.setdefault(index, []).extend(parts)
         return Pending(
             newer.fraction if newer.fraction is not None else self.fraction,
             newer.message if newer.message is not None else self.message,
             newer.preview if newer.preview is not None else self.preview,
-            self.text + newer.text,
+            texts,
         )
+
+    def joined(self) -> dict[int, str]:
+        """Each completion's pending text in one piece, by index."""
+        return {i: "".join(parts) for i, parts in sorted(self.texts.items()) if parts}
 
 
 @dataclass
@@ -174,8 +183,15 @@ class Signals:
             pending.preview = preview if preview is not None else pending.preview
 
     def delta(self, job_id: str, text: str) -> None:
+        self.choice_delta(job_id, 0, text)
+
+    def choice_delta(self, job_id: str, index: int, text: str) -> None:
+        """The next piece of completion `index` of `job_id` (a `ChoiceSignals`); a bad index is the
+        engine's bug, raised in its own call rather than in the report that would carry it."""
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"a completion index is an int from 0, not {index!r}")
         with self._lock:
-            self._pending.setdefault(job_id, Pending()).text.append(text)
+            self._pending.setdefault(job_id, Pending()).texts.setdefault(index, []).append(text)
 
     def cancelled(self, job_id: str) -> bool:
         return job_id in self._cancelled  # one read of an immutable set: no lock

@@ -7,11 +7,12 @@ jobs still open. A call that outlives its deadline (the sum of its jobs' timeout
 settled, the rest handed back to be leased in smaller batches (alone: failed, retryable), and
 `BatchTimeout` makes the process exit so the supervisor starts a clean worker.
 
-While a batch runs, this thread also sends what the engine reported (progress, streamed text,
-preview images stored through the result store) in one `queue.report` at most every REPORT_SECONDS,
-and asks `queue.cancel_requested` about the open jobs every CANCEL_SECONDS, so that the engine's
-`context.cancelled(job)` turns true (see `swell.worker.batch.Signals`). A job's pending reports are
-sent before its outcome is settled, so its event log has every delta before its final state.
+While a batch runs, this thread also sends what the engine reported (progress, streamed text of
+each completion, preview images stored through the result store) in one `queue.report` at most
+every REPORT_SECONDS, and asks `queue.cancel_requested` about the open jobs every CANCEL_SECONDS,
+so that the engine's `context.cancelled(job)` turns true (see `swell.worker.batch.Signals`). A
+job's pending reports are sent before its outcome is settled, so its event log has every delta
+before its final state.
 
 Storage that fails (`Unavailable`, OSError) stops neither: leasing backs off, outcomes are kept and
 recorded when storage answers again, reports are kept and sent later (`swell.worker.storage`).
@@ -213,9 +214,14 @@ class Runner:
             signals.put_back(taken)
 
     def _update(self, job_id: str, pending: Pending) -> Update:
+        """One update for the job: its progress, and one text per completion (completion 0's as
+        `delta`, what a job of one completion always sent; the others' in `deltas`)."""
         preview = self._store_preview(job_id, pending.preview) if pending.preview is not None else None
-        text = "".join(pending.text) or None
-        return Update(job_id, fraction=pending.fraction, message=pending.message, delta=text, preview=preview)
+        texts = pending.joined()
+        first = texts.pop(0, None)
+        return Update(
+            job_id, pending.fraction, pending.message, delta=first, preview=preview, deltas=texts
+        )
 
     def _store_preview(self, job_id: str, data: bytes) -> str | None:
         """The preview image stored as the job's `preview.<ext>` (replaced by each newer one), or None

@@ -2,9 +2,9 @@
 
 A text job is one streamed request (`stream: true`, usage asked for with `stream_options`) to
 `/v1/completions` (a prompt) or `/v1/chat/completions` (messages, rendered by the server's chat
-template). Server-sent events are read as they come: the first completion's text goes into
-`context.delta` piece by piece (as the transformers engine streams one text per job), progress is
-the pieces over `max_tokens`, and the result has the transformers engine's shape (`choices` with
+template). Server-sent events are read as they come: each completion's text goes into
+`context.delta` piece by piece with its index (as the transformers engine streams a job's `n`
+completions), progress is the pieces over `max_tokens` times `n`, and the result has the transformers engine's shape (`choices` with
 `index`, `text`, `finish_reason`; `usage`; `model`; `seed`). A cancel closes the stream, which tells
 the server to stop (vLLM aborts a request whose client went away). `texts` go to `/v1/embeddings`
 and come back in the embeddings engine's shape.
@@ -96,8 +96,7 @@ class Completion:
         if isinstance(text, str) and text:
             self.texts.setdefault(index, []).append(text)
             self.pieces += 1
-            if index == 0:
-                self.context.delta(self.job_id, text)
+            self.context.delta(self.job_id, text, index=index)
             self._progress()
         if choice.get("finish_reason"):
             self.finish[index] = str(choice["finish_reason"])

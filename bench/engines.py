@@ -19,6 +19,12 @@ what is measured is the speed of the serving path, never the quality of an outpu
   single jobs' median seconds queued and running (from the jobs' times), so the overhead splits into
   the engine's and the serving path's. Tokens are counted as the engine counts them (up to and
   including an end token); all sides' counts are printed, and they agree when the work is equal.
+- `ttft`: time to the first streamed token. The OpenAI door (the official `openai` SDK,
+  `chat.completions.create(stream=True)` through a real `swell up` with one replica: from the call
+  to the first chunk with content) against the engine's own (its `run` in this process, same chat,
+  same `--llm-tokens`: from the call to its first delta), one request at a time, `--ttft-trials`
+  each, interleaved. The difference is the door's: HTTP, the submit's durable commit, the worker's
+  lease, the delta's trip through the queue's events and the stream's poll of them.
 - `lora`: `--lora-switches` random switches (one or two of `--lora-count` adapters, random weights)
   through the engine's `LoraCache` of `--lora-cache` entries: p50/p99 of a switch (hits and loads
   apart), and the process's RSS growth from after the first `--lora-warmup` switches to the end.
@@ -79,7 +85,7 @@ PROMPTS = (
     "a tiny swell token",
     "system: you are a model",
 )
-SECTIONS = ("sd", "llm", "lora", "checkpoint")
+SECTIONS = ("sd", "llm", "ttft", "lora", "checkpoint")
 LLM_LARGE = (512, 8)  # hidden size and layers of the larger random LM, whose own cost per token is realistic
 LLM_MODELS = ("llm", "llm-large")
 
@@ -243,7 +249,7 @@ def build_models(root: Path, sections: Sequence[str], lora_count: int) -> dict[s
         models["sd"] = make_tiny("sd", root / "sd", single_file="checkpoint" in sections)
     if "lora" in sections:
         models["loras"] = make_tiny("lora", root / "loras", count=lora_count)
-    if "llm" in sections:
+    if "llm" in sections or "ttft" in sections:
         models["llm"] = make_tiny("llm", root / "llm")
         hidden, layers = LLM_LARGE
         models["llm-large"] = make_tiny("llm", root / "llm-large", hidden_size=hidden, layers=layers)
@@ -560,6 +566,99 @@ def summarise_llm(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 # -- lora: switch time and memory -------------------------------------------------------------------------
 
 
+class FirstDelta:
+    """Signals for an engine run in this process that note when its first delta came."""
+
+    def __init__(self) -> None:
+        from swell.engines.base import MemorySignals
+
+        self.inner = MemorySignals()
+        self.first: float | None = None
+
+    def progress(self, job_id: str, fraction: float, preview: bytes | None, message: str | None) -> None:
+        self.inner.progress(job_id, fraction, preview, message)
+
+    def delta(self, job_id: str, text: str) -> None:
+        self.choice_delta(job_id, 0, text)
+
+    def choice_delta(self, job_id: str, index: int, text: str) -> None:
+        if self.first is None and text:
+            self.first = time.monotonic()
+        self.inner.choice_delta(job_id, index, text)
+
+    def cancelled(self, job_id: str) -> bool:
+        return False
+
+
+def engine_ttft(engine: Any, messages: list[dict[str, str]], tokens: int) -> float:
+    """Seconds from the engine's `run` call to its first delta (in this process)."""
+    from swell.engines.base import RunContext
+
+    signals = FirstDelta()
+    context = RunContext(["ttft"], Path("."), signals=signals)  # type: ignore[arg-type]
+    started = time.monotonic()
+    engine.run([{"messages": messages, "max_tokens": tokens, "temperature": 0}], context)
+    if signals.first is None:
+        raise RuntimeError("the engine streamed no text")
+    return signals.first - started
+
+
+def door_ttft(client: Any, messages: list[dict[str, str]], tokens: int) -> float:
+    """Seconds from the SDK's streaming call to the first chunk with content, then the rest read."""
+    started = time.monotonic()
+    first: float | None = None
+    stream = client.chat.completions.create(
+        model="llm", messages=messages, max_tokens=tokens, temperature=0, stream=True
+    )
+    for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.monotonic()
+    if first is None:
+        raise RuntimeError("the door streamed no text")
+    return first - started
+
+
+def ttft_section(args: argparse.Namespace, models: dict[str, Path], work: Path) -> dict[str, Any]:
+    """The OpenAI door's time to first token against the engine's own (see the module docstring)."""
+    import openai
+
+    work.mkdir(parents=True, exist_ok=True)
+    engine = llm_engine(models["llm"], work / "direct", 1)
+    service = {
+        "name": "llm",
+        "engine": "transformers",
+        "options": {"path": str(models["llm"]), "device": "cpu"},
+        "job_timeout": 600,
+        "replicas": {"min": 1, "max": 1},
+    }
+    door: list[float] = []
+    own: list[float] = []
+    with serving(service, work) as (server, _):
+        client = openai.OpenAI(base_url=f"{server.base}/v1", api_key=API_KEY, max_retries=0, timeout=WAIT)
+        for trial in range(args.ttft_trials + 1):  # trial 0 warms both sides up (one-off costs)
+            messages = [{"role": "user", "content": PROMPTS[trial % len(PROMPTS)]}]
+            if trial % 2 == 0:
+                via_door = door_ttft(client, messages, args.llm_tokens)
+                direct = engine_ttft(engine, messages, args.llm_tokens)
+            else:
+                direct = engine_ttft(engine, messages, args.llm_tokens)
+                via_door = door_ttft(client, messages, args.llm_tokens)
+            if trial:
+                door.append(via_door)
+                own.append(direct)
+    engine.unload()
+    door_p50, own_p50 = 1000 * median(door), 1000 * median(own)
+    result = {
+        "trials": len(door),
+        "door_ms": {"p50": door_p50, "p90": 1000 * percentile(door, 0.9)},
+        "engine_ms": {"p50": own_p50, "p90": 1000 * percentile(own, 0.9)},
+        "door_minus_engine_ms_p50": door_p50 - own_p50,
+        "ratio_p50": door_p50 / own_p50,
+    }
+    print(f"  ttft: {result}", flush=True)
+    return result
+
+
 def lora_section(args: argparse.Namespace, models: dict[str, Path], work: Path) -> dict[str, Any]:
     options = {"path": str(models["sd"]), "loras": str(models["loras"]), "lora_cache": args.lora_cache}
     engine = diffusers_engine({**options, "device": "cpu", "warmup": False}, work / "lora")
@@ -660,6 +759,7 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llm-batch", type=int, default=8)
     parser.add_argument("--llm-batches", type=int, default=4, help="batches per side per round")
     parser.add_argument("--llm-models", default=",".join(LLM_MODELS), help="comma-separated: llm, llm-large")
+    parser.add_argument("--ttft-trials", type=int, default=20, help="streamed requests per side")
     parser.add_argument("--lora-count", type=int, default=8)
     parser.add_argument("--lora-cache", type=int, default=3)
     parser.add_argument("--lora-switches", type=int, default=1000)
@@ -673,6 +773,7 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.sd_size, args.sd_steps, args.sd_images = 2, 128, 6, 3
         args.llm_jobs, args.llm_batches, args.lora_switches, args.lora_warmup = 4, 1, 200, 20
+        args.ttft_trials = 6
     return args
 
 
@@ -692,6 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runners = {
             "sd": sd_section,
             "llm": llm_section,
+            "ttft": ttft_section,
             "lora": lora_section,
             "checkpoint": checkpoint_section,
         }

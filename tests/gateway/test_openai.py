@@ -230,6 +230,33 @@ def test_streamed_chat_with_usage(server: Server) -> None:
     assert all(c.usage is None for c in chunks[:-1])
 
 
+def test_both_choices_of_n_2_stream_the_text_of_the_whole_answer(server: Server) -> None:
+    """n=2, sampled, one seed: each choice streams through the worker on its own (the job's delta
+    events carry its index) and adds up to what the same request answers whole."""
+    request: dict[str, Any] = {
+        "model": "llm",
+        "messages": [{"role": "user", "content": "two tales"}],
+        "n": 2,
+        "max_tokens": 24,
+        "temperature": 0.9,
+        "seed": 11,
+    }
+    client = server.client()
+    whole = client.chat.completions.create(**request)
+    chunks = list(client.chat.completions.create(**request, stream=True))
+    pieces = [(c.choices[0].index, c.choices[0].delta.content or "") for c in chunks if c.choices]
+    streamed = ["".join(text for index, text in pieces if index == i) for i in (0, 1)]
+    expected = [c.message.content for c in whole.choices]
+    assert streamed == expected and all(expected), "the same seed gives the same two texts"
+    assert expected[0] != expected[1], "two completions of their own"
+    job = server.job(chunks[0].id)
+    deltas = [e.data for e in server.queue.events(job.id) if e.kind == "delta"]
+    by_index = ["".join(d["text"] for d in deltas if d.get("index", 0) == i) for i in (0, 1)]
+    assert by_index == expected, "both came as deltas from the worker, not whole at the end"
+    finishes = sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert finishes == [0, 1]
+
+
 def test_a_stream_ends_with_done_on_the_wire(server: Server) -> None:
     body = {"model": "llm", "prompt": "hello", "max_tokens": 5, "stream": True}
     auth = {"Authorization": f"Bearer {API_KEY}"}

@@ -709,6 +709,55 @@ def test_activity_of_old_final_jobs_is_trimmed_and_their_states_kept(
     assert [e.data["text"] for e in queue.events(running.id) if e.kind == "delta"] == ["y"]
 
 
+# -- the completions of a job of n > 1, streamed apart ---------------------------------------------
+
+
+def test_report_appends_one_delta_per_completion_by_index(queue: QueueBackend) -> None:
+    job = submit(queue)
+    lease_one(queue)
+    queue.report(
+        "w1",
+        [
+            Update(job.id, deltas={1: "B", 0: "a"}, fraction=0.5),
+            Update(job.id, delta="b", deltas={2: "C", 3: ""}),
+            Update(job.id, delta="c", deltas={0: "!"}),  # `delta` first, then deltas[0]
+        ],
+    )
+    activity = [(e.kind, e.data) for e in queue.events(job.id) if e.kind != "state"]
+    assert activity == [
+        ("progress", {"fraction": 0.5}),
+        ("delta", {"text": "a"}),
+        ("delta", {"text": "B", "index": 1}),
+        ("delta", {"text": "b"}),
+        ("delta", {"text": "C", "index": 2}),
+        ("delta", {"text": "c!"}),
+    ]
+    deltas = queue.events_since(0, kinds=("delta",))
+    by_index = {i: "".join(e.data["text"] for e in deltas if e.data.get("index", 0) == i) for i in (0, 1, 2)}
+    assert by_index == {0: "abc!", 1: "B", 2: "C"}
+    queue.complete(job.id, "w1", {})
+    queue.report("w1", [Update(job.id, deltas={1: "late"})])  # final now: ignored
+    assert [e.kind for e in queue.events(job.id)][-1] == "state"
+
+
+def test_the_cap_counts_every_completions_delta(queue: QueueBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("swell.queue._common.MAX_ACTIVITY_EVENTS", 3)
+    job = submit(queue)
+    lease_one(queue)
+    queue.report("w1", [Update(job.id, fraction=0.25, deltas={0: "a", 1: "b"})])
+    queue.report("w1", [Update(job.id, deltas={0: "c", 1: "d"}), Update(job.id, fraction=0.75)])
+    kept = [e.data for e in queue.events(job.id) if e.kind != "state"]
+    assert kept == [{"fraction": 0.25}, {"text": "a"}, {"text": "b", "index": 1}]
+    assert queue.get(job.id).progress == 0.75, "the progress moves on past the cap"
+
+
+def test_an_update_refuses_a_bad_completion_index() -> None:
+    for bad in (-1, True, "1"):
+        with pytest.raises(ValueError, match="deltas"):
+            Update("j", deltas={bad: "x"})  # type: ignore[dict-item]
+    assert Update("j", delta="a", deltas={2: "c", 1: "b"}).texts() == [(0, "a"), (1, "b"), (2, "c")]
+
+
 def test_get_many_returns_those_that_exist_in_the_order_asked(queue: QueueBackend) -> None:
     a, b = submit(queue), submit(queue)
     assert queue.get_many([b.id, "nope", a.id]) == [b, a]

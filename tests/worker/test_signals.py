@@ -15,7 +15,7 @@ import pytest
 
 from swell.core.errors import Unavailable
 from swell.core.jobs import Job, JobEvent, JobSpec, JobState
-from swell.engines.base import Engine, JobCancelled
+from swell.engines.base import ChoiceSignals, Engine, JobCancelled, RunContext
 from swell.engines.registry import batch_key_of, create_engine
 from swell.engines.results import LocalResultStore, ObjectResultStore
 from swell.queue.base import Outcome, QueueBackend, Update, open_queue
@@ -105,6 +105,22 @@ def test_progress_text_and_previews_reach_the_event_log(queue: QueueBackend, tmp
         assert opened.read() == PNG + bytes([7])  # the latest preview replaced the earlier ones
     final = [e for e in kinds(events, "state") if e.data["state"] == "succeeded"]
     assert final and all(e.seq < final[0].seq for e in events if e.kind != "state")
+
+
+def test_a_jobs_first_text_is_sent_at_once(queue: QueueBackend, tmp_path: Path) -> None:
+    """The first token a streaming client waits for does not wait for the periodic report (here
+    set far beyond the job's length): it is in the event log while the job still runs."""
+    runner = runner_for(queue, counting(tmp_path), tmp_path, report_seconds=60.0)
+    [job_id] = submit(queue, [{"steps": 2, "sleep": 0.3}])
+    worker = threading.Thread(target=run_leased, args=(queue, runner))
+    worker.start()
+    try:
+        wait_for(lambda: bool(kinds(queue.events(job_id), "delta")))
+        assert queue.get(job_id).state is JobState.LEASED
+    finally:
+        worker.join()
+    text = "".join(e.data["text"] for e in kinds(queue.events(job_id), "delta"))
+    assert text == "0 1 " and queue.get(job_id).state is JobState.SUCCEEDED
 
 
 def test_a_running_job_stops_at_its_next_step_when_cancelled(queue: QueueBackend, tmp_path: Path) -> None:
@@ -212,17 +228,48 @@ def test_signals_keep_the_latest_progress_and_all_text() -> None:
     signals.delta("a", "y")
     signals.delta("b", "z")
     taken = signals.take({"a"})
-    assert taken == {"a": Pending(0.2, "one", b"png", ["x", "y"])} and signals
+    assert taken == {"a": Pending(0.2, "one", b"png", {0: ["x", "y"]})} and signals
     signals.delta("a", "w")
     signals.progress("a", 0.3, None, None)
     signals.put_back(taken)  # an older report that failed goes before the newer one
-    assert signals.take() == {"a": Pending(0.3, "one", b"png", ["x", "y", "w"]), "b": Pending(text=["z"])}
+    assert signals.take() == {
+        "a": Pending(0.3, "one", b"png", {0: ["x", "y", "w"]}),
+        "b": Pending(texts={0: ["z"]}),
+    }
     signals.mark_cancelled({"a"})
     signals.mark_cancelled({"b"})
     assert signals.cancelled("a") and signals.cancelled("b") and not signals.cancelled("c")
     signals.delta("c", "q")
     signals.drop({"c"})
     assert not signals
+
+
+def test_signals_keep_each_completions_text_apart_and_in_order() -> None:
+    signals = Signals()
+    assert isinstance(signals, ChoiceSignals)
+    signals.choice_delta("a", 1, "B")
+    signals.delta("a", "a")
+    signals.choice_delta("a", 1, "b")
+    taken = signals.take()
+    assert taken == {"a": Pending(texts={1: ["B", "b"], 0: ["a"]})}
+    assert taken["a"].joined() == {0: "a", 1: "Bb"} and list(taken["a"].joined()) == [0, 1]
+    signals.choice_delta("a", 2, "c")
+    signals.choice_delta("a", 1, "!")
+    signals.put_back(taken)  # the older pieces of each completion go before the newer ones
+    assert signals.take()["a"].joined() == {0: "a", 1: "Bb!", 2: "c"}
+    for bad in (-1, True, "1"):
+        with pytest.raises(ValueError, match="completion index"):
+            signals.choice_delta("a", bad, "x")  # type: ignore[arg-type]
+    assert not signals
+
+
+def test_a_run_context_streams_every_completion_into_worker_signals(tmp_path: Path) -> None:
+    signals = Signals()
+    context = RunContext(["a"], tmp_path, signals=signals)
+    context.delta("a", "zero")
+    context.delta("a", "one", index=1)
+    context.delta("a", "", index=2)  # nothing to send: no entry
+    assert signals.take()["a"].joined() == {0: "zero", 1: "one"}
 
 
 def job(n: int, **data: Any) -> Job:

@@ -63,16 +63,23 @@ class Context:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A decision: how many replicas, which checkpoints they hold, which ones nodes keep warm."""
+    """A decision: how many replicas, which checkpoints they hold, which ones nodes keep warm, and
+    what fraction of a GPU each replica takes (`gpu_share`: 1/3 packs three replicas to a GPU)."""
 
     replicas: int
     reason: str = ""
     models: Mapping[str, int] = field(default_factory=dict)  # desired replicas per checkpoint
     warm: tuple[str, ...] = ()  # checkpoints every node keeps in host memory
+    gpu_share: float = 1.0  # fractional replicas: the GPU fraction of each (shared GPUs)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the replicas need when packed as tightly as `gpu_share` allows."""
+        return math.ceil(self.replicas * self.gpu_share - 1e-9)
 
     def with_replicas(self, replicas: int, reason: str) -> Plan:
         """The same plan at another replica count; a placement that no longer fits is trimmed."""
-        return Plan(replicas, reason, _fit(self.models, replicas), self.warm)
+        return Plan(replicas, reason, _fit(self.models, replicas), self.warm, self.gpu_share)
 
 
 def _fit(models: Mapping[str, int], n: int) -> Mapping[str, int]:

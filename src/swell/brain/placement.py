@@ -20,7 +20,10 @@ The rules (those of the simulator of the first version, moved here unchanged):
   its host memory holds) into host memory, from its disk if there, else from the store; nodes fetch
   when they come up and when the plan's warm set changes.
 - **Scale-down** (`release`): cancel the newest starts first, then idle replicas holding the least
-  wanted checkpoints, then loads; busy replicas drain (they finish their jobs, then stop).
+  wanted checkpoints, then loads; busy replicas drain (they finish their jobs, then stop). On
+  shared GPUs, among equals the replicas of the emptiest GPU go first, so whole GPUs empty out.
+- **Shared GPUs** (`pack`): a new replica takes a free share of the fullest GPU that is up (it
+  serves after a load, without a GPU start), else of the fullest one starting, else a new GPU.
 """
 
 from __future__ import annotations

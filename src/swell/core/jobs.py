@@ -109,6 +109,10 @@ class Priority(StrEnum):
     HIGH = "high"
     NORMAL = "normal"
     LOW = "low"
+    BATCH = "batch"  # offline work: leased only when no interactive job waits, never aged ahead
+
+
+BATCH_RANK_OFFSET = 1e10  # seconds (~317 years): a batch job ranks behind every interactive one
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +121,9 @@ class RetryPolicy:
 
     A job's `rank` is the time it became available shifted by its priority: `high` jumps
     `aging_seconds` ahead, `low` waits `aging_seconds` behind. Workers take the lowest rank first,
-    so a low job that has waited `2 * aging_seconds` beats a high job that just arrived.
+    so a low job that has waited `2 * aging_seconds` beats a high job that just arrived. A `batch`
+    job waits `BATCH_RANK_OFFSET` behind: it is leased only when no interactive job is available,
+    and it is never a starved job (it ranks far above any starvation bound).
     """
 
     backoff_base: float = 1.0
@@ -129,7 +135,12 @@ class RetryPolicy:
         return min(self.backoff_cap, self.backoff_base * 2 ** max(0, attempts - 1))
 
     def rank(self, available_at: float, priority: Priority) -> float:
-        offset = {Priority.HIGH: -self.aging_seconds, Priority.NORMAL: 0.0, Priority.LOW: self.aging_seconds}
+        offset = {
+            Priority.HIGH: -self.aging_seconds,
+            Priority.NORMAL: 0.0,
+            Priority.LOW: self.aging_seconds,
+            Priority.BATCH: BATCH_RANK_OFFSET,
+        }
         return available_at + offset[priority]
 
 
@@ -574,7 +585,7 @@ def delivery_step(before: Job | None, after: Job) -> DeliveryStep | None:
 class EventKind(StrEnum):
     STATE = "state"  # a transition: {state, attempt, service, error?} (+ the job's times when final)
     PROGRESS = "progress"  # the worker's progress: {fraction, message?, preview?: a result file name}
-    DELTA = "delta"  # a streamed piece of output text: {text}
+    DELTA = "delta"  # a streamed piece of output text: {text} (completion 0) or {text, index}
     CANCEL = "cancel"  # the client asked to cancel the job while a worker held it: {}
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from swell.core.errors import AuthError, QueueFull, SwellError, Unavailable, ValidationError
@@ -97,3 +98,45 @@ def field_name(loc: Sequence[Any]) -> str:
     if len(parts) > 1 and parts[0] in SOURCES:
         parts = parts[1:]
     return ".".join(parts) or "body"
+
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def invalid_request(error: RequestValidationError, *, field_in_message: bool = False) -> ValidationError:
+    """A request FastAPI could not validate, as Swell's `ValidationError` naming the first bad field
+    (`body` for malformed JSON): what a door renders in its own shape. `field_in_message` starts
+    the message with the field too (`messages.0.role: ...`), for shapes whose clients show only it."""
+    problems = error.errors()
+    first = problems[0] if problems else {}
+    if first.get("type") == "json_invalid":
+        return ValidationError("the body is not valid JSON", field="body")
+    where = field_name(first.get("loc", ()))
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    return ValidationError(f"{where}: {message}" if field_in_message else message, field=where)
+
+
+def shaped_route(
+    name: str, render: Callable[[SwellError], Response], *, field_in_message: bool = False
+) -> type[APIRoute]:
+    """A route class whose every refusal (auth, body validation, Swell's errors) `render` answers,
+    so a door (OpenAI, A1111) speaks its protocol's error shape on each of its routes."""
+
+    class ShapedRoute(APIRoute):
+        def get_route_handler(self) -> Handler:
+            handler: Handler = super().get_route_handler()
+
+            async def guarded(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except SwellError as error:
+                    if error.status_code >= 500:
+                        log.error("%s %s failed: %s", request.method, request.url.path, error)
+                    return render(error)
+                except RequestValidationError as error:
+                    return render(invalid_request(error, field_in_message=field_in_message))
+
+            return guarded
+
+    ShapedRoute.__name__ = ShapedRoute.__qualname__ = name
+    return ShapedRoute

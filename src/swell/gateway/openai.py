@@ -41,13 +41,12 @@ import logging
 import math
 import re
 import struct
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, TypeVar
 
 from fastapi import Depends, Header, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.routing import APIRoute, APIRouter
+from fastapi.routing import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from swell.core.config import ServiceConfig, Settings
@@ -65,7 +64,7 @@ from swell.core.errors import (
 from swell.core.jobs import EventKind, Job, JobEvent, JobState
 from swell.engines.results import ResultStore
 from swell.gateway.auth import bearer_key
-from swell.gateway.errors import field_name
+from swell.gateway.errors import shaped_route
 from swell.gateway.events import HEADERS as SSE_HEADERS
 from swell.gateway.events import is_final
 from swell.gateway.metrics import WAITED
@@ -84,7 +83,6 @@ FINISH_REASONS = frozenset({"stop", "length"})
 ENGINE_REFUSAL = re.compile(r"^ValidationError: (?P<message>(?P<field>input\.[A-Za-z_]+): .*)$", re.DOTALL)
 
 T = TypeVar("T")
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 # -- errors -----------------------------------------------------------------------------------------
@@ -143,33 +141,8 @@ def _headers(error: SwellError) -> dict[str, str]:
     return {}
 
 
-def _invalid(error: RequestValidationError) -> JSONResponse:
-    problems = error.errors()
-    first = problems[0] if problems else {}
-    if first.get("type") == "json_invalid":
-        return openai_error(ValidationError("the body is not valid JSON", field="body"))
-    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    where = field_name(first.get("loc", ()))
-    return openai_error(ValidationError(f"{where}: {message}", field=where))
-
-
-class OpenAIRoute(APIRoute):
-    """A route whose every refusal (auth, body validation, Swell's errors) is in OpenAI's shape."""
-
-    def get_route_handler(self) -> Handler:
-        handler: Handler = super().get_route_handler()
-
-        async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except SwellError as error:
-                if error.status_code >= 500:
-                    log.error("%s %s failed: %s", request.method, request.url.path, error)
-                return openai_error(error)
-            except RequestValidationError as error:
-                return _invalid(error)
-
-        return guarded
+OpenAIRoute = shaped_route("OpenAIRoute", openai_error, field_in_message=True)
+"""A route whose every refusal (auth, body validation, Swell's errors) is in OpenAI's shape."""
 
 
 # -- requests -------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ counters. A door translates its own request into `submit(...)` and the
 
 `wait` and `watch` read the queue through `AsyncQueue` only, never on the event loop: `wait` polls a
 job until it is final (5 ms apart, growing to 100 ms), `watch` yields its event log until the final
-state event (50 ms apart while quiet, growing to 500 ms).
+state event (50 ms apart while quiet, growing to 500 ms while the job waits in the queue, held at
+50 ms once a worker runs it: the next event is then a token a streaming client is waiting for).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from swell.core.errors import (
     Unavailable,
     ValidationError,
 )
-from swell.core.jobs import WEBHOOK, DeliverySpec, Job, JobEvent, JobSpec, Priority
+from swell.core.jobs import WEBHOOK, DeliverySpec, EventKind, Job, JobEvent, JobSpec, JobState, Priority
 from swell.gateway.batching import GroupCommit
 from swell.gateway.events import is_final
 from swell.gateway.filtering import RequestFilter
@@ -51,6 +52,7 @@ FIRST_POLL = 0.005  # seconds between looks at a job `wait` follows, growing to 
 LAST_POLL = 0.1
 FIRST_WATCH = 0.05  # seconds between reads of a quiet job's events, growing to LAST_WATCH
 LAST_WATCH = 0.5
+RUNNING_WATCH = 0.05  # the most between reads while the job runs: its next event is text a client awaits
 PAGE = 500  # events read per look
 FAILING_RETRY_AFTER = 10.0  # what a submit to a crash-looping service is told to wait
 
@@ -230,20 +232,22 @@ class Submissions:
         event (or at once when the job is final and nothing is left to read). `JobNotFound` for
         an unknown job, before anything is yielded."""
         job = await self.storage.get(job_id)
-        cursor, interval = after, FIRST_WATCH
+        cursor, interval, running = after, FIRST_WATCH, job.state is JobState.LEASED
         while True:
             events = await self.storage.events(job_id, after=cursor, limit=PAGE)
             for event in events:
                 yield event
                 if is_final(event):
                     return
+                if event.kind == EventKind.STATE.value:
+                    running = event.data.get("state") == JobState.LEASED.value
             if events:
                 cursor, interval = events[-1].seq, FIRST_WATCH
                 continue
             if job.state.final:
                 return  # final, and its final event was read before `after`
             await asyncio.sleep(interval)
-            interval = min(LAST_WATCH, interval * 1.5)
+            interval = min(RUNNING_WATCH if running else LAST_WATCH, interval * 1.5)
             job = await self.storage.get(job_id)  # final with nothing more to read: the loop ends
 
     async def cancel(self, job_id: str) -> Job:

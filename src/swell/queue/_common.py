@@ -21,6 +21,7 @@ from swell.core.jobs import (
     Job,
     JobSpec,
     JobState,
+    Priority,
     RetryPolicy,
     progress_event_data,
     state_event_data,
@@ -146,15 +147,18 @@ def affine_candidates(
     """A model-affine lease's candidates, in the order they are leased (see `QueueBackend.lease`):
     jobs that have waited since `starved_before` (any model) first, then jobs of the `models` the
     worker holds; only when neither exists, the lowest-ranked job and more of its model, so a
-    worker loads at most one checkpoint per lease. Every backend decides through this function."""
+    worker loads at most one checkpoint per lease. Every backend decides through this function.
+    Batch jobs (`Priority.BATCH`) rank behind every interactive job: a held model's batch job is
+    not taken while an interactive job of any model waits (the lowest-ranked job goes instead)."""
     taken = view.starved(starved_before, n) if starved_before is not None else []
     if len(taken) < n:
         seen = {job.id for job in taken}
         held = [j for m in dict.fromkeys(models) for j in view.of_model(m, n) if j.id not in seen]
         taken += sorted(held, key=lambda job: ready_key(job, policy))[: n - len(taken)]
-    if taken:
+    top = view.first() if taken and taken[0].priority is Priority.BATCH else None
+    if taken and (top is None or top.priority is Priority.BATCH):
         return taken
-    top = view.first()
+    top = top or view.first()
     if top is None:
         return []
     same = [job for job in view.of_model(top.model, n) if job.id != top.id]

@@ -150,8 +150,9 @@ class Replica:
         "batch_work",
         "busy",
         "disk",
-        "gpu",
         "draining",
+        "free_at",
+        "gpu",
         "host",
         "id",
         "load_started",
@@ -177,6 +178,7 @@ class Replica:
         self.batch_work = 0.0
         self.batch_at = 0.0
         self.batch_seq = 0
+        self.free_at = 0.0  # a batch chunk handed back frees it at this time
 
     @property
     def phase(self) -> Phase:

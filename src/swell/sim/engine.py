@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -116,6 +117,8 @@ class Simulator:
                 tick = now + pool.tick_seconds
             self._dispatch(now)
         for r in list(self.replicas.values()):
+            if r.batch_work:  # the replay ends here: a chunk in flight is neither done nor lost
+                r.batch_work, self.batch_running = 0.0, self.batch_running - 1
             self._release(r, now)
         return self._report(now)
 
@@ -158,8 +161,9 @@ class Simulator:
         self.queued -= 1
         self.in_flight += 1
         r.busy += 1
-        if self._hand_back(r, now):  # the batch chunk it ran stops first
-            now += self.pool.handback_seconds
+        self._hand_back(r, now)  # the batch chunk it runs, if any, stops first
+        self._spare(m, now)
+        now = max(now, r.free_at)
         self.waits[i] = now - float(self.trace.arrival[i])
         end = now + float(self.trace.service[i]) / self.speed
         self.observer.start(i, now, end if self.wants_future else None)
@@ -253,8 +257,8 @@ class Simulator:
             self.by_model[r.model].pop(r.id, None)
         if r.state is State.READY:
             self.ready -= 1
-        if self._hand_back(r, now):
-            now += self.pool.handback_seconds
+        self._hand_back(r, now)
+        now = max(now, r.free_at)
         tier = r.tier(m, now)
         self.loads[tier.name.lower()] += 1
         r.state, r.model, r.load_started = State.LOADING, m, now
@@ -311,6 +315,8 @@ class Simulator:
     def _tick(self, now: float, state: Any) -> Any:
         ctx = self._context(now)
         plan, state = self.policy.decide(ctx, state)
+        if self.share != 1.0 and plan.gpu_share == 1.0:  # on shared GPUs its replicas are shares
+            plan = replace(plan, gpu_share=self.share)
         self.plan = plan
         index = self._model_index()
         self.planned = {index[name]: n for name, n in plan.models.items() if name in index}
@@ -321,6 +327,9 @@ class Simulator:
                     self._prefetch(r, now)
         self.warm = plan.warm
         self.samples.append((now, self.queued + self.in_flight, self.ready, len(self.replicas)))
+        if self.batch_left > 0 and not self.queued:  # idle replicas no event woke take batch work
+            for r in self.replicas.values():
+                self._batch(r, now)
         self.batch_samples.append(self.batch_running)
         return state
 
@@ -383,12 +392,13 @@ class Simulator:
     # -- the batch class --------------------------------------------------------------------------
 
     def _batch(self, r: Replica, now: float) -> None:
-        """Start a batch chunk on `r` if it is ready, holds a checkpoint, runs nothing and is not
-        going away: capacity interactive work leaves idle. Placement and the policy never see it
-        (`busy` counts interactive jobs only), so it changes none of their decisions."""
+        """Start a batch chunk on `r` if it is ready, holds a checkpoint, runs nothing, is not
+        going away and no interactive job waits (for its checkpoint or, to be swapped to, another):
+        capacity interactive work leaves idle. Placement and the policy never see it (`busy` counts
+        interactive jobs only), so it changes none of their decisions."""
         if self.batch_left <= 0 or r.batch_work or r.busy or r.draining or r.state is not State.READY:
             return
-        if r.model is None:
+        if r.model is None or self.queued:
             return
         work = min(self.pool.batch_chunk_seconds, self.batch_left)
         self.batch_left -= work
@@ -402,18 +412,33 @@ class Simulator:
         self.batch_running -= 1
         self._batch(r, now)
 
-    def _hand_back(self, r: Replica, now: float) -> bool:
-        """Stop `r`'s batch chunk, if any (its work so far is lost, the chunk queued again);
-        whether there was one."""
+    def _hand_back(self, r: Replica, now: float) -> None:
+        """Stop `r`'s batch chunk, if any: it is free for interactive work `handback_seconds` later
+        (`free_at`); the chunk's work so far is lost and the chunk queued again."""
         if not r.batch_work:
-            return False
+            return
         self.batch_lost_s += (now - r.batch_at) * self.speed
         self.batch_left += r.batch_work
         r.batch_work = 0.0
         r.batch_seq += 1
+        r.free_at = now + self.pool.handback_seconds
         self.batch_running -= 1
         self.handbacks += 1
-        return True
+
+    def _spare(self, m: int, now: float) -> None:
+        """Interactive demand for checkpoint `m` rises: when no holder of `m` is left free of batch
+        work, hand one back now (the latest chunk started: the least work lost), so the next job
+        for `m` finds it free instead of waiting for the hand-back."""
+        if not self.batch_running:
+            return
+        spare: Replica | None = None
+        for r in self.by_model[m].values():
+            if r.free and not r.batch_work:
+                return
+            if r.batch_work and (spare is None or r.batch_at > spare.batch_at):
+                spare = r
+        if spare is not None:
+            self._hand_back(spare, now)
 
     def _model_index(self) -> dict[str, int]:
         if not hasattr(self, "_index"):
@@ -425,7 +450,8 @@ class Simulator:
     def _report(self, end: float) -> Report:
         waits = self.waits
         attainment, p50, p99, worst = summarize_waits(waits, self.pool.slo_wait)
-        work_s = float(self.trace.service.sum()) / self.trace.slots
+        # GPU-seconds of work: on a share, each job takes service / speed of 1 / gpu_shares of a GPU
+        work_s = float(self.trace.service.sum()) / self.trace.slots / self.speed * self.share
         t, demand, ready, replicas = (
             (np.array(c) for c in zip(*self.samples, strict=True)) if self.samples else (np.zeros(0),) * 4
         )

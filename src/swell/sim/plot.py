@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from swell.core.errors import ValidationError
 from swell.sim.report import Report
 from swell.sim.sweep import frontier
 
@@ -104,3 +105,66 @@ def plot_frontiers(reports: Sequence[Report], path: str | Path, *, target: float
 def _clip(attainment: float) -> float:
     """Keep 0 % and 100 % drawable on a logit axis."""
     return min(max(attainment, 1e-3), 1 - 1e-4)
+
+
+def plot_day(
+    report: Report,
+    batch: Sequence[int] | np.ndarray,
+    path: str | Path,
+    *,
+    day: int = 0,
+    bin_seconds: float = 300.0,
+) -> None:
+    """One day of a replay: interactive demand, ready capacity and the replicas running batch work
+    (`batch`: per policy tick, as `Simulator.batch_samples` records it) per bin on top; every job's
+    queue wait, its hourly p99 and the SLO below."""
+    s = report.series
+    if s is None or len(s.t) != len(batch):
+        raise ValidationError(
+            "plot_day needs the report's series and one batch sample per tick", field="batch"
+        )
+    plt = _pyplot()
+    lo, hi = day * 86_400.0, (day + 1) * 86_400.0
+    tick = (s.t >= lo) & (s.t < hi)
+    t = s.t[tick] - lo
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
+    hours, ready = _binned(t, s.ready[tick], bin_seconds, "mean")
+    _, running = _binned(t, np.asarray(batch)[tick], bin_seconds, "mean")
+    _, demand = _binned(t, s.demand[tick], bin_seconds, "max")
+    top.fill_between(
+        hours,
+        0,
+        running,
+        step="post",
+        color="tab:green",
+        alpha=0.35,
+        lw=0,
+        label="replicas running batch work (mean)",
+    )
+    top.step(hours, ready, where="post", color="tab:blue", lw=1.0, label="ready replicas (mean)")
+    top.step(
+        hours,
+        demand,
+        where="post",
+        color="black",
+        lw=0.6,
+        label="interactive demand: jobs queued or running (peak)",
+    )
+    top.set_ylabel(f"per {bin_seconds / 60:.0f} min")
+    job = (s.arrival >= lo) & (s.arrival < hi)
+    arrival, wait = s.arrival[job] - lo, s.wait[job]
+    bottom.scatter(arrival / 3600, wait, s=3, color="tab:grey", alpha=0.5, label="a job's queue wait")
+    if len(arrival):
+        ph, p99 = _hourly_p99(arrival, wait)
+        bottom.plot(ph, p99, color="tab:red", marker=".", lw=0.9, label="p99 per hour")
+    bottom.axhline(report.slo_wait_s, color="grey", ls="--", lw=0.8, label="SLO wait")
+    bottom.set_yscale("symlog", linthresh=1)
+    bottom.set_ylim(bottom=0)
+    bottom.set_ylabel("queue wait (s)")
+    bottom.set_xlabel(f"hour of day {day} of {report.trace} ({report.policy} {report.knob})")
+    bottom.set_xlim(0, 24)
+    top.legend(fontsize=7, loc="upper left")
+    bottom.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

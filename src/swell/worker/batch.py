@@ -12,8 +12,9 @@ thread.
 `Signals` is the one object both threads share: the engine thread leaves progress, text (per
 completion: a `ChoiceSignals`) and preview images in it (`RunContext.progress`, `delta`) and asks it
 whether a job was cancelled; the main thread takes what accumulated a few times a second to send in
-one `queue.report`, and marks the jobs `queue.cancel_requested` names. A job whose cancel was seen before it was settled ends `cancelled`,
-whatever the engine returned for it; one not yet started is not run at all.
+one `queue.report`, and marks the jobs `queue.cancel_requested` names. A job whose cancel was seen
+before it was settled ends `cancelled`, whatever the engine returned for it; one not yet started is
+not run at all.
 
 The deadline rule: an engine call on k jobs may run for the sum of their timeouts. A job's `timeout`
 bounds one delivery of it alone; in a batch it also waits for the others, so a batch held to one
@@ -87,7 +88,13 @@ class Loading:
     at: float
 
 
-Event = Started | Finished | Reported | Exited | Loading
+@dataclass(frozen=True, slots=True)
+class FirstText:
+    """A job's first piece of streamed text came: the watcher sends it at once instead of with the
+    next periodic report, so a streaming client's first token does not wait up to REPORT_SECONDS."""
+
+
+Event = Started | Finished | Reported | Exited | Loading | FirstText
 
 
 def call_deadline(jobs: Sequence[Job], started: float) -> float:
@@ -171,8 +178,10 @@ class Pending:
 class Signals:
     """Progress, text and cancels shared by the engine thread and the main thread (module docstring)."""
 
+    wake: Callable[[], None] | None = field(default=None, repr=False)  # called on a job's first text
     _pending: dict[str, Pending] = field(default_factory=dict)
     _cancelled: frozenset[str] = frozenset()
+    _spoken: set[str] = field(default_factory=set, repr=False)  # jobs that have streamed text
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def progress(self, job_id: str, fraction: float, preview: bytes | None, message: str | None) -> None:
@@ -192,6 +201,10 @@ class Signals:
             raise ValueError(f"a completion index is an int from 0, not {index!r}")
         with self._lock:
             self._pending.setdefault(job_id, Pending()).texts.setdefault(index, []).append(text)
+            first = job_id not in self._spoken
+            self._spoken.add(job_id)
+        if first and self.wake is not None:
+            self.wake()
 
     def cancelled(self, job_id: str) -> bool:
         return job_id in self._cancelled  # one read of an immutable set: no lock
@@ -359,6 +372,8 @@ class BatchRun:
 
     def apply(self, event: Event) -> list[Outcome]:
         """Take in one event; return the outcomes to settle now (a finished call's, in one go)."""
+        if isinstance(event, FirstText):
+            return []  # the watcher's business (it reports at once), not the batch's
         if isinstance(event, Loading):
             self.loading = True
         elif isinstance(event, Started):

@@ -9,7 +9,8 @@ settled, the rest handed back to be leased in smaller batches (alone: failed, re
 
 While a batch runs, this thread also sends what the engine reported (progress, streamed text of
 each completion, preview images stored through the result store) in one `queue.report` at most
-every REPORT_SECONDS, and asks `queue.cancel_requested` about the open jobs every CANCEL_SECONDS,
+every REPORT_SECONDS (a job's first piece of text at once: the first token a streaming client
+waits for), and asks `queue.cancel_requested` about the open jobs every CANCEL_SECONDS,
 so that the engine's `context.cancelled(job)` turns true (see `swell.worker.batch.Signals`). A
 job's pending reports are sent before its outcome is settled, so its event log has every delta
 before its final state.
@@ -35,7 +36,7 @@ from swell.core.jobs import Job
 from swell.engines.base import Engine
 from swell.engines.results import ResultStore, results_from_env
 from swell.queue.base import Outcome, QueueBackend, Update
-from swell.worker.batch import BatchKey, BatchRun, Event, Executor, Exited, Pending, Signals
+from swell.worker.batch import BatchKey, BatchRun, Event, Executor, Exited, FirstText, Pending, Signals
 from swell.worker.models import ModelSet
 from swell.worker.storage import STORAGE_ERRORS, Backoff, Complaints, Ledger, WorkerCounters
 
@@ -114,7 +115,7 @@ class Runner:
         batches does not rewrite the status file twice per batch."""
         self._set_busy(True)
         events: queues.SimpleQueue[Event] = queues.SimpleQueue()
-        run, signals = BatchRun(tuple(jobs)), Signals()
+        run, signals = BatchRun(tuple(jobs)), Signals(wake=lambda: events.put(FirstText()))
         executor = Executor(
             self.engine,
             self.data_dir,
@@ -168,7 +169,9 @@ class Runner:
         while True:
             wake = min(renew_at, run.deadline, cancel_at, report_at)
             event = _next(events, wake - time.monotonic())
-            if event is not None:
+            if isinstance(event, FirstText):
+                self._report(signals)  # a first token goes out at once; the rest every report_seconds
+            elif event is not None:
                 self._settle(run.apply(event), signals)
             if isinstance(event, Exited):
                 self._settle(run.leftovers(), signals)
@@ -219,9 +222,7 @@ class Runner:
         preview = self._store_preview(job_id, pending.preview) if pending.preview is not None else None
         texts = pending.joined()
         first = texts.pop(0, None)
-        return Update(
-            job_id, pending.fraction, pending.message, delta=first, preview=preview, deltas=texts
-        )
+        return Update(job_id, pending.fraction, pending.message, delta=first, preview=preview, deltas=texts)
 
     def _store_preview(self, job_id: str, data: bytes) -> str | None:
         """The preview image stored as the job's `preview.<ext>` (replaced by each newer one), or None

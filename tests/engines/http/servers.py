@@ -155,7 +155,8 @@ class FakeA1111(FakeServer):
 
 class FakeOpenAI(FakeServer):
     """An OpenAI-compatible server: each completion streams `max_tokens` pieces `tok0 tok1 ...`
-    (`piece_seconds` apart), with usage in the last chunk; a client that goes away is counted."""
+    (`piece_seconds` apart; completion k > 0 of `n` its own `k:tok0 k:tok1 ...`, interleaved with the
+    others' as vLLM sends them), with usage in the last chunk; a client that goes away is counted."""
 
     def __init__(self, port: int = 0, piece_seconds: float = 0.0) -> None:
         super().__init__(port)
@@ -216,7 +217,8 @@ class FakeOpenAI(FakeServer):
             piece = f"tok{i} "
             for index in range(n):
                 done = i == tokens - 1 or (stop is not None and stop in piece)
-                content = {"delta": {"content": piece}} if chat else {"text": piece}
+                text = piece if index == 0 else f"{index}:{piece}"
+                content = {"delta": {"content": text}} if chat else {"text": text}
                 choice = {
                     "index": index,
                     **content,

@@ -92,8 +92,12 @@ def test_openai_streams_batches_and_counts_tokens(oai: FakeOpenAI, tmp_path: Pat
         )
         assert signals.fractions("j0") == sorted(signals.fractions("j0"))
         second = results[1]
-        assert [c["text"] for c in second["choices"]] == ["tok0 tok1 tok2 tok3 "] * 2
-        assert signals.text("j1") == second["choices"][0]["text"]
+        assert [c["text"] for c in second["choices"]] == [
+            "tok0 tok1 tok2 tok3 ",
+            "1:tok0 1:tok1 1:tok2 1:tok3 ",
+        ]
+        assert [signals.text("j1", i) for i in (0, 1)] == [c["text"] for c in second["choices"]]
+        assert [i for j, i, _ in signals.choices if j == "j1"] == [0, 1] * 4, "each piece as it came"
         assert (
             results[2]["embeddings"] == [[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]] and results[2]["dimensions"] == 3
         )

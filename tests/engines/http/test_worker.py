@@ -1,5 +1,6 @@
 """The http engine in a real worker process over a real SQLite queue, fronting a loopback server:
-results, streamed text in the job's events, a cancel that closes a running stream."""
+results, streamed text in the job's events (each completion's of a job of `n` > 1 with its index), a
+cancel that closes a running stream."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def test_a_worker_fronts_an_openai_server(oai: FakeOpenAI, tmp_path: Path) -> No
                             max_batch_size=4, lease_seconds=5.0)  # fmt: skip
     queue = open_queue(f"sqlite:///{tmp_path / 'q.db'}")
     short, _ = queue.submit(JobSpec("llm", {"prompt": "hello", "max_tokens": 20}))
+    pair, _ = queue.submit(JobSpec("llm", {"prompt": "two", "max_tokens": 20, "n": 2}))
     command = [
         sys.executable, "-m", "swell.worker",
         "--queue", f"sqlite:///{tmp_path / 'q.db'}",
@@ -32,6 +34,7 @@ def test_a_worker_fronts_an_openai_server(oai: FakeOpenAI, tmp_path: Path) -> No
     worker = subprocess.Popen(command)
     try:
         wait_for(lambda: queue.get(short.id).state == JobState.SUCCEEDED, 60, "the short job")
+        wait_for(lambda: queue.get(pair.id).state == JobState.SUCCEEDED, 60, "the job of two")
         long, _ = queue.submit(JobSpec("llm", {"prompt": "go on", "max_tokens": 100000}))
         wait_for(lambda: any(e.kind == "delta" for e in queue.events(long.id)), 60, "streamed text")
         queue.cancel(long.id)
@@ -43,4 +46,8 @@ def test_a_worker_fronts_an_openai_server(oai: FakeOpenAI, tmp_path: Path) -> No
     result = queue.get(short.id).result or {}
     streamed = "".join(e.data["text"] for e in queue.events(short.id) if e.kind == "delta")
     assert streamed == result["choices"][0]["text"] and result["usage"]["completion_tokens"] == 20
+    deltas = [e.data for e in queue.events(pair.id) if e.kind == "delta"]
+    texts = ["".join(d["text"] for d in deltas if d.get("index", 0) == i) for i in (0, 1)]
+    assert texts == [c["text"] for c in (queue.get(pair.id).result or {})["choices"]]
+    assert texts[1].startswith("1:tok0 ") and all(d.get("index") in (None, 1) for d in deltas)
     queue.close()

@@ -4,10 +4,10 @@ A text job is one streamed request (`stream: true`, usage asked for with `stream
 `/v1/completions` (a prompt) or `/v1/chat/completions` (messages, rendered by the server's chat
 template). Server-sent events are read as they come: each completion's text goes into
 `context.delta` piece by piece with its index (as the transformers engine streams a job's `n`
-completions), progress is the pieces over `max_tokens` times `n`, and the result has the transformers engine's shape (`choices` with
-`index`, `text`, `finish_reason`; `usage`; `model`; `seed`). A cancel closes the stream, which tells
-the server to stop (vLLM aborts a request whose client went away). `texts` go to `/v1/embeddings`
-and come back in the embeddings engine's shape.
+completions), progress is the pieces over `max_tokens` times `n`, and the result has the
+transformers engine's shape (`choices` with `index`, `text`, `finish_reason`; `usage`; `model`;
+`seed`). A cancel closes the stream, which tells the server to stop (vLLM aborts a request whose
+client went away). `texts` go to `/v1/embeddings` and come back in the embeddings engine's shape.
 """
 
 from __future__ import annotations

@@ -32,15 +32,14 @@ import base64
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import Body, Depends, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute, APIRouter
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from swell.core.clock import Clock, SystemClock
@@ -60,7 +59,7 @@ from swell.engines.results import ResultStore, open_result_store
 from swell.gateway.a1111 import mapping
 from swell.gateway.a1111.mapping import GenerationRequest
 from swell.gateway.auth import bearer_key, caller
-from swell.gateway.errors import field_name
+from swell.gateway.errors import shaped_route
 from swell.gateway.metrics import WAITED
 from swell.gateway.submissions import Submissions
 
@@ -72,8 +71,6 @@ MAX_TASKS = 256  # force_task_ids remembered per caller
 EVENT_PAGE = 500
 DEFAULT_STEPS = 25  # the diffusers engine's default, for progress of a job that names no steps
 CONTROLNET_VERSION = 2
-
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 # -- errors -------------------------------------------------------------------------------------------
@@ -104,33 +101,8 @@ def _headers(error: SwellError) -> dict[str, str]:
     return {}
 
 
-def _invalid(error: RequestValidationError) -> JSONResponse:
-    problems = error.errors()
-    first = problems[0] if problems else {}
-    if first.get("type") == "json_invalid":
-        return a1111_error(ValidationError("the body is not valid JSON", field="body"))
-    where = field_name(first.get("loc", ()))
-    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    return a1111_error(ValidationError(message, field=where))
-
-
-class A1111Route(APIRoute):
-    """A route whose every refusal (auth, body validation, Swell's errors) is in the web UI's shape."""
-
-    def get_route_handler(self) -> Handler:
-        handler: Handler = super().get_route_handler()
-
-        async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except SwellError as error:
-                if error.status_code >= 500:
-                    log.error("%s %s failed: %s", request.method, request.url.path, error)
-                return a1111_error(error)
-            except RequestValidationError as error:
-                return _invalid(error)
-
-        return guarded
+A1111Route = shaped_route("A1111Route", a1111_error)
+"""A route whose every refusal (auth, body validation, Swell's errors) is in the web UI's shape."""
 
 
 # -- requests -----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ run, the interactive figures beside those of the same policy alone in the same r
 draws that day of the first policy's run with the largest backlog (`swell.sim.plot.plot_day`).
 
     .venv/bin/python bench/sim_batch.py ../shared/data/sd_requests_2024-11-15_to_11-27.csv \
-        --plot 3 --out docs/img/sim_day_batch.png
+        --backlog 200,2000 --plot 10 --out docs/img/sim_day_batch.png
 """
 
 from __future__ import annotations

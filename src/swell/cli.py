@@ -93,7 +93,9 @@ def submit(
     service: Annotated[str, typer.Argument(help="The service to run the job.")],
     input: Annotated[str, typer.Option("--input", "-i", help="The job's input as JSON.")],
     wait: Annotated[float | None, typer.Option("--wait", help="Seconds to wait for the result.")] = None,
-    priority: Annotated[str | None, typer.Option("--priority", help="high, normal or low.")] = None,
+    priority: Annotated[
+        str | None, typer.Option("--priority", help="high, normal, low, or batch (idle capacity only).")
+    ] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
     callback_url: Annotated[str | None, typer.Option("--callback-url")] = None,
     url: UrlOpt = None,

@@ -157,3 +157,15 @@ def test_a_held_models_batch_job_waits_while_an_interactive_job_of_another_waits
     x = submit(queue, model="x")
     batch_x2 = submit(queue, model="x", priority=Priority.BATCH)
     assert leased(queue, max_jobs=2, models=["x"]) == [x, batch_x2]  # held interactive first
+
+
+def test_interactive_waiting_sees_interactive_jobs_only(queue: QueueBackend, clock: ManualClock) -> None:
+    assert not queue.interactive_waiting("svc")
+    submit(queue, model="x", priority=Priority.BATCH)
+    assert not queue.interactive_waiting("svc") and not queue.interactive_waiting("svc", ["x"])
+    submit(queue, model="y", priority=Priority.LOW)
+    assert queue.interactive_waiting("svc") and queue.interactive_waiting("svc", ["y"])
+    assert not queue.interactive_waiting("svc", ["x"])  # y's job is not for a model it holds
+    assert not queue.interactive_waiting("other")
+    leased(queue, max_jobs=1, models=["y"])
+    assert not queue.interactive_waiting("svc")  # leased: no longer waiting

@@ -269,6 +269,8 @@ class LiveLoop:
                 "reason": sb.plan.reason,
                 "at": sb.at,
             }
+            if sb.plan.gpu_share != 1:
+                body["gpu_share"], body["gpus"] = sb.plan.gpu_share, sb.plan.gpus
             if sb.plan.models:
                 body["models"] = dict(sb.plan.models)
             if sb.plan.warm:

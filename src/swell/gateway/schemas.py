@@ -29,7 +29,13 @@ class SubmitRequest(BaseModel):
 
     service: Text = Field(max_length=200, description="The service that runs the job")
     input: dict[str, Any] = Field(description="The engine's input, a JSON object")
-    priority: Priority = Field(Priority.NORMAL, description="high, normal or low (aged: never starved)")
+    priority: Priority = Field(
+        Priority.NORMAL,
+        description=(
+            "high, normal or low (aged: never starved), or batch (runs only on capacity interactive "
+            "work leaves idle, and is handed back when it needs it)"
+        ),
+    )
     idempotency_key: Text | None = Field(
         None, min_length=1, max_length=200, description="A repeat with the same key returns the same job"
     )

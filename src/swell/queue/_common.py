@@ -165,6 +165,19 @@ def affine_candidates(
     return [top, *same[: n - 1]]
 
 
+def interactive_waiting(view: ReadyView, models: Sequence[str | None] = ()) -> bool:
+    """Whether a job that is not `batch` is available now: of one of `models`, or of any model when
+    none are given. One read per model: batch jobs rank behind every other, so the first job by rank
+    is interactive exactly when any is. What a worker running batch work asks before it hands it
+    back (`QueueBackend.interactive_waiting`)."""
+    if not models:
+        first = view.first()
+        return first is not None and first.priority is not Priority.BATCH
+    return any(
+        job.priority is not Priority.BATCH for m in dict.fromkeys(models) for job in view.of_model(m, 1)
+    )
+
+
 def ready_key(job: Job, policy: RetryPolicy) -> tuple[float, float, float]:
     """The order every backend leases queued jobs in: rank, then availability, then creation."""
     return (job.rank(policy), job.available_at, job.created_at)

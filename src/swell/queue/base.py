@@ -204,6 +204,12 @@ class QueueBackend(Outbox, Protocol):
         Every backend decides through `swell.queue._common.affine_candidates`."""
         ...
 
+    def interactive_waiting(self, service: str, models: Sequence[str | None] = ()) -> bool:
+        """Whether an interactive (not `batch`) job of `service` is queued and available now: of one
+        of `models`, or of any model when none are given. Cheap (one indexed read per model): a
+        worker running batch work asks it every second and hands the batch job back when true."""
+        ...
+
     def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:
         """Extend the leases `owner` holds; `LeaseLost` if any of them is no longer its own."""
         ...

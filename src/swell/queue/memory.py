@@ -48,6 +48,7 @@ from swell.queue._common import (
     full_message,
     holds,
     idempotency_conflict,
+    interactive_waiting,
     lease_expired,
     missing_delivery,
     reported,
@@ -285,6 +286,10 @@ class MemoryQueue(OneAtATime):
         for job in chosen:
             self._ready.discard(job.id)
         return chosen
+
+    def interactive_waiting(self, service: str, models: Sequence[str | None] = ()) -> bool:
+        with self._lock:
+            return interactive_waiting(_MemoryView(self, service, self._clock.now()), models)
 
     def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:
         """Renews every lease `owner` still holds; then `LeaseLost` naming any it does not."""

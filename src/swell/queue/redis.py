@@ -111,6 +111,7 @@ from swell.queue._common import (
     full_message,
     holds,
     idempotency_conflict,
+    interactive_waiting,
     lease_expired,
     missing_delivery,
     reported,
@@ -565,6 +566,10 @@ class RedisQueue(OneAtATime):
         else:
             self._sort_like_candidates(leased, model)
         return leased
+
+    @_translated
+    def interactive_waiting(self, service: str, models: Sequence[str | None] = ()) -> bool:
+        return interactive_waiting(_RedisView(self, service, self._clock.now()), models)
 
     @_translated
     def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:

@@ -88,6 +88,7 @@ from swell.queue._common import (
     full_message,
     holds,
     idempotency_conflict,
+    interactive_waiting,
     missing_delivery,
     reported,
     require_owner,
@@ -683,6 +684,11 @@ class SQLiteQueue(OneAtATime):
             self._save(db, list(zip(chosen, leased, strict=True)), now)
             self._bump(db, leased=len(leased))
             return leased
+
+    def interactive_waiting(self, service: str, models: Sequence[str | None] = ()) -> bool:
+        now = self._clock.now()
+        with self._read() as db:  # the indexed reads of a lease, without its write lock
+            return interactive_waiting(_SqliteView(db, service, now, self._policy), models)
 
     def renew(self, job_ids: Sequence[str], owner: str, lease_seconds: float) -> None:
         """Renews every lease `owner` still holds; then `LeaseLost` naming any it does not."""

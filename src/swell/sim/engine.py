@@ -12,6 +12,12 @@ The brain's parts are the live ones, not copies: what happens is fed to `swell.b
 first checkpoint, warm host sets, which replicas a scale-down releases) is `swell.brain.placement`'s;
 and the policy runs inside the guarded stack live runs (`guarded`: SLO fall-back, change-rate
 limit, bounds) unless `PoolConfig.guardrails` is off. This module only carries the moves out.
+
+Two options of the pool (docs/brain.md, "Shared GPUs" and "Filling the valleys"): `gpu_shares`
+packs replicas several to a GPU (`placement.pack`), each at `share_speed` of a whole GPU, with
+GPU-hours counted per physical GPU; `batch_gpu_hours` queues batch work that runs in chunks on
+ready replicas no interactive job needs, unseen by the observer and placement, and is handed back
+`handback_seconds` after an interactive job needs its replica.
 """
 
 from __future__ import annotations

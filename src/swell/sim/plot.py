@@ -156,7 +156,7 @@ def plot_day(
     bottom.scatter(arrival / 3600, wait, s=3, color="tab:grey", alpha=0.5, label="a job's queue wait")
     if len(arrival):
         ph, p99 = _hourly_p99(arrival, wait)
-        bottom.plot(ph, p99, color="tab:red", marker=".", lw=0.9, label="p99 per hour")
+        bottom.plot(ph, p99, color="tab:red", marker="o", ms=4, ls="none", label="p99 per hour")
     bottom.axhline(report.slo_wait_s, color="grey", ls="--", lw=0.8, label="SLO wait")
     bottom.set_yscale("symlog", linthresh=1)
     bottom.set_ylim(bottom=0)

@@ -18,11 +18,18 @@ before its final state.
 Storage that fails (`Unavailable`, OSError) stops neither: leasing backs off, outcomes are kept and
 recorded when storage answers again, reports are kept and sent later (`swell.worker.storage`).
 SIGTERM stops leasing; the running batch finishes and the worker exits 0.
+
+Batch work (`Priority.BATCH`, leased only when no interactive job is available) is handed back when
+interactive work arrives: while a batch job runs, this thread asks `queue.interactive_waiting` for
+the models the worker holds every HANDBACK_SECONDS; when one waits, the engine is told to stop the
+batch job through the cancel signal (`context.cancelled(job)`), and whatever it returns, the job
+goes back to the queue untouched (`queue.release`: the attempt does not count).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue as queues
 import threading
 import time
@@ -32,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from swell.core.config import Affinity
-from swell.core.jobs import Job
+from swell.core.errors import SwellError
+from swell.core.jobs import Job, Priority
 from swell.engines.base import Engine
 from swell.engines.results import ResultStore, results_from_env
 from swell.queue.base import Outcome, QueueBackend, Update
@@ -44,6 +52,8 @@ IDLE_SLEEP_MIN = 0.002
 IDLE_SLEEP_MAX = 0.05
 REPORT_SECONDS = 0.2  # the longest a progress report or a piece of text waits before it is sent
 CANCEL_SECONDS = 0.25  # how often the open jobs of a running batch are checked for a cancel request
+HANDBACK_SECONDS = 1.0  # how often a running batch job asks whether interactive work waits
+RELEASE_ERRORS: tuple[type[Exception], ...] = (*STORAGE_ERRORS, SwellError)  # lost, or storage down
 PREVIEW_TYPES = ((b"\x89PNG", ".png", "image/png"), (b"\xff\xd8", ".jpg", "image/jpeg"))
 
 log = logging.getLogger("swell.worker")
@@ -74,7 +84,9 @@ class Runner:
     cancel_seconds: float = CANCEL_SECONDS
     models: ModelSet | None = None  # several checkpoints (None: `engine` alone, for every job)
     affinity: Affinity | None = None  # how to lease for `models`; None: the defaults
+    handback_seconds: float = HANDBACK_SECONDS
     ledger: Ledger = field(init=False)
+    _releasing: set[str] = field(default_factory=set, init=False)  # batch jobs being handed back
     _backoff: Backoff = field(default_factory=Backoff, init=False)
     _previews: Complaints = field(default_factory=lambda: Complaints("storing a preview"), init=False)
 
@@ -166,8 +178,10 @@ class Runner:
         now = time.monotonic()
         renew_at = now + self.lease_seconds / 3
         report_at, cancel_at = now + self.report_seconds, now + self.cancel_seconds
+        batch = {job.id for job in run.jobs if job.priority is Priority.BATCH}
+        handback_at = now + self.handback_seconds if batch else math.inf
         while True:
-            wake = min(renew_at, run.deadline, cancel_at, report_at)
+            wake = min(renew_at, run.deadline, cancel_at, report_at, handback_at)
             event = _next(events, wake - time.monotonic())
             if isinstance(event, FirstText):
                 self._report(signals)  # a first token goes out at once; the rest every report_seconds
@@ -189,6 +203,9 @@ class Runner:
             if now >= cancel_at:
                 self._poll_cancels(run, signals)
                 cancel_at = now + self.cancel_seconds
+            if now >= handback_at:
+                self._poll_handback(run, signals, batch)
+                handback_at = now + self.handback_seconds
 
     def _give_up(self, run: BatchRun, events: queues.SimpleQueue[Event], signals: Signals) -> None:
         """Settle what finished, hand back the rest, and make the worker exit."""
@@ -208,6 +225,11 @@ class Runner:
             settled = {o.job_id for o in outcomes}
             self._report(signals, settled)
             signals.drop(settled)
+        if self._releasing:
+            for o in outcomes:
+                if o.job_id in self._releasing:
+                    self._release(o.job_id)
+            outcomes = [o for o in outcomes if o.job_id not in self._releasing]
         self.ledger.settle(outcomes)
 
     def _report(self, signals: Signals, job_ids: set[str] | None = None) -> None:
@@ -246,6 +268,36 @@ class Runner:
         if asked:
             signals.mark_cancelled(asked)
             run.cancelled = signals.cancelled_ids
+
+    def _poll_handback(self, run: BatchRun, signals: Signals, batch: set[str]) -> None:
+        """Hand the open batch jobs back when an interactive job waits for a model this worker
+        holds (any of its service's, for one engine without affinity): stop them at the engine's
+        next step; `_settle` releases them whatever the engine returned."""
+        running = [i for i in run.open_ids if i in batch and i not in self._releasing]
+        if not running:
+            return
+        models = self.models
+        held = [m for m in models.held if m is not None] if models is not None and models.affine else []
+        try:
+            waiting = self.queue.interactive_waiting(self.service, held)
+        except STORAGE_ERRORS as exc:
+            self.ledger.complaints.failed(exc)
+            return
+        if waiting:
+            log.info("handing back %d batch job(s): interactive work waits", len(running))
+            self._releasing.update(running)
+            signals.mark_cancelled(set(running))
+
+    def _release(self, job_id: str) -> None:
+        """Back to the queue untouched (not counted); a release that fails leaves the lease to run
+        out, which hands the job back as well."""
+        self._releasing.discard(job_id)
+        try:
+            self.queue.release(job_id, self.owner)
+        except RELEASE_ERRORS as exc:
+            log.warning("could not hand back batch job %s: %s", job_id, exc)
+            return
+        self.counters.jobs_handed_back += 1
 
     def _set_busy(self, busy: bool) -> None:
         if self.counters.busy != busy:

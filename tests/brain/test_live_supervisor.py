@@ -105,7 +105,8 @@ def test_enforce_falls_back_to_reactive_while_jobs_miss_the_slo(parts: Callable[
     plan = loop.plan_view()["svc"]["plan"]
     assert "SLO" in plan["reason"] and plan["replicas"] == 3
     assert supervisor.desired("svc") == 3
-    assert registry.get_sample_value("swell_brain_slo_attainment", {"service": "svc"}) == 0.0
+    attainment = registry.get_sample_value("swell_brain_slo_attainment", {"service": "svc"})
+    assert attainment is not None and attainment <= 1 / 6  # the first job may start in time, no other
     wait_for(lambda: all(queue.get(i).state is not JobState.QUEUED for i in ids))
     loop.tick()  # the late jobs have just started (a job counts when it starts): still in the window
     assert "SLO" in loop.plan_view()["svc"]["plan"]["reason"]

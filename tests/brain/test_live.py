@@ -28,6 +28,7 @@ class FakeSupervisor:
     counts: dict[str, int] = field(default_factory=dict)
     calls: list[tuple[str, int]] = field(default_factory=list)
     models: list[list[str] | None] = field(default_factory=list)
+    warms: list[tuple[str, list[str]]] = field(default_factory=list)
 
     def replicas(self) -> list[ReplicaInfo]:
         return [
@@ -40,6 +41,9 @@ class FakeSupervisor:
         self.calls.append((service, replicas))
         self.models.append(None if models is None else list(models))
         self.counts[service] = replicas
+
+    def warm(self, service: str, models: Sequence[str]) -> None:
+        self.warms.append((service, list(models)))
 
 
 Made = tuple[LiveLoop, QueueBackend, FakeSupervisor, ManualClock, CollectorRegistry]
@@ -224,6 +228,37 @@ def test_placement_moves_are_carried_out_in_enforce_and_only_shown_in_dry_run(mo
         assert cluster.statistics().started_warm >= 1  # new replicas went to the node holding m2
     else:
         assert cluster.desired("img") == 1 and cluster.statistics().started_warm == 0
+    queue.close()
+
+
+@pytest.mark.parametrize("mode", ["enforce", "dry-run"])
+def test_the_warm_set_is_carried_out_in_enforce_once_per_change_and_only_shown_in_dry_run(
+    mode: str,
+) -> None:
+    """The shipped fake cluster records `warm()`: in enforce the plan's warm set reaches it when the
+    plan names a new one (a tick with the same set does not call again); in dry-run it is only shown."""
+    service = ServiceConfig.model_validate(
+        {"name": "img", "engine": "diffusers", "replicas": Replicas(min=1, max=4)}
+    )
+    brain = BrainConfig.model_validate(
+        {"mode": mode, "policy": "swell", "options": {"seasonal": 0, "warm_models": 1}}
+    )
+    config = SwellConfig(services=[service], brain=brain)
+    clock = ManualClock(1_000.0)
+    cluster = FakeCluster(config, clock=clock)
+    cluster.start()
+    queue = open_queue("memory://", clock=clock)
+    loop = LiveLoop(config, queue, cluster, clock=clock, registry=CollectorRegistry())
+    for model in ("m2", "m2", "m2", "m1"):
+        queue.submit(JobSpec(service="img", input={"prompt": "x", "steps": 30}, model=model))
+    clock.advance(10)
+    loop.tick()
+    warm = loop.plan_view()["img"]["plan"]["warm"]
+    assert warm == ["m2"]  # the busiest checkpoint, `warm_models` of them
+    clock.advance(10)
+    loop.tick()
+    assert loop.plan_view()["img"]["plan"]["warm"] == warm
+    assert cluster.warm_calls == ([("img", ("m2",))] if mode == "enforce" else [])
     queue.close()
 
 

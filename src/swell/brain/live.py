@@ -16,8 +16,11 @@ The loop is I/O at the edge of the pure parts the simulator runs too:
 4. **Act**: in `enforce`, `cluster.scale(service, n, models=...)` with the checkpoints its replicas
    should hold, most wanted first (`placement.holdings`); the workers' affinity leases take jobs for
    the checkpoints they hold first and load another when it is queued and they are free, which is
-   the swap carried out. In `dry-run` the plan and its moves are logged and shown (`plan_view`,
-   GET /v1/services, /metrics), and nothing is changed.
+   the swap carried out. When the plan names a new warm set (`placement.rewarm`, the simulator's
+   rule), `cluster.warm(service, plan.warm)`: the nodes fetch those checkpoints' datasets into their
+   cache in the background, ahead of a replica needing them. In `dry-run` the plan, its moves and
+   its warm set are logged and shown (`plan_view`, GET /v1/services, /metrics), and nothing is
+   changed.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class Supervisor(Protocol):
 
     def scale(self, service: str, replicas: int, *, models: Sequence[str] | None = None) -> None: ...
 
+    def warm(self, service: str, models: Sequence[str]) -> None: ...
+
 
 def job_units(engine: str, job: Job) -> float:
     """The work a job carries, as its engine's spec counts it (steps x images x area for images,
@@ -84,6 +89,7 @@ class ServiceBrain:
     holdings: tuple[str, ...] = ()  # the checkpoints the replicas should hold, most wanted first
     warm: tuple[str, ...] = ()  # the warm set last placed
     told: tuple[str, ...] = ()  # the checkpoints the last scale() in enforce named
+    warmed: tuple[str, ...] = ()  # the warm set the last warm() in enforce named
 
     @property
     def rate(self) -> Any:
@@ -253,6 +259,10 @@ class LiveLoop:
                 dict(plan.models),
                 plan.reason,
             )
+        if self.brain.mode == "enforce" and placement.rewarm(sb.warmed, plan.warm):
+            log.info("warming %s: %s", name, list(plan.warm))
+            self.supervisor.warm(name, list(plan.warm))
+            sb.warmed = plan.warm
 
     # -- views ------------------------------------------------------------------------------------
 

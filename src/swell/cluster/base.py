@@ -15,6 +15,11 @@ replica, including those draining; `statistics()` a frozen `ClusterStats`.
 `scale(service, n, models=...)` names the models the replicas should hold (the dataset names of
 the data plane): a backend that knows which nodes hold which model warm prefers those nodes for
 them (Ray); the local backend has one node and records them only.
+
+`warm(service, models)` names the checkpoints every node should keep cached (the brain's
+`Plan.warm`): their datasets (`model_datasets`) are fetched into the node cache ahead of a replica
+needing them, best effort and in the background; what is already cached costs nothing. The local
+backend preloads them (swell.cluster.warm); Ray logs the set only; the fake records the calls.
 """
 
 from __future__ import annotations
@@ -96,6 +101,10 @@ class Cluster(Protocol):
     def scale(self, service: str, replicas: int, *, models: Sequence[str] | None = None) -> None:
         """Set `service`'s replica count, clamped to its min..max; the reconcile loop applies it."""
 
+    def warm(self, service: str, models: Sequence[str]) -> None:
+        """Keep these checkpoints' datasets in the node cache, fetched ahead of a replica needing them
+        (best effort, in the background; what is already cached costs nothing)."""
+
     def desired(self, service: str) -> int:
         """The replica count `service` is kept at now."""
         ...
@@ -174,6 +183,11 @@ def model_datasets(service: ServiceConfig, model: str) -> tuple[str, ...]:
         return ()
     name = service.model_options(model).get("dataset")
     return (str(name),) if name else ()
+
+
+def warm_datasets(service: ServiceConfig, models: Sequence[str]) -> tuple[str, ...]:
+    """The datasets that hold `models` of `service` (`model_datasets` of each), once each, in order."""
+    return tuple(dict.fromkeys(name for model in models for name in model_datasets(service, model)))
 
 
 def next_model(service: ServiceConfig, told: Sequence[str], held: Sequence[str | None]) -> str | None:

@@ -11,6 +11,9 @@ real backends do. `set_busy` marks a ready replica busy (the brain reads busy re
 Placement follows the real backends' rule: a replica that should hold a model goes to a node that
 holds it warm when one has room (each node takes `node_slots` replicas), else to the emptiest node;
 `statistics().started_warm` counts the starts that found their model warm.
+
+`warm(service, models)` is recorded in `warm_calls` (the brain's tests read it); nothing is fetched,
+and a node's warm set changes only by `add_warm`.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class FakeCluster:
         self.warm_load_seconds = load_seconds if warm_load_seconds is None else warm_load_seconds
         self.nodes = [f"node-{i}" for i in range(nodes)]
         self.node_slots = node_slots
-        self.warm: dict[str, set[str]] = {node: set(models) for node, models in (warm or {}).items()}
+        self.node_warm: dict[str, set[str]] = {node: set(models) for node, models in (warm or {}).items()}
         self._services = services_by_name(config)
         self._desired = {service.name: service.replicas.min for service in config.services}
         self._models = {service.name: service_models(service) for service in config.services}
@@ -88,6 +91,7 @@ class FakeCluster:
         self._ids = itertools.count(1)
         self._started = self._started_warm = 0
         self._running = False
+        self.warm_calls: list[tuple[str, tuple[str, ...]]] = []
 
     def start(self) -> None:
         self._running = True
@@ -108,6 +112,11 @@ class FakeCluster:
         if models is not None:
             self._models[service] = tuple(models)
         self.reconcile()
+
+    def warm(self, service: str, models: Sequence[str]) -> None:
+        """Recorded in `warm_calls`; the fake fetches nothing (`add_warm` makes a node warm)."""
+        find_service(self._services, service)
+        self.warm_calls.append((service, tuple(models)))
 
     def desired(self, service: str) -> int:
         return self._desired[find_service(self._services, service).name]
@@ -141,7 +150,7 @@ class FakeCluster:
 
     def add_warm(self, node: str, model: str) -> None:
         """`node`'s cache now holds `model` (a preload finished)."""
-        self.warm.setdefault(node, set()).add(model)
+        self.node_warm.setdefault(node, set()).add(model)
 
     # -- the reconcile pass -------------------------------------------------------------------
 
@@ -185,7 +194,9 @@ class FakeCluster:
         models = self._models.get(replica.service, ())
         replica.model = models[0] if models else None
         replica.node = self._node_for(replica.model, exclude=replica)
-        replica.warm = None if replica.model is None else replica.model in self.warm.get(replica.node, set())
+        replica.warm = (
+            None if replica.model is None else replica.model in self.node_warm.get(replica.node, set())
+        )
         load = self.warm_load_seconds if replica.warm else self.load_seconds
         replica.started_at, replica.ready_at = now, now + load
         replica.state, replica.restart_at = ReplicaState.LOADING, None
@@ -199,7 +210,7 @@ class FakeCluster:
             if other is not exclude and other.node in load and _counted(other):
                 load[other.node] += 1
         free = [node for node in self.nodes if load[node] < self.node_slots] or self.nodes
-        warm = [node for node in free if model is not None and model in self.warm.get(node, set())]
+        warm = [node for node in free if model is not None and model in self.node_warm.get(node, set())]
         return min(warm or free, key=lambda node: (load[node], node))
 
     def _info(self, replica: FakeReplica) -> ReplicaInfo:

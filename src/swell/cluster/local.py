@@ -22,12 +22,17 @@ SWELL_WEBHOOK_SECRET, or anything else of `swell up`'s environment not listed he
   S3 secrets do not show in `ps` (/proc/PID/environ is readable only by the owner), and no other
   dataset's secrets;
 - the names or prefixes (`NAME_*`) the service lists in `pass_env` (an API key its function needs).
+
+`warm(service, models)` hands the checkpoints' datasets to a `swell.cluster.warm.Warmer`: one
+background thread preloading them into `<data_dir>/cache` (the workers' node cache), one at a time,
+as `swell data preload` does; `statistics().extra["warming"]` shows what it did.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -56,7 +61,9 @@ from swell.cluster.base import (
     service_datasets,
     service_models,
     services_by_name,
+    warm_datasets,
 )
+from swell.cluster.warm import Warmer
 from swell.core.clock import Clock, SystemClock
 from swell.core.config import ServiceConfig, SwellConfig
 from swell.core.replicas import ReplicaInfo, ReplicaState
@@ -66,6 +73,8 @@ from swell.worker import DATASETS_ENV
 from swell.worker import contract as worker_contract
 from swell.worker.contract import WorkerArgs, WorkerState, WorkerStatus
 from swell.worker.status import status_path
+
+log = logging.getLogger("swell.cluster")
 
 HANG_SECONDS = 15.0
 MONITOR_INTERVAL = 0.25
@@ -150,6 +159,7 @@ class LocalSupervisor:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warmer = Warmer(config.datasets, self.data_dir)
 
     def start(self) -> None:
         self.reconcile()
@@ -163,6 +173,7 @@ class LocalSupervisor:
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM every worker so it drains; SIGKILL what is left after `timeout` seconds."""
         self._stop.set()
+        self._warmer.stop()
         if self._thread is not None:
             self._thread.join()
         with self._lock:
@@ -189,6 +200,12 @@ class LocalSupervisor:
             self._models[service] = tuple(models)
         self.reconcile()
 
+    def warm(self, service: str, models: Sequence[str]) -> None:
+        """Preload the datasets of `models` into the node cache in the background (the Warmer)."""
+        queued = self._warmer.submit(warm_datasets(self._service(service), models))
+        if queued:
+            log.info("warm %s: preloading %s", service, ", ".join(queued))
+
     def statistics(self) -> ClusterStats:
         """Counts over every replica; `started_warm` stays 0: a local replica's node is this one."""
         replicas = self.replicas()
@@ -201,7 +218,10 @@ class LocalSupervisor:
             restarts=sum(r.restarts for r in replicas),
             started=started,
             started_warm=0,
-            extra={"models": {name: list(models) for name, models in self._models.items()}},
+            extra={
+                "models": {name: list(models) for name, models in self._models.items()},
+                "warming": self._warmer.statistics(),
+            },
         )
 
     def replicas(self) -> list[ReplicaInfo]:

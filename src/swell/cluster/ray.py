@@ -291,6 +291,7 @@ class RayCluster:
         self._measured: dict[str, GpuShare] = {}
         self._usage = UsageWindow(sizing or Policy())
         self._node_warm: dict[str, set[str]] = {}
+        self._warm_wanted: dict[str, tuple[str, ...]] = {}
         self._slots: list[RaySlot] = []
         self._retired: list[RaySlot] = []
         self._started = self._started_warm = 0
@@ -354,6 +355,18 @@ class RayCluster:
         if self._remote is not None:
             self.reconcile()
 
+    def warm(self, service: str, models: Sequence[str]) -> None:
+        """Logged and recorded only (`statistics().extra["warm_wanted"]`): fetching ahead on every
+        node needs a task pinned to each node with the datasets' secrets, which is not built yet. A
+        node is warmed by its init step (`swell data preload`, a `swell_warm_<dataset>` resource) or
+        by the replicas it runs."""
+        spec = find_service(self._services, service)
+        with self._lock:
+            self._warm_wanted[service] = tuple(models)
+        log.info(
+            "warm %s: %s wanted; not fetched ahead on Ray (nodes warm as they run)", spec.name, list(models)
+        )
+
     def desired(self, service: str) -> int:
         return self._desired[find_service(self._services, service).name]
 
@@ -384,6 +397,7 @@ class RayCluster:
                 pending=pending + waiting,
                 extra={
                     "warm_nodes": warm,
+                    "warm_wanted": {name: list(models) for name, models in self._warm_wanted.items()},
                     "gpu_measured": {k: v.footprint_bytes for k, v in self._measured.items()},
                 },
             )

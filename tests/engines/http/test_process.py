@@ -42,6 +42,10 @@ def test_a_started_server_is_restarted_when_it_dies_and_stopped_on_unload(tmp_pa
     results, _ = run(engine, [{"prompt": "a", "max_tokens": 2000}], tmp_path, signals)
     killer.join()
     assert isinstance(results[0], Unavailable)  # retryable: the worker delivers it again
+    # Until the supervisor thread has reaped the killed process the server still reads ready, and a
+    # job then is answered Unavailable too (retryable, as above); on a busy machine that window is
+    # long, so the next job is sent once the death is seen, and must wait for the restart.
+    wait_for(lambda: server.statistics().deaths == 1, 30, "the death to be seen")
     results, _ = run(engine, [{"prompt": "b", "max_tokens": 3}], tmp_path)  # waits for the restart
     assert results[0]["choices"][0]["text"] == "tok0 tok1 tok2 "
     stats = server.statistics()

@@ -11,6 +11,7 @@ import pytest
 
 from swell.core.config import Settings, parse_config
 from swell.gateway.app import create_app
+from swell.gateway.limits import GatewayLimits
 from swell.queue.base import QueueBackend, open_queue
 from tests.gateway.helpers import API_KEY, SERVICES, FakeReplicas, Gateway, MakeGateway
 
@@ -18,6 +19,11 @@ from tests.gateway.helpers import API_KEY, SERVICES, FakeReplicas, Gateway, Make
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# A busy CI machine's event-loop lag must not shed the requests these tests make: shedding has its
+# own tests (test_shedding, test_limits), which pass their own limits.
+QUIET = GatewayLimits(max_loop_lag_seconds=60.0)
 
 
 @pytest.fixture(params=["sqlite", "memory"])
@@ -50,7 +56,7 @@ def make_gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mak
             replicas=replicas,
             extra_services=extra_services,
             registry=registry,
-            limits=limits,
+            limits=limits if limits is not None else QUIET,
         )
         return Gateway(app, queue, resolved, config, replicas)
 

@@ -22,6 +22,7 @@ from swell.core.config import Settings, parse_config
 from swell.core.errors import ConfigError
 from swell.core.jobs import Delivery, DeliverySpec, DeliveryState, Job, JobSpec, RetryPolicy
 from swell.gateway.app import create_app
+from swell.gateway.limits import GatewayLimits
 from swell.gateway.outbox import Channel, DeliveryFailed, Dispatcher
 from swell.gateway.webhooks import WebhookChannel, verify
 from swell.queue.base import QueueBackend, Update, open_queue
@@ -272,7 +273,8 @@ def test_create_app_runs_one_dispatcher_with_the_channels_it_is_given(tmp_path: 
     queue = open_queue(f"sqlite:///{tmp_path}/swell.db")
     settings = Settings(data_dir=tmp_path, api_key=API_KEY, webhook_secret=SECRET)
     chat = Chat()
-    app = create_app(parse_config(SERVICES), settings, queue, channels={"chat": chat})
+    quiet = GatewayLimits(max_loop_lag_seconds=60.0)  # a busy machine must not shed the DELETE below
+    app = create_app(parse_config(SERVICES), settings, queue, channels={"chat": chat}, limits=quiet)
     assert sorted(app.state.dispatcher.channels) == ["chat", "webhook"]
     assert isinstance(app.state.dispatcher.channels["webhook"], WebhookChannel)
     job, _ = queue.submit(JobSpec(service="echo", input={}, deliveries=(DeliverySpec("chat", {"t": 1}),)))

@@ -241,7 +241,6 @@ class OpenAIAPI:
         self.services = services
         self.max_wait = max_wait
         self.results = results  # where image jobs' files are read back; None: no image generation
-        self._cancels: set[asyncio.Task[None]] = set()
 
     def router(self, settings: Settings) -> APIRouter:
         auth = [Depends(bearer_key(settings.api_key))] if settings.auth else []
@@ -347,12 +346,9 @@ class OpenAIAPI:
     async def _finished(self, job: Job, request: Request) -> Job:
         """The job once final; 504 when it is not within `max_wait`, its cancel when the client left."""
         request.scope[WAITED] = True
-        job = await self.submissions.wait(job, self.max_wait, request.is_disconnected)
+        job = await self.submissions.finish(job, self.max_wait, request.is_disconnected, "OpenAI")
         if job.state.final:
             return _succeeded(job)
-        if await request.is_disconnected():
-            self._cancel(job.id)
-            raise Unavailable("the client went away; its job is cancelled")
         raise TimedOut(
             f"job {job.id} is not finished after {self.max_wait:g} seconds; "
             "retry with the same Idempotency-Key to wait for it again"
@@ -377,7 +373,7 @@ class OpenAIAPI:
         finally:
             watcher.cancel()
             if not finished:
-                self._cancel(job.id)
+                self.submissions.abandon(job.id, "OpenAI")
 
     async def _chunks(self, event: JobEvent, shape: Shape) -> list[dict[str, Any]]:
         if event.kind == EventKind.DELTA.value:
@@ -389,22 +385,7 @@ class OpenAIAPI:
     async def _cancel_when_gone(self, job_id: str, request: Request) -> None:
         while not await request.is_disconnected():
             await asyncio.sleep(DISCONNECT_POLL)
-        self._cancel(job_id)
-
-    def _cancel(self, job_id: str) -> None:
-        """Cancel the job in the background (the caller may itself be being cancelled)."""
-        task = asyncio.get_running_loop().create_task(self._cancel_quietly(job_id))
-        self._cancels.add(task)
-        task.add_done_callback(self._cancels.discard)
-
-    async def _cancel_quietly(self, job_id: str) -> None:
-        try:
-            job = await self.submissions.cancel(job_id)
-        except SwellError as exc:
-            log.warning("cancelling job %s after its client left failed: %s", job_id, exc)
-        else:
-            if not job.state.final or job.state is JobState.CANCELLED:
-                log.info("job %s cancelled: its OpenAI client left", job_id)
+        self.submissions.abandon(job_id, "OpenAI")
 
 
 def _is_model(service: ServiceConfig) -> bool:

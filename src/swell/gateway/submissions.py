@@ -83,6 +83,7 @@ class Submissions:
         )
         self.callbacks = CallbackResolver(threads=limits.dns_threads, timeout=limits.dns_timeout_seconds)
         self.filter = RequestFilter.of(config.gateway.filter)
+        self._abandoned: set[asyncio.Task[None]] = set()  # cancels of jobs whose client left
 
     # -- submit -----------------------------------------------------------------------------------
 
@@ -249,6 +250,32 @@ class Submissions:
             await asyncio.sleep(interval)
             interval = min(RUNNING_WATCH if running else LAST_WATCH, interval * 1.5)
             job = await self.storage.get(job_id)  # final with nothing more to read: the loop ends
+
+    async def finish(self, job: Job, seconds: float, is_disconnected: Disconnected, door: str) -> Job:
+        """`wait`, for a door that answers only with a final job: the job once final or after
+        `seconds` (the door then answers its own 504); when the client left first, its job is
+        cancelled (`abandon`) and `Unavailable` raised."""
+        job = await self.wait(job, seconds, is_disconnected)
+        if not job.state.final and await is_disconnected():
+            self.abandon(job.id, door)
+            raise Unavailable("the client went away; its job is cancelled")
+        return job
+
+    def abandon(self, job_id: str, door: str) -> None:
+        """Cancel `job_id` in the background because its `door` client left (the caller may itself
+        be being cancelled, so the cancel runs as a task of its own); a failure is logged."""
+        task = asyncio.get_running_loop().create_task(self._abandon(job_id, door))
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+
+    async def _abandon(self, job_id: str, door: str) -> None:
+        try:
+            job = await self.cancel(job_id)
+        except SwellError as exc:
+            log.warning("cancelling job %s after its %s client left failed: %s", job_id, door, exc)
+        else:
+            if not job.state.final or job.state is JobState.CANCELLED:
+                log.info("job %s cancelled: its %s client left", job_id, door)
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a queued job, or ask the worker running one to stop it; a final job is left as

@@ -27,7 +27,6 @@ a client that leaves cancels its job. Errors are the web UI's `{"error", "detail
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import math
@@ -152,7 +151,6 @@ class A1111API:
         self.results = results or open_result_store(config.cluster.results_url, settings.data_dir)
         self.clock = clock
         self.callers: OrderedDict[str, CallerState] = OrderedDict()
-        self._cancels: set[asyncio.Task[None]] = set()
 
     def routers(self, settings: Settings) -> list[APIRouter]:
         """`/sdapi/v1`, `/internal` and `/controlnet`, behind the API key (Bearer or Basic)."""
@@ -241,12 +239,9 @@ class A1111API:
     async def _finished(self, job: Job, request: Request) -> Job:
         """The job once done; 504 when it is not within `max_wait`, its cancel when the client left."""
         request.scope[WAITED] = True
-        job = await self.submissions.wait(job, self.max_wait, request.is_disconnected)
+        job = await self.submissions.finish(job, self.max_wait, request.is_disconnected, "A1111")
         if job.state.final:
             return _succeeded(job)
-        if await request.is_disconnected():
-            self._cancel(job.id)
-            raise Unavailable("the client went away; its job is cancelled")
         raise TimedOut(f"job {job.id} is not finished after {self.max_wait:g} seconds; it runs on")
 
     def _read_images(self, job: Job) -> list[bytes]:
@@ -256,19 +251,6 @@ class A1111API:
             with self.results.open(job.id, str(entry["file"])) as file:
                 images.append(file.read())
         return images
-
-    def _cancel(self, job_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._cancel_quietly(job_id))
-        self._cancels.add(task)
-        task.add_done_callback(self._cancels.discard)
-
-    async def _cancel_quietly(self, job_id: str) -> None:
-        try:
-            await self.submissions.cancel(job_id)
-        except SwellError as exc:
-            log.warning("cancelling job %s after its A1111 client left failed: %s", job_id, exc)
-        else:
-            log.info("job %s cancelled: its A1111 client left", job_id)
 
     # -- lists ------------------------------------------------------------------------------------
 
